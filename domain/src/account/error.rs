@@ -1,0 +1,84 @@
+//! Why the Account aggregate refuses a command, each reason mapped to one stable wire code.
+
+use serde_json::json;
+
+use crate::error_code::ErrorCode;
+use crate::money::AMOUNT_MAX_MINOR;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("field `{field}` {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("amount {amount} is outside 1..={AMOUNT_MAX_MINOR} minor units")]
+    AmountOutOfRange { amount: i64 },
+    #[error("balance {balance} plus {amount} exceeds the largest balance an account can hold")]
+    BalanceOverflow { balance: i64, amount: i64 },
+    #[error("account does not exist")]
+    NotFound,
+    #[error("account already exists")]
+    AlreadyExists,
+    #[error("balance {balance} is less than the {requested} requested")]
+    InsufficientFunds { balance: i64, requested: i64 },
+    #[error("account is frozen")]
+    Frozen,
+    #[error("account is closed")]
+    Closed,
+    #[error("account is already frozen")]
+    AlreadyFrozen,
+    #[error("account is not frozen")]
+    NotFrozen,
+    #[error("account can only be closed at a zero balance; balance is {balance}")]
+    BalanceNotZero { balance: i64 },
+}
+
+impl AccountError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        AccountError::InvalidField {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The stable wire code (design §3) for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AccountError::InvalidField { .. } => ErrorCode::SchemaViolation,
+            AccountError::AmountOutOfRange { .. } | AccountError::BalanceOverflow { .. } => {
+                ErrorCode::AmountOutOfRange
+            }
+            AccountError::NotFound => ErrorCode::NotFound,
+            AccountError::AlreadyExists => ErrorCode::AlreadyExists,
+            AccountError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+            AccountError::Frozen => ErrorCode::AccountFrozen,
+            AccountError::Closed => ErrorCode::AccountClosed,
+            AccountError::AlreadyFrozen
+            | AccountError::NotFrozen
+            | AccountError::BalanceNotZero { .. } => ErrorCode::Conflict,
+        }
+    }
+
+    /// Machine-readable details for the reply's `error.details`.
+    pub fn details(&self) -> serde_json::Value {
+        match self {
+            AccountError::InvalidField { field, reason } => {
+                json!({ "field": field, "reason": reason })
+            }
+            AccountError::AmountOutOfRange { amount } => {
+                json!({ "amount": amount, "min": 1, "max": AMOUNT_MAX_MINOR })
+            }
+            AccountError::BalanceOverflow { balance, amount } => {
+                json!({ "balance": balance, "amount": amount })
+            }
+            AccountError::InsufficientFunds { balance, requested } => {
+                json!({ "balance": balance, "requested": requested })
+            }
+            AccountError::BalanceNotZero { balance } => json!({ "balance": balance }),
+            AccountError::NotFound
+            | AccountError::AlreadyExists
+            | AccountError::Frozen
+            | AccountError::Closed
+            | AccountError::AlreadyFrozen
+            | AccountError::NotFrozen => json!({}),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The Account aggregate: a balance in one currency that can be frozen and closed.
+//!
+//! Rules (design §4): amounts are 1..=10^15 minor units; the balance never goes below zero and
+//! never overflows; frozen accounts take deposits but not withdrawals; an account closes only at
+//! a zero balance; a closed account accepts nothing.
+
+mod commands;
+mod error;
+mod events;
+
+pub use commands::{
+    ACCOUNT_COMMAND_NAMES, AccountCommand, Close, DecodeError, Deposit, Freeze, OpenAccount,
+    Unfreeze, Withdraw,
+};
+pub use error::AccountError;
+pub use events::{
+    ACCOUNT_EVENT_TYPES, ACCOUNT_EVENT_VERSION, AccountClosed, AccountEvent, AccountFrozen,
+    AccountOpened, AccountUnfrozen, MoneyDeposited, MoneyWithdrawn,
+};
+
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use serde::{Deserialize, Serialize};
+
+use crate::money::{self, Amount};
+use crate::validate;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// No `AccountOpened` yet: the id is free.
+    #[default]
+    Unopened,
+    Open,
+    Frozen,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Unopened => "unopened",
+            AccountStatus::Open => "open",
+            AccountStatus::Frozen => "frozen",
+            AccountStatus::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub owner: String,
+    pub currency: String,
+    /// Minor units; never negative.
+    pub balance: i64,
+    pub status: AccountStatus,
+}
+
+impl Account {
+    /// Decides which events a command produces, without changing `self`.
+    ///
+    /// This is the whole of the business logic, synchronous and pure, so property tests can
+    /// drive it directly; [`Aggregate::handle`] only forwards its result to cqrs-es.
+    pub fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        validate::aggregate_id("account_id", command.account_id())?;
+        match command {
+            AccountCommand::Open(c) => {
+                validate::text("owner", &c.owner, validate::OWNER_LEN_MAX)?;
+                validate::currency("currency", &c.currency)?;
+                if self.status != AccountStatus::Unopened {
+                    return Err(AccountError::AlreadyExists);
+                }
+                Ok(vec![AccountEvent::AccountOpened(AccountOpened {
+                    account_id: c.account_id.clone(),
+                    owner: c.owner.clone(),
+                    currency: c.currency.clone(),
+                })])
+            }
+            AccountCommand::Deposit(c) => {
+                let amount = Amount::new(c.amount)?;
+                validate::optional_text("reference", &c.reference, validate::REFERENCE_LEN_MAX)?;
+                self.require_live()?;
+                let balance_after = money::credit(self.balance, amount)?;
+                Ok(vec![AccountEvent::MoneyDeposited(MoneyDeposited {
+                    amount: amount.minor(),
+                    reference: c.reference.clone(),
+                    balance_after,
+                })])
+            }
+            AccountCommand::Withdraw(c) => {
+                let amount = Amount::new(c.amount)?;
+                validate::optional_text("reference", &c.reference, validate::REFERENCE_LEN_MAX)?;
+                self.require_live()?;
+                if self.status == AccountStatus::Frozen {
+                    return Err(AccountError::Frozen);
+                }
+                let balance_after = money::debit(self.balance, amount)?;
+                Ok(vec![AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
+                    amount: amount.minor(),
+                    reference: c.reference.clone(),
+                    balance_after,
+                })])
+            }
+            AccountCommand::Freeze(c) => {
+                validate::text("reason", &c.reason, validate::REASON_LEN_MAX)?;
+                self.require_live()?;
+                if self.status == AccountStatus::Frozen {
+                    return Err(AccountError::AlreadyFrozen);
+                }
+                Ok(vec![AccountEvent::AccountFrozen(AccountFrozen {
+                    reason: c.reason.clone(),
+                })])
+            }
+            AccountCommand::Unfreeze(_) => {
+                self.require_live()?;
+                if self.status != AccountStatus::Frozen {
+                    return Err(AccountError::NotFrozen);
+                }
+                Ok(vec![AccountEvent::AccountUnfrozen(AccountUnfrozen {})])
+            }
+            AccountCommand::Close(_) => {
+                self.require_live()?;
+                // A freeze is a hold (e.g. compliance): closing would release it silently.
+                if self.status == AccountStatus::Frozen {
+                    return Err(AccountError::Frozen);
+                }
+                if self.balance != 0 {
+                    return Err(AccountError::BalanceNotZero {
+                        balance: self.balance,
+                    });
+                }
+                Ok(vec![AccountEvent::AccountClosed(AccountClosed {})])
+            }
+        }
+    }
+
+    /// Opened and not closed.
+    fn require_live(&self) -> Result<(), AccountError> {
+        match self.status {
+            AccountStatus::Unopened => Err(AccountError::NotFound),
+            AccountStatus::Closed => Err(AccountError::Closed),
+            AccountStatus::Open | AccountStatus::Frozen => Ok(()),
+        }
+    }
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "account";
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(&command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            AccountEvent::AccountOpened(e) => {
+                self.id = e.account_id;
+                self.owner = e.owner;
+                self.currency = e.currency;
+                self.balance = 0;
+                self.status = AccountStatus::Open;
+            }
+            // The event states the resulting balance; audit verify re-derives it from amounts,
+            // so a stored inconsistency is reported rather than silently folded in.
+            AccountEvent::MoneyDeposited(e) => self.balance = e.balance_after,
+            AccountEvent::MoneyWithdrawn(e) => self.balance = e.balance_after,
+            AccountEvent::AccountFrozen(_) => self.status = AccountStatus::Frozen,
+            AccountEvent::AccountUnfrozen(_) => self.status = AccountStatus::Open,
+            AccountEvent::AccountClosed(_) => self.status = AccountStatus::Closed,
+        }
+    }
+}

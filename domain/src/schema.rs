@@ -1,0 +1,99 @@
+//! The JSON Schemas (2020-12) of every wire type, generated from the Rust types.
+//!
+//! `cargo xtask schemas` writes them under `schemas/`; a test fails when the checked-in files
+//! differ from what this module generates, so clients never read a stale contract.
+
+use schemars::{JsonSchema, generate::SchemaSettings};
+
+use crate::account::{
+    AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, Close, Deposit, Freeze,
+    MoneyDeposited, MoneyWithdrawn, OpenAccount, Unfreeze, Withdraw,
+};
+use crate::metadata::EventMetadata;
+use crate::reply::CommandReply;
+
+/// One generated schema file: its path under `schemas/` and its exact contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaFile {
+    pub path: String,
+    pub contents: String,
+}
+
+fn render<T: JsonSchema>(path: &str) -> SchemaFile {
+    let generator = SchemaSettings::draft2020_12().into_generator();
+    let mut schema = generator.into_root_schema_for::<T>();
+    schema.insert(
+        "$id".into(),
+        format!("https://tally.dev/schemas/{path}").into(),
+    );
+    // Serializing a schema (a JSON value) cannot fail.
+    let mut contents = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    contents.push('\n');
+    SchemaFile {
+        path: path.to_owned(),
+        contents,
+    }
+}
+
+/// The schema a command body must match, by aggregate and command name.
+pub fn command_schema_path(aggregate: &str, command: &str) -> String {
+    format!("commands/{aggregate}.{command}.json")
+}
+
+/// Every schema file, in a stable order.
+pub fn all() -> Vec<SchemaFile> {
+    vec![
+        render::<OpenAccount>(&command_schema_path("account", "open")),
+        render::<Deposit>(&command_schema_path("account", "deposit")),
+        render::<Withdraw>(&command_schema_path("account", "withdraw")),
+        render::<Freeze>(&command_schema_path("account", "freeze")),
+        render::<Unfreeze>(&command_schema_path("account", "unfreeze")),
+        render::<Close>(&command_schema_path("account", "close")),
+        render::<AccountOpened>("events/account.AccountOpened.v1.json"),
+        render::<MoneyDeposited>("events/account.MoneyDeposited.v1.json"),
+        render::<MoneyWithdrawn>("events/account.MoneyWithdrawn.v1.json"),
+        render::<AccountFrozen>("events/account.AccountFrozen.v1.json"),
+        render::<AccountUnfrozen>("events/account.AccountUnfrozen.v1.json"),
+        render::<AccountClosed>("events/account.AccountClosed.v1.json"),
+        render::<EventMetadata>("events/metadata.v1.json"),
+        render::<CommandReply>("replies/command-reply.json"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_account_command_has_a_schema() {
+        let files = all();
+        for name in crate::account::ACCOUNT_COMMAND_NAMES {
+            let path = command_schema_path("account", name);
+            assert!(files.iter().any(|f| f.path == path), "{path} missing");
+        }
+        for event in crate::account::ACCOUNT_EVENT_TYPES {
+            let path = format!("events/account.{event}.v1.json");
+            assert!(files.iter().any(|f| f.path == path), "{path} missing");
+        }
+    }
+
+    #[test]
+    fn schemas_are_draft_2020_12_and_carry_limits() {
+        let deposit = all()
+            .into_iter()
+            .find(|f| f.path == "commands/account.deposit.json")
+            .map(|f| f.contents)
+            .unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&deposit).unwrap_or_default();
+        assert_eq!(
+            value["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        assert_eq!(value["properties"]["amount"]["minimum"], 1);
+        assert_eq!(
+            value["properties"]["amount"]["maximum"],
+            crate::AMOUNT_MAX_MINOR
+        );
+        assert_eq!(value["additionalProperties"], false);
+    }
+}
