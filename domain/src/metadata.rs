@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -52,6 +52,7 @@ pub enum MetadataError {
 
 impl EventMetadata {
     /// Metadata for a command sent directly by a client: it is its own correlation and cause.
+    /// `recorded_at` is kept to the microsecond, the precision it is stored with.
     pub fn for_command(
         command_id: Uuid,
         actor: impl Into<String>,
@@ -62,7 +63,7 @@ impl EventMetadata {
             correlation_id: command_id,
             causation_id: command_id,
             actor: actor.into(),
-            recorded_at,
+            recorded_at: recorded_at.trunc_subsecs(6),
             trace_id: None,
             schema_version: METADATA_SCHEMA_VERSION,
         }
@@ -165,6 +166,12 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn now_survives_the_round_trip() {
+        let m = EventMetadata::for_command(Uuid::from_u128(1), "bob", Utc::now());
+        assert_eq!(EventMetadata::from_map(&m.to_map()), Ok(m));
     }
 
     #[test]

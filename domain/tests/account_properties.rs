@@ -31,13 +31,9 @@ fn command() -> impl Strategy<Value = AccountCommand> {
 
 /// Runs commands like the service does (decide, then apply what was decided) and returns the
 /// final state, the full event log, and the outcome of each command.
-fn run(
-    commands: &[AccountCommand],
-) -> (
-    Account,
-    Vec<AccountEvent>,
-    Vec<Result<Vec<AccountEvent>, AccountError>>,
-) {
+type Outcome = Result<Vec<AccountEvent>, AccountError>;
+
+fn run(commands: &[AccountCommand]) -> (Account, Vec<AccountEvent>, Vec<Outcome>) {
     let mut state = Account::default();
     let mut log = Vec::new();
     let mut outcomes = Vec::new();

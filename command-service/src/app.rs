@@ -1,0 +1,67 @@
+//! Start-up and the run loop: `Application::build(config)`, then `app.run(shutdown)`.
+
+use std::net::SocketAddr;
+
+use platform::infra::{Infra, InfraError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+const SERVICE: &str = "command-service";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct Application {
+    infra: Infra,
+    ops_listener: TcpListener,
+    ops_addr: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
+        let bind_error = |source| StartupError::Bind {
+            addr: config.ops_addr,
+            source,
+        };
+        let ops_listener = TcpListener::bind(config.ops_addr)
+            .await
+            .map_err(bind_error)?;
+        let ops_addr = ops_listener.local_addr().map_err(bind_error)?;
+        Ok(Application {
+            infra,
+            ops_listener,
+            ops_addr,
+        })
+    }
+
+    /// Where `/healthz` and `/readyz` are served.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let router = platform::ops_http::router(self.infra.readiness());
+        tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
+        platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
+        // Flush what the client buffered before the process exits.
+        if let Err(error) = self.infra.nats.drain().await {
+            tracing::warn!(%error, "NATS drain failed");
+        }
+        tracing::info!(service = SERVICE, "stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! The `command-service` binary: configuration from flags and environment, then [`command_service::Application`].
+
+use clap::Parser;
+use command_service::{Application, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    platform::telemetry::init("command-service", &config.telemetry);
+    let app = Application::build(config).await?;
+    app.run(platform::shutdown::on_signal()).await?;
+    Ok(())
+}

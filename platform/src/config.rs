@@ -1,0 +1,110 @@
+//! Configuration shared by the services: each service's `Config` flattens these `clap` groups,
+//! so every setting is a flag and an environment variable with the same documented default.
+//! The defaults match what `./dev up` starts.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// PostgreSQL connection settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PostgresConfig {
+    /// PostgreSQL URL. Holds the password, so it is never logged.
+    #[arg(
+        long = "database-url",
+        env = "TALLY_DATABASE_URL",
+        default_value = "postgres://tally:tally@127.0.0.1:15432/tally",
+        hide_default_value = true
+    )]
+    pub url: SecretString,
+    /// Most connections the pool opens.
+    #[arg(long = "db-pool-max", env = "TALLY_DB_POOL_MAX", default_value_t = 16)]
+    pub pool_max: u32,
+    /// How long a query waits for a pooled connection (and for the first connection) before
+    /// the request fails with `unavailable`.
+    #[arg(
+        long = "db-acquire-timeout-ms",
+        env = "TALLY_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 2_000
+    )]
+    pub acquire_timeout_ms: u64,
+    /// Server-side limit on any single statement.
+    #[arg(
+        long = "db-statement-timeout-ms",
+        env = "TALLY_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub statement_timeout_ms: u64,
+}
+
+impl PostgresConfig {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+/// NATS and JetStream settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsConfig {
+    /// NATS server URLs, comma-separated (each one a separate server of one cluster).
+    #[arg(
+        long = "nats-url",
+        env = "TALLY_NATS_URL",
+        default_value = "nats://127.0.0.1:14222",
+        value_delimiter = ','
+    )]
+    pub urls: Vec<String>,
+    /// Prefix of every subject (`<prefix>.cmd.>`, `<prefix>.evt.>` ...); the stream names are
+    /// derived from it (`tally` gives `TALLY_EVENTS`).
+    #[arg(
+        long = "subject-prefix",
+        env = "TALLY_SUBJECT_PREFIX",
+        default_value = "tally"
+    )]
+    pub subject_prefix: String,
+    /// Replicas of each JetStream stream: 1 for a single server, 3 in a cluster.
+    #[arg(
+        long = "stream-replicas",
+        env = "TALLY_STREAM_REPLICAS",
+        default_value_t = 1
+    )]
+    pub stream_replicas: usize,
+    /// How long to wait for the NATS server when connecting.
+    #[arg(
+        long = "nats-connect-timeout-ms",
+        env = "TALLY_NATS_CONNECT_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub connect_timeout_ms: u64,
+    /// NATS user name (optional).
+    #[arg(long = "nats-user", env = "TALLY_NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password (optional; never logged).
+    #[arg(
+        long = "nats-password",
+        env = "TALLY_NATS_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<SecretString>,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TelemetryConfig {
+    /// Log format: `pretty` for people, `json` for log collectors.
+    #[arg(
+        long = "log-format",
+        env = "TALLY_LOG_FORMAT",
+        default_value = "pretty"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` env-filter syntax.
+    #[arg(long = "log", env = "TALLY_LOG", default_value = "info")]
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}

@@ -1,0 +1,11 @@
+//! Plumbing every Tally service shares, kept in one place so the services do not copy it:
+//! configuration pieces, telemetry, the Postgres pool and migrations, the NATS connection and
+//! JetStream streams, the ops HTTP endpoints, and shutdown signalling.
+
+pub mod config;
+pub mod db;
+pub mod infra;
+pub mod nats;
+pub mod ops_http;
+pub mod shutdown;
+pub mod telemetry;

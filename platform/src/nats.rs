@@ -1,0 +1,273 @@
+//! The NATS connection, Tally's subject names, and the JetStream streams (design §2).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use secrecy::ExposeSecret;
+
+use crate::config::NatsConfig;
+
+/// Oldest nats-server Tally runs on: 2.9 silently ignores subject transforms, multiple filter
+/// subjects and per-message TTL (see `notes/nats.md`), so it is refused rather than trusted.
+pub const SERVER_VERSION_MIN: (u64, u64) = (2, 10);
+
+/// Published messages stay deduplicable by `Nats-Msg-Id` this long (design: >= 2 minutes).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("subject prefix `{0}` must be 1 to 32 characters of A-Z, a-z, 0-9, '_' or '-'")]
+    Prefix(String),
+    #[error("cannot connect to NATS at {urls}")]
+    Connect {
+        urls: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error(
+        "nats-server {found} is too old: Tally needs {}.{} or newer (older servers silently ignore JetStream features it relies on)",
+        SERVER_VERSION_MIN.0,
+        SERVER_VERSION_MIN.1
+    )]
+    ServerTooOld { found: String },
+    #[error("JetStream is not enabled on the NATS server (start it with -js)")]
+    JetStreamDisabled,
+    #[error("cannot create or update stream {stream}")]
+    Stream {
+        stream: String,
+        #[source]
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+}
+
+/// Every subject Tally uses, derived from one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Result<Self, NatsError> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 32
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Subjects {
+                prefix: prefix.to_owned(),
+            })
+        } else {
+            Err(NatsError::Prefix(prefix.to_owned()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>.cmd.>`: request/reply commands.
+    pub fn commands(&self) -> String {
+        format!("{}.cmd.>", self.prefix)
+    }
+
+    /// `<prefix>.cmd.<aggregate>.<command>`.
+    pub fn command(&self, aggregate: &str, command: &str) -> String {
+        format!("{}.cmd.{aggregate}.{command}", self.prefix)
+    }
+
+    /// `<prefix>.jobs.>`: durable commands.
+    pub fn jobs(&self) -> String {
+        format!("{}.jobs.>", self.prefix)
+    }
+
+    /// `<prefix>.jobs.<aggregate>.<command>`.
+    pub fn job(&self, aggregate: &str, command: &str) -> String {
+        format!("{}.jobs.{aggregate}.{command}", self.prefix)
+    }
+
+    /// `<prefix>.results.<command_id>`: where a durable command's result is announced.
+    pub fn result(&self, command_id: &str) -> String {
+        format!("{}.results.{command_id}", self.prefix)
+    }
+
+    /// `<prefix>.evt.>`.
+    pub fn events(&self) -> String {
+        format!("{}.evt.>", self.prefix)
+    }
+
+    /// `<prefix>.evt.<aggregate_type>.<aggregate_id>`.
+    pub fn event(&self, aggregate_type: &str, aggregate_id: &str) -> String {
+        format!("{}.evt.{aggregate_type}.{aggregate_id}", self.prefix)
+    }
+
+    /// `<prefix>.dlq.>`.
+    pub fn dead_letters(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    /// `<prefix>.dlq.<projection>`.
+    pub fn dead_letter(&self, projection: &str) -> String {
+        format!("{}.dlq.{projection}", self.prefix)
+    }
+
+    /// `<prefix>.audit.digest`.
+    pub fn audit_digest(&self) -> String {
+        format!("{}.audit.digest", self.prefix)
+    }
+}
+
+/// Stream names derived from the prefix: `tally` gives `TALLY_COMMANDS`, `TALLY_EVENTS` ...
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamNames {
+    pub commands: String,
+    pub events: String,
+    pub dead_letters: String,
+    pub audit: String,
+}
+
+impl StreamNames {
+    pub fn for_subjects(subjects: &Subjects) -> Self {
+        let base = subjects.prefix().to_ascii_uppercase().replace('-', "_");
+        StreamNames {
+            commands: format!("{base}_COMMANDS"),
+            events: format!("{base}_EVENTS"),
+            dead_letters: format!("{base}_DLQ"),
+            audit: format!("{base}_AUDIT"),
+        }
+    }
+}
+
+/// Connects, and refuses servers older than [`SERVER_VERSION_MIN`] or without JetStream.
+pub async fn connect(
+    config: &NatsConfig,
+    client_name: &str,
+) -> Result<async_nats::Client, NatsError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(client_name)
+        .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .request_timeout(Some(Duration::from_secs(5)));
+    if let (Some(user), Some(password)) = (&config.user, &config.password) {
+        options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
+    }
+    let client = options
+        .connect(config.urls.as_slice())
+        .await
+        .map_err(|source| NatsError::Connect {
+            urls: config.urls.join(","),
+            source,
+        })?;
+    let info = client.server_info();
+    if !version_at_least(&info.version, SERVER_VERSION_MIN) {
+        return Err(NatsError::ServerTooOld {
+            found: info.version,
+        });
+    }
+    if !info.jetstream {
+        return Err(NatsError::JetStreamDisabled);
+    }
+    Ok(client)
+}
+
+/// `"2.15.1"` (or `"v2.15.1"`) >= `(2, 10)`.
+pub fn version_at_least(version: &str, min: (u64, u64)) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= min,
+        _ => false,
+    }
+}
+
+/// Creates the streams, or updates them to this configuration, idempotently.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<StreamNames, NatsError> {
+    let names = StreamNames::for_subjects(subjects);
+    let configs = [
+        stream::Config {
+            name: names.commands.clone(),
+            description: Some(
+                "Durable commands; removed once executed (results live in the command log)".into(),
+            ),
+            subjects: vec![subjects.jobs()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+        stream::Config {
+            name: names.events.clone(),
+            description: Some("Every committed event, once, in per-aggregate order".into()),
+            subjects: vec![subjects.events()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+        stream::Config {
+            name: names.dead_letters.clone(),
+            description: Some("Events a projection could not apply, with the error".into()),
+            subjects: vec![subjects.dead_letters()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+        stream::Config {
+            name: names.audit.clone(),
+            description: Some("Signed digests of the hash-chain heads".into()),
+            subjects: vec![subjects.audit_digest()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        },
+    ];
+    for config in configs {
+        let stream = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| NatsError::Stream { stream, source })?;
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(version_at_least("2.15.1", (2, 10)));
+        assert!(version_at_least("v2.10.0", (2, 10)));
+        assert!(version_at_least("3.0.0", (2, 10)));
+        assert!(!version_at_least("2.9.10", (2, 10)));
+        assert!(!version_at_least("garbage", (2, 10)));
+    }
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let subjects = Subjects::new("tally").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            subjects.command("account", "deposit"),
+            "tally.cmd.account.deposit"
+        );
+        assert_eq!(subjects.event("account", "a1"), "tally.evt.account.a1");
+        let names = StreamNames::for_subjects(&subjects);
+        assert_eq!(names.events, "TALLY_EVENTS");
+        assert_eq!(names.commands, "TALLY_COMMANDS");
+        let test = Subjects::new("t-42").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(StreamNames::for_subjects(&test).dead_letters, "T_42_DLQ");
+        assert!(Subjects::new("a.b").is_err());
+        assert!(Subjects::new("").is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! `/healthz` and `/readyz`, shared by every service. The query-service mounts them on its API
+//! router; the other services serve them on a small ops port of their own.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Each dependency check gets this long before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What readiness depends on.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadinessReport {
+    pub ready: bool,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    /// Why it failed; never contains credentials or SQL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Readiness {
+    pub async fn check(&self) -> ReadinessReport {
+        let postgres = match tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&self.pool)).await
+        {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some("query failed".to_owned()),
+            Err(_) => Some("timed out".to_owned()),
+        };
+        let nats = match self.nats.connection_state() {
+            async_nats::connection::State::Connected => None,
+            other => Some(format!("{other}")),
+        };
+        let checks = vec![
+            Check {
+                name: "postgres",
+                ok: postgres.is_none(),
+                reason: postgres,
+            },
+            Check {
+                name: "nats",
+                ok: nats.is_none(),
+                reason: nats,
+            },
+        ];
+        ReadinessReport {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    let report = readiness.check().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+/// `/healthz` (alive) and `/readyz` (dependencies reachable).
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+/// Serves `router` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,27 @@
+//! `projections` settings: every one a flag and an environment variable.
+
+use std::net::SocketAddr;
+
+use platform::config::{NatsConfig, PostgresConfig, TelemetryConfig};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "projections",
+    version,
+    about = "Builds read models in PostgreSQL from the events stream."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub postgres: PostgresConfig,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    /// Address of the ops endpoints (`/healthz`, `/readyz`). Port 0 picks a free port.
+    #[arg(
+        long = "ops-addr",
+        env = "TALLY_PROJECTIONS_OPS_ADDR",
+        default_value = "127.0.0.1:9182"
+    )]
+    pub ops_addr: SocketAddr,
+}

@@ -1,0 +1,73 @@
+//! Start-up and the run loop: `Application::build(config)`, then `app.run(shutdown)`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::infra::{Infra, InfraError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::router::{self, Limits};
+
+const SERVICE: &str = "query-service";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug)]
+pub struct Application {
+    infra: Infra,
+    listener: TcpListener,
+    addr: SocketAddr,
+    limits: Limits,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
+        let bind_error = |source| StartupError::Bind {
+            addr: config.http_addr,
+            source,
+        };
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Application {
+            infra,
+            listener,
+            addr,
+            limits: Limits {
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+                body_max_bytes: config.body_max_bytes,
+            },
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled; in-flight requests finish first.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let app = router::build(self.infra.readiness(), &self.limits);
+        tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
+        platform::ops_http::serve(self.listener, app, shutdown).await?;
+        if let Err(error) = self.infra.nats.drain().await {
+            tracing::warn!(%error, "NATS drain failed");
+        }
+        tracing::info!(service = SERVICE, "stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,41 @@
+//! `query-service` settings: every one a flag and an environment variable.
+
+use std::net::SocketAddr;
+
+use platform::config::{NatsConfig, PostgresConfig, TelemetryConfig};
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "query-service",
+    version,
+    about = "Tally's HTTP API over the read models."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub postgres: PostgresConfig,
+    #[command(flatten)]
+    pub nats: NatsConfig,
+    #[command(flatten)]
+    pub telemetry: TelemetryConfig,
+    /// Address the HTTP API listens on. Port 0 picks a free port.
+    #[arg(
+        long = "http-addr",
+        env = "TALLY_HTTP_ADDR",
+        default_value = "127.0.0.1:8480"
+    )]
+    pub http_addr: SocketAddr,
+    /// A request taking longer than this is answered 408 and its work cancelled.
+    #[arg(
+        long = "http-request-timeout-ms",
+        env = "TALLY_HTTP_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub request_timeout_ms: u64,
+    /// Largest request body accepted.
+    #[arg(
+        long = "http-body-max-bytes",
+        env = "TALLY_HTTP_BODY_MAX_BYTES",
+        default_value_t = 65_536
+    )]
+    pub body_max_bytes: usize,
+}

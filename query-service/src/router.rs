@@ -1,0 +1,26 @@
+//! The HTTP router: routes plus the layers every request passes through.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use platform::ops_http::Readiness;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub body_max_bytes: usize,
+}
+
+pub fn build(readiness: Readiness, limits: &Limits) -> Router {
+    platform::ops_http::router(readiness)
+        .layer(RequestBodyLimitLayer::new(limits.body_max_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+}

@@ -1,0 +1,10 @@
+//! Tally's integration tests: one binary (link time matters on 2 cores), one module per area.
+//! Every test runs against the real nats-server and PostgreSQL started by the harness.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation should panic
+
+mod config_docs;
+mod event_store;
+mod harness;
+mod service_binaries;
+mod startup;

@@ -1,0 +1,205 @@
+//! `TestApp`: the three services running in-process against this test's own database and
+//! subject prefix, on the shared real servers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use platform::nats::{StreamNames, Subjects};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::{Mutex, OnceCell};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::servers::Servers;
+
+const TEMPLATE_DB: &str = "tally_template";
+
+/// Creates the migrated template database once per process.
+async fn ensure_template(servers: &Servers) {
+    static TEMPLATE: OnceCell<()> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let mut admin = PgConnection::connect(&servers.pg_url("postgres"))
+                .await
+                .expect("connect to test PostgreSQL");
+            sqlx::query(&format!("CREATE DATABASE {TEMPLATE_DB}"))
+                .execute(&mut admin)
+                .await
+                .expect("create template database");
+            admin.close().await.ok();
+            let pool = PgPool::connect(&servers.pg_url(TEMPLATE_DB))
+                .await
+                .expect("connect to template database");
+            platform::db::migrate(&pool)
+                .await
+                .expect("migrate template database");
+            // A template must have no connections when it is cloned.
+            pool.close().await;
+        })
+        .await;
+}
+
+/// A fresh database cloned from the migrated template.
+pub async fn create_test_database(servers: &Servers) -> String {
+    // Cloning needs the template to be free of other sessions, so clones are serialised.
+    static CLONE_LOCK: Mutex<()> = Mutex::const_new(());
+    ensure_template(servers).await;
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let _guard = CLONE_LOCK.lock().await;
+    let mut admin = PgConnection::connect(&servers.pg_url("postgres"))
+        .await
+        .expect("connect to test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+        .execute(&mut admin)
+        .await
+        .expect("clone template database");
+    admin.close().await.ok();
+    name
+}
+
+/// A unique subject prefix, so each test has its own subjects and streams.
+pub fn unique_prefix() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("t{}", &id[..12])
+}
+
+#[derive(Debug)]
+pub struct TestApp {
+    pub servers: &'static Servers,
+    pub db_name: String,
+    pub db_url: String,
+    /// A pool on this test's database, for assertions.
+    pub db: PgPool,
+    /// A plain NATS client, as a user would have.
+    pub nats: async_nats::Client,
+    pub jetstream: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    pub streams: StreamNames,
+    /// `http://127.0.0.1:<port>` of the query-service.
+    pub http_base: String,
+    pub command_ops_addr: SocketAddr,
+    pub projections_ops_addr: SocketAddr,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts command-service, projections and query-service in this process.
+    pub async fn spawn() -> TestApp {
+        crate::init_test_logging();
+        let servers = Servers::get();
+        let db_name = create_test_database(servers).await;
+        let prefix = unique_prefix();
+        Self::spawn_with(servers, db_name, prefix).await
+    }
+
+    /// The flags every service gets: this test's database, NATS and prefix.
+    pub fn common_args(servers: &Servers, db_url: &str, prefix: &str) -> Vec<String> {
+        vec![
+            format!("--database-url={db_url}"),
+            format!("--nats-url={}", servers.nats_url),
+            format!("--subject-prefix={prefix}"),
+            "--db-pool-max=8".to_owned(),
+        ]
+    }
+
+    async fn spawn_with(servers: &'static Servers, db_name: String, prefix: String) -> TestApp {
+        let db_url = servers.pg_url(&db_name);
+        let common = Self::common_args(servers, &db_url, &prefix);
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let args = |name: &str, extra: &str| {
+            std::iter::once(name.to_owned())
+                .chain(common.iter().cloned())
+                .chain(std::iter::once(extra.to_owned()))
+                .collect::<Vec<_>>()
+        };
+
+        let command = command_service::Config::try_parse_from(args(
+            "command-service",
+            "--ops-addr=127.0.0.1:0",
+        ))
+        .expect("command-service config");
+        let command = command_service::Application::build(command)
+            .await
+            .expect("command-service starts");
+        let command_ops_addr = command.ops_addr();
+        tasks.push(tokio::spawn(command.run(shutdown.child_token())));
+
+        let projections =
+            projections::Config::try_parse_from(args("projections", "--ops-addr=127.0.0.1:0"))
+                .expect("projections config");
+        let projections = projections::Application::build(projections)
+            .await
+            .expect("projections starts");
+        let projections_ops_addr = projections.ops_addr();
+        tasks.push(tokio::spawn(projections.run(shutdown.child_token())));
+
+        let query =
+            query_service::Config::try_parse_from(args("query-service", "--http-addr=127.0.0.1:0"))
+                .expect("query-service config");
+        let query = query_service::Application::build(query)
+            .await
+            .expect("query-service starts");
+        let http_base = format!("http://{}", query.http_addr());
+        tasks.push(tokio::spawn(query.run(shutdown.child_token())));
+
+        let db = PgPool::connect(&db_url).await.expect("test pool");
+        let nats = async_nats::connect(&servers.nats_url)
+            .await
+            .expect("test NATS client");
+        let subjects = Subjects::new(&prefix).expect("valid prefix");
+        let streams = StreamNames::for_subjects(&subjects);
+        TestApp {
+            servers,
+            db_name,
+            db_url,
+            db,
+            jetstream: async_nats::jetstream::new(nats.clone()),
+            nats,
+            subjects,
+            streams,
+            http_base,
+            command_ops_addr,
+            projections_ops_addr,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// GET on the query-service.
+    pub async fn http_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.http_base))
+            .send()
+            .await
+            .expect("query-service answers")
+    }
+
+    /// Stops every service gracefully and waits for each to return; returns their results.
+    pub async fn stop(mut self) -> Vec<std::io::Result<()>> {
+        self.shutdown.cancel();
+        let mut results = Vec::new();
+        for task in self.tasks.drain(..) {
+            match tokio::time::timeout(Duration::from_secs(15), task).await {
+                Ok(Ok(result)) => results.push(result),
+                Ok(Err(join)) => results.push(Err(std::io::Error::other(join.to_string()))),
+                Err(_) => results.push(Err(std::io::Error::other("shutdown timed out"))),
+            }
+        }
+        results
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

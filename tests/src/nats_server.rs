@@ -1,0 +1,71 @@
+//! A real nats-server with JetStream, on a free loopback port.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::binaries;
+use crate::child::{self, free_port, wait_for_port};
+
+#[derive(Debug)]
+pub struct NatsServer {
+    pub child: Child,
+    pub port: u16,
+    pub version: String,
+}
+
+impl NatsServer {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts `nats-server -js` with its storage under `dir`. Refuses servers older than 2.10.
+    pub fn start(dir: &Path) -> Result<NatsServer, String> {
+        let bin = binaries::nats_server();
+        let version = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .map_err(|e| {
+                format!(
+                    "cannot run {} ({e}); run `./dev test` (it installs nats-server 2.15 into .dev/) or set TALLY_NATS_SERVER",
+                    bin.display()
+                )
+            })?;
+        let version = String::from_utf8_lossy(&version.stdout)
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !platform::nats::version_at_least(&version, platform::nats::SERVER_VERSION_MIN) {
+            return Err(format!(
+                "{} is nats-server {version}; Tally needs 2.10 or newer (Debian's 2.9 silently ignores JetStream features). Run `./dev test` to install 2.15 into .dev/",
+                bin.display()
+            ));
+        }
+        let port = free_port();
+        let store = dir.join("nats");
+        std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.join("nats.log")).map_err(|e| e.to_string())?;
+        let mut command = Command::new(&bin);
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = child::spawn_tied_to_parent(&mut command, None)
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        if !wait_for_port(port, Duration::from_secs(20)) {
+            return Err(format!(
+                "nats-server did not listen on {port} within 20 s; see {}",
+                dir.join("nats.log").display()
+            ));
+        }
+        Ok(NatsServer {
+            child,
+            port,
+            version,
+        })
+    }
+}
