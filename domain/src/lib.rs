@@ -5,6 +5,7 @@
 //! every replay of history folds to the same state.
 
 pub mod account;
+pub mod envelope;
 pub mod error_code;
 pub mod metadata;
 pub mod money;

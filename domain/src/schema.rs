@@ -9,6 +9,7 @@ use crate::account::{
     AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, Close, Deposit, Freeze,
     MoneyDeposited, MoneyWithdrawn, OpenAccount, Unfreeze, Withdraw,
 };
+use crate::envelope::EventMessage;
 use crate::metadata::EventMetadata;
 use crate::reply::CommandReply;
 
@@ -56,6 +57,7 @@ pub fn all() -> Vec<SchemaFile> {
         render::<AccountUnfrozen>("events/account.AccountUnfrozen.v1.json"),
         render::<AccountClosed>("events/account.AccountClosed.v1.json"),
         render::<EventMetadata>("events/metadata.v1.json"),
+        render::<EventMessage>("events/envelope.v1.json"),
         render::<CommandReply>("replies/command-reply.json"),
     ]
 }
