@@ -1,12 +1,21 @@
 //! Start-up and the run loop: `Application::build(config)`, then `app.run(shutdown)`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use platform::infra::{Infra, InfraError};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::executor::{Executor, ExecutorLimits};
+use crate::ingress::Ingress;
+use crate::jobs::Jobs;
+use crate::relay::{Relay, RelayConfig};
+use crate::repository::TallyRepository;
+use crate::schema_check::{SchemaLoadError, SchemaRegistry};
 
 const SERVICE: &str = "command-service";
 
@@ -14,6 +23,12 @@ const SERVICE: &str = "command-service";
 pub enum StartupError {
     #[error(transparent)]
     Infra(#[from] InfraError),
+    #[error(transparent)]
+    Schemas(#[from] SchemaLoadError),
+    #[error(transparent)]
+    Db(#[from] platform::db::DbError),
+    #[error("cannot subscribe to commands")]
+    Subscribe(#[from] async_nats::SubscribeError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -27,11 +42,36 @@ pub struct Application {
     infra: Infra,
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
+    executor: Arc<Executor>,
+    schemas: Arc<SchemaRegistry>,
+    relay: Relay,
+    subscription: async_nats::Subscriber,
+    config: Config,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
+        let schemas = Arc::new(SchemaRegistry::load()?);
+        let executor = Arc::new(Executor::new(
+            TallyRepository::new(infra.pool.clone()),
+            ExecutorLimits {
+                conflict_retries_max: config.conflict_retries_max,
+                snapshot_every: config.snapshot_every,
+            },
+        ));
+        let relay = Relay::new(
+            infra.pool.clone(),
+            platform::db::connect_options(&config.postgres, "command-service-relay")?,
+            infra.jetstream.clone(),
+            infra.subjects.clone(),
+            &infra.streams,
+            RelayConfig {
+                batch_max: config.relay_batch_max.max(1),
+                poll: Duration::from_millis(config.relay_poll_ms.max(1)),
+            },
+        );
+        let subscription = crate::ingress::subscribe(&infra.nats, &infra.subjects).await?;
         let bind_error = |source| StartupError::Bind {
             addr: config.ops_addr,
             source,
@@ -44,6 +84,11 @@ impl Application {
             infra,
             ops_listener,
             ops_addr,
+            executor,
+            schemas,
+            relay,
+            subscription,
+            config,
         })
     }
 
@@ -52,12 +97,58 @@ impl Application {
         self.ops_addr
     }
 
-    /// Runs until `shutdown` is cancelled, then drains and returns.
+    /// Runs until `shutdown`: then stops taking commands, finishes those in flight, flushes the
+    /// relay, drains NATS and returns.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let router = platform::ops_http::router(self.infra.readiness());
+        let in_flight = Arc::new(Semaphore::new(self.config.commands_in_flight_max.max(1)));
+        let deadline = Duration::from_millis(self.config.command_timeout_ms.max(1));
+        let ingress = Ingress {
+            nats: self.infra.nats.clone(),
+            subjects: self.infra.subjects.clone(),
+            executor: Arc::clone(&self.executor),
+            schemas: Arc::clone(&self.schemas),
+            in_flight: Arc::clone(&in_flight),
+            deadline,
+        };
+        let jobs = Jobs {
+            nats: self.infra.nats.clone(),
+            jetstream: self.infra.jetstream.clone(),
+            subjects: self.infra.subjects.clone(),
+            streams: self.infra.streams.clone(),
+            executor: Arc::clone(&self.executor),
+            schemas: Arc::clone(&self.schemas),
+            in_flight,
+            deadline,
+            max_deliver: self.config.jobs_max_deliver.max(1),
+        };
+        let relay_shutdown = CancellationToken::new();
+        let relay = tokio::spawn(self.relay.run(relay_shutdown.clone()));
+        let ingress = tokio::spawn(ingress.run(self.subscription, shutdown.clone()));
+        let jobs = tokio::spawn(jobs.run(shutdown.clone()));
+        let ops = tokio::spawn(platform::ops_http::serve(
+            self.ops_listener,
+            platform::ops_http::router(self.infra.readiness()),
+            shutdown.clone(),
+        ));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
-        platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
-        // Flush what the client buffered before the process exits.
+
+        if let Err(error) = ingress.await {
+            tracing::error!(%error, "command ingress panicked");
+        }
+        match jobs.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "durable commands failed"),
+            Err(error) => tracing::error!(%error, "durable commands panicked"),
+        }
+        // Every command has finished: let the relay publish what they committed, then stop.
+        relay_shutdown.cancel();
+        if let Err(error) = relay.await {
+            tracing::error!(%error, "relay panicked");
+        }
+        match ops.await {
+            Ok(result) => result?,
+            Err(error) => tracing::error!(%error, "ops endpoint panicked"),
+        }
         if let Err(error) = self.infra.nats.drain().await {
             tracing::warn!(%error, "NATS drain failed");
         }

@@ -24,4 +24,54 @@ pub struct Config {
         default_value = "127.0.0.1:9181"
     )]
     pub ops_addr: SocketAddr,
+    /// A command not finished within this answers `unavailable` (its work is not cancelled:
+    /// a retry with the same command id gets the eventual result).
+    #[arg(
+        long = "command-timeout-ms",
+        env = "TALLY_COMMAND_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub command_timeout_ms: u64,
+    /// Commands executing at once in this instance; more wait (backpressure).
+    #[arg(
+        long = "commands-in-flight-max",
+        env = "TALLY_COMMANDS_IN_FLIGHT_MAX",
+        default_value_t = 512
+    )]
+    pub commands_in_flight_max: usize,
+    /// Retries of a command that lost an optimistic-concurrency race (with jittered backoff).
+    #[arg(
+        long = "conflict-retries-max",
+        env = "TALLY_CONFLICT_RETRIES_MAX",
+        default_value_t = 30
+    )]
+    pub conflict_retries_max: u32,
+    /// Take a snapshot of an aggregate every this many events (0 turns snapshots off).
+    #[arg(
+        long = "snapshot-every",
+        env = "TALLY_SNAPSHOT_EVERY",
+        default_value_t = 100
+    )]
+    pub snapshot_every: u64,
+    /// Most events the outbox relay publishes per batch (one checkpoint write per batch).
+    #[arg(
+        long = "relay-batch-max",
+        env = "TALLY_RELAY_BATCH_MAX",
+        default_value_t = 500
+    )]
+    pub relay_batch_max: i64,
+    /// How often the relay looks for events when no NOTIFY woke it.
+    #[arg(
+        long = "relay-poll-ms",
+        env = "TALLY_RELAY_POLL_MS",
+        default_value_t = 200
+    )]
+    pub relay_poll_ms: u64,
+    /// Deliveries of a durable command before it is given up (answered `unavailable`).
+    #[arg(
+        long = "jobs-max-deliver",
+        env = "TALLY_JOBS_MAX_DELIVER",
+        default_value_t = 20
+    )]
+    pub jobs_max_deliver: i64,
 }

@@ -1,7 +1,25 @@
-//! Executes commands arriving on NATS against the event store and relays committed events to JetStream (design §1–§3). The command path itself arrives with issue 3; today the service connects, migrates, creates the streams and reports readiness.
+//! Executes commands arriving on NATS against the event store and relays committed events to
+//! JetStream (design §1–§3, §5).
+//!
+//! Two front doors share one executor: request/reply on `<prefix>.cmd.>` (`ingress`) and the
+//! durable `<prefix>.jobs.>` stream (`jobs`). The `executor` loads an aggregate (snapshot +
+//! later events), lets the domain decide, and commits through our `repository`, which writes the
+//! events and the command log in one statement. The `relay` publishes committed events to the
+//! events stream in commit-safe order.
 
+mod aggregate_locks;
 mod app;
 mod config;
+pub mod executor;
+mod handling;
+pub mod incoming;
+mod ingress;
+mod jobs;
+mod rejection;
+mod relay;
+pub mod repository;
+mod schema_check;
+pub mod snapshots;
 
 pub use app::{Application, StartupError};
 pub use config::Config;

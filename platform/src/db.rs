@@ -14,7 +14,13 @@ const CONNECTION_LIFETIME_MAX: Duration = Duration::from_secs(30 * 60);
 /// The server ends any session left idle inside a transaction for this long.
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+/// During a rolling upgrade an older binary meets a database a newer one already migrated:
+/// migrations only ever add, so the older one may run on the newer schema (`ignore_missing`).
+static MIGRATOR: std::sync::LazyLock<sqlx::migrate::Migrator> = std::sync::LazyLock::new(|| {
+    let mut migrator = sqlx::migrate!("../migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+});
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

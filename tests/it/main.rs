@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation should panic
 
+mod commands;
 mod config_docs;
 mod event_store;
 mod harness;
+mod outbox;
 mod service_binaries;
 mod startup;

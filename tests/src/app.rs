@@ -83,6 +83,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    command_service: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
 }
 
 impl TestApp {
@@ -118,16 +119,11 @@ impl TestApp {
                 .collect::<Vec<_>>()
         };
 
-        let command = command_service::Config::try_parse_from(args(
-            "command-service",
-            "--ops-addr=127.0.0.1:0",
-        ))
-        .expect("command-service config");
-        let command = command_service::Application::build(command)
-            .await
-            .expect("command-service starts");
-        let command_ops_addr = command.ops_addr();
-        tasks.push(tokio::spawn(command.run(shutdown.child_token())));
+        let (command_ops_addr, command_service) = Self::start_command_service_with(
+            &args("command-service", "--ops-addr=127.0.0.1:0"),
+            &shutdown,
+        )
+        .await;
 
         let projections =
             projections::Config::try_parse_from(args("projections", "--ops-addr=127.0.0.1:0"))
@@ -171,7 +167,59 @@ impl TestApp {
                 .expect("http client"),
             shutdown,
             tasks,
+            command_service: Some(command_service),
         }
+    }
+
+    async fn start_command_service_with(
+        args: &[String],
+        parent: &CancellationToken,
+    ) -> (
+        SocketAddr,
+        (CancellationToken, JoinHandle<std::io::Result<()>>),
+    ) {
+        let config = command_service::Config::try_parse_from(args).expect("command-service config");
+        let app = command_service::Application::build(config)
+            .await
+            .expect("command-service starts");
+        let addr = app.ops_addr();
+        let token = parent.child_token();
+        let task = tokio::spawn(app.run(token.clone()));
+        (addr, (token, task))
+    }
+
+    /// The command-service's flags for this test (database, NATS, prefix), plus `extra`.
+    pub fn command_service_args(&self, extra: &[&str]) -> Vec<String> {
+        std::iter::once("command-service".to_owned())
+            .chain(Self::common_args(
+                self.servers,
+                &self.db_url,
+                self.subjects.prefix(),
+            ))
+            .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
+            .chain(extra.iter().map(|s| (*s).to_owned()))
+            .collect()
+    }
+
+    /// Stops the in-process command-service gracefully (as SIGTERM would).
+    pub async fn stop_command_service(&mut self) {
+        if let Some((token, task)) = self.command_service.take() {
+            token.cancel();
+            let result = tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("command-service stops within 20 s");
+            result.expect("no panic").expect("clean stop");
+        }
+    }
+
+    /// Starts the in-process command-service again, with extra flags.
+    pub async fn start_command_service(&mut self, extra: &[&str]) {
+        assert!(self.command_service.is_none(), "already running");
+        let (addr, service) =
+            Self::start_command_service_with(&self.command_service_args(extra), &self.shutdown)
+                .await;
+        self.command_ops_addr = addr;
+        self.command_service = Some(service);
     }
 
     /// GET on the query-service.
@@ -187,7 +235,8 @@ impl TestApp {
     pub async fn stop(mut self) -> Vec<std::io::Result<()>> {
         self.shutdown.cancel();
         let mut results = Vec::new();
-        for task in self.tasks.drain(..) {
+        let command = self.command_service.take().map(|(_, task)| task);
+        for task in command.into_iter().chain(self.tasks.drain(..)) {
             match tokio::time::timeout(Duration::from_secs(15), task).await {
                 Ok(Ok(result)) => results.push(result),
                 Ok(Err(join)) => results.push(Err(std::io::Error::other(join.to_string()))),

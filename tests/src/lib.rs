@@ -18,6 +18,7 @@
 pub mod app;
 pub mod binaries;
 pub mod child;
+pub mod client;
 pub mod nats_server;
 pub mod postgres_server;
 pub mod servers;

@@ -1,0 +1,62 @@
+//! What both front doors share: run a parsed command on its own task under a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::CommandReply;
+
+use crate::executor::Executor;
+use crate::incoming::IncomingCommand;
+use crate::rejection::Rejection;
+
+/// The outcome, and whether it is final (worth recording as the durable command's result).
+#[derive(Debug)]
+pub struct Outcome {
+    pub reply: CommandReply,
+    pub transient: bool,
+}
+
+/// Executes `incoming` on a task of its own, so that a caller giving up (deadline, client gone,
+/// shutdown) can never cancel it in the middle of a database transaction (see the sqlx
+/// cancellation bug in `notes/postgres.md`). After `deadline` the caller gets `unavailable`;
+/// the work still finishes and its result is in the command log for a retry with the same id.
+pub async fn run(
+    executor: &Arc<Executor>,
+    incoming: IncomingCommand,
+    deadline: Duration,
+) -> Outcome {
+    let command_id = incoming.command_id;
+    let executor = Arc::clone(executor);
+    let task = tokio::spawn(async move { executor.execute(incoming).await });
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(Ok(reply))) => Outcome {
+            reply,
+            transient: false,
+        },
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(%command_id, error = %error, cause = ?std::error::Error::source(&error), "command failed");
+            Outcome {
+                reply: error.rejection().into_reply(command_id),
+                transient: true,
+            }
+        }
+        Ok(Err(join)) => {
+            tracing::error!(%command_id, error = %join, "command task panicked");
+            Outcome {
+                reply: Rejection::internal().into_reply(command_id),
+                transient: true,
+            }
+        }
+        Err(_) => {
+            tracing::warn!(%command_id, deadline_ms = deadline.as_millis() as u64, "command timed out");
+            Outcome {
+                reply: Rejection::unavailable("the event store").into_reply(command_id),
+                transient: true,
+            }
+        }
+    }
+}
+
+pub fn reply_bytes(reply: &CommandReply) -> bytes::Bytes {
+    serde_json::to_vec(reply).unwrap_or_default().into()
+}

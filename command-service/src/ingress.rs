@@ -1,0 +1,143 @@
+//! The request/reply front door: `<prefix>.cmd.<aggregate>.<command>` in queue group
+//! `command-service`, one reply per request on its inbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use platform::nats::Subjects;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::executor::Executor;
+use crate::handling;
+use crate::incoming::{self, HEADER_COMMAND_ID};
+use crate::schema_check::SchemaRegistry;
+
+pub const QUEUE_GROUP: &str = "command-service";
+
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    pub nats: async_nats::Client,
+    pub subjects: Subjects,
+    pub executor: Arc<Executor>,
+    pub schemas: Arc<SchemaRegistry>,
+    pub in_flight: Arc<Semaphore>,
+    pub deadline: Duration,
+}
+
+/// Subscribes before the service reports ready, so a started service never answers "no
+/// responders".
+pub async fn subscribe(
+    nats: &async_nats::Client,
+    subjects: &Subjects,
+) -> Result<async_nats::Subscriber, async_nats::SubscribeError> {
+    let subscription = nats
+        .queue_subscribe(subjects.commands(), QUEUE_GROUP.to_owned())
+        .await?;
+    // `flush` only writes to the socket. The server handles a connection's operations in order,
+    // so once a probe published after the SUB comes back, the SUB is registered.
+    let inbox = nats.new_inbox();
+    let mut probe = nats.subscribe(inbox.clone()).await?;
+    let echoed = async {
+        nats.publish(inbox, bytes::Bytes::new()).await.ok()?;
+        probe.next().await
+    };
+    if tokio::time::timeout(Duration::from_secs(5), echoed)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        tracing::warn!("could not confirm the command subscription with the server");
+    }
+    Ok(subscription)
+}
+
+impl Ingress {
+    /// Serves until `shutdown`; then stops taking requests, answers those already received and
+    /// waits for in-flight commands.
+    pub async fn run(self, mut subscription: async_nats::Subscriber, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        let mut draining = false;
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    // Unsubscribes, but messages already delivered still arrive below.
+                    if let Err(error) = subscription.drain().await {
+                        tracing::warn!(%error, "draining the command subscription failed");
+                        break;
+                    }
+                    continue;
+                }
+                message = subscription.next() => message,
+            };
+            let Some(message) = message else { break };
+            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                break;
+            };
+            let this = self.clone();
+            tasks.spawn(async move {
+                this.handle(message).await;
+                drop(permit);
+            });
+        }
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("command ingress stopped");
+    }
+
+    async fn handle(&self, message: async_nats::Message) {
+        let generated = Uuid::now_v7();
+        let reply = match incoming::command_id(message.headers.as_ref(), generated) {
+            Err(rejection) => rejection.into_reply(generated),
+            Ok(command_id) => {
+                let parsed = match incoming::split_subject(
+                    &message.subject,
+                    self.subjects.prefix(),
+                    "cmd",
+                ) {
+                    None => Err(crate::rejection::Rejection::new(
+                        domain::ErrorCode::UnknownCommand,
+                        format!(
+                            "`{}` is not a command subject (<prefix>.cmd.<aggregate>.<command>)",
+                            message.subject
+                        ),
+                    )),
+                    Some((aggregate, name)) => incoming::parse(
+                        command_id,
+                        aggregate,
+                        name,
+                        message.headers.as_ref(),
+                        &message.payload,
+                        &self.schemas,
+                    ),
+                };
+                match parsed {
+                    Err(rejection) => rejection.into_reply(command_id),
+                    Ok(command) => {
+                        handling::run(&self.executor, command, self.deadline)
+                            .await
+                            .reply
+                    }
+                }
+            }
+        };
+        let Some(inbox) = message.reply else {
+            return; // fire-and-forget publish: executed, nobody to tell
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_COMMAND_ID, reply.command_id().to_string().as_str());
+        if let Err(error) = self
+            .nats
+            .publish_with_headers(inbox, headers, handling::reply_bytes(&reply))
+            .await
+        {
+            tracing::warn!(%error, command_id = %reply.command_id(), "reply not sent");
+        }
+    }
+}

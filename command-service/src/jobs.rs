@@ -1,0 +1,183 @@
+//! The durable front door: `<prefix>.jobs.<aggregate>.<command>` is captured by the commands
+//! stream (deduplicated by `Nats-Msg-Id`) and consumed here by a durable pull consumer, so a
+//! command published while the service is down runs when it comes back. Each result goes to
+//! the command log and to `<prefix>.results.<command_id>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use futures::StreamExt;
+use platform::nats::{StreamNames, Subjects};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::executor::{self, Executor};
+use crate::handling;
+use crate::incoming::{self, HEADER_COMMAND_ID};
+use crate::rejection::Rejection;
+use crate::schema_check::SchemaRegistry;
+
+pub const CONSUMER: &str = "command-service";
+/// A delivery not acknowledged within this is redelivered (commands finish far sooner).
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// Messages pulled per request.
+const PULL_BATCH_MAX: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    pub nats: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub subjects: Subjects,
+    pub streams: StreamNames,
+    pub executor: Arc<Executor>,
+    pub schemas: Arc<SchemaRegistry>,
+    pub in_flight: Arc<Semaphore>,
+    pub deadline: Duration,
+    pub max_deliver: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error("cannot set up the durable command consumer: {0}")]
+    Consumer(String),
+}
+
+impl Jobs {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), JobsError> {
+        let stream = self
+            .jetstream
+            .get_stream(&self.streams.commands)
+            .await
+            .map_err(|e| JobsError::Consumer(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_deliver: self.max_deliver,
+                max_ack_pending: i64::try_from(self.in_flight.available_permits()).unwrap_or(512),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| JobsError::Consumer(e.to_string()))?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH_MAX)
+            .messages()
+            .await
+            .map_err(|e| JobsError::Consumer(e.to_string()))?;
+        let tasks = TaskTracker::new();
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = messages.next() => next,
+            };
+            let Some(next) = next else { break };
+            let message = match next {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, "durable command consumer error");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                break;
+            };
+            let this = self.clone();
+            tasks.spawn(async move {
+                this.handle(message).await;
+                drop(permit);
+            });
+        }
+        // Unacknowledged messages are redelivered after ACK_WAIT to whichever instance runs.
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("durable command consumer stopped");
+        Ok(())
+    }
+
+    async fn handle(&self, message: jetstream::Message) {
+        let (stream_sequence, delivered) = message
+            .info()
+            .map(|i| (i.stream_sequence, i.delivered))
+            .unwrap_or((0, 1));
+        let fallback = executor::derived_command_id(&self.streams.commands, stream_sequence);
+        let (reply, aggregate_id, transient) =
+            match incoming::command_id(message.headers.as_ref(), fallback) {
+                Err(rejection) => (rejection.into_reply(fallback), String::new(), false),
+                Ok(command_id) => {
+                    let parsed = match incoming::split_subject(
+                        &message.subject,
+                        self.subjects.prefix(),
+                        "jobs",
+                    ) {
+                        None => Err(Rejection::new(
+                            domain::ErrorCode::UnknownCommand,
+                            format!("`{}` is not a durable command subject", message.subject),
+                        )),
+                        Some((aggregate, name)) => incoming::parse(
+                            command_id,
+                            aggregate,
+                            name,
+                            message.headers.as_ref(),
+                            &message.payload,
+                            &self.schemas,
+                        ),
+                    };
+                    match parsed {
+                        Err(rejection) => (rejection.into_reply(command_id), String::new(), false),
+                        Ok(command) => {
+                            let aggregate_id = command.aggregate_id().to_owned();
+                            let outcome =
+                                handling::run(&self.executor, command, self.deadline).await;
+                            (outcome.reply, aggregate_id, outcome.transient)
+                        }
+                    }
+                }
+            };
+        if transient && delivered < self.max_deliver {
+            // Try again later (PostgreSQL down, timeout); the command has not run.
+            let delay = Duration::from_millis(500 * u64::try_from(delivered.min(10)).unwrap_or(1));
+            if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(%error, "nak failed; the command is redelivered after the ack wait");
+            }
+            return;
+        }
+        let command_id = reply.command_id();
+        // Rejections that never reached the executor are recorded here, so the result of every
+        // durable command is readable later.
+        if matches!(reply, domain::CommandReply::Rejected { .. })
+            && let Err(error) = self
+                .executor
+                .repository()
+                .log_rejection(command_id, "account", &aggregate_id, &reply)
+                .await
+        {
+            tracing::warn!(%error, %command_id, "rejection of a durable command not recorded; retrying later");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_COMMAND_ID, command_id.to_string().as_str());
+        if let Err(error) = self
+            .nats
+            .publish_with_headers(
+                self.subjects.result(&command_id.to_string()),
+                headers,
+                handling::reply_bytes(&reply),
+            )
+            .await
+        {
+            tracing::warn!(%error, %command_id, "result announcement not sent (the command log has it)");
+        }
+        if let Err(error) = message.double_ack().await {
+            tracing::warn!(%error, %command_id, "ack failed; a redelivery will get the logged result");
+        }
+    }
+}

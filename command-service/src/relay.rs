@@ -1,0 +1,368 @@
+//! The outbox relay: publishes every committed event to the events stream, once, in
+//! commit-safe order, and advances its checkpoint only after JetStream acknowledged.
+//!
+//! Order: rows are read by `(tx_id, global_position)` and only from transactions older than the
+//! oldest one still running (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`), so a row that
+//! commits late can never be skipped (identity positions are taken at insert, not commit).
+//! Exactly once: each message carries `Nats-Msg-Id = <type>:<id>:<seq>`, so re-publication after
+//! a crash is dropped by the stream inside its duplicate window; beyond it, start-up
+//! reconciliation moves the checkpoint to the event the stream actually holds last.
+//! One relay at a time: instances compete for a PostgreSQL advisory lock; the others stand by.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use domain::envelope::{self, EventMessage};
+use platform::nats::{StreamNames, Subjects};
+use sqlx::postgres::{PgListener, PgPool};
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+const NOTIFY_CHANNEL: &str = "tally_events";
+/// Longest pause between attempts after a failure (PostgreSQL or JetStream down).
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub batch_max: i64,
+    pub poll: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("database")]
+    Db(#[from] sqlx::Error),
+    #[error("publish to JetStream")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+    #[error("stream lookup")]
+    Stream(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    /// `xid8` as text (sqlx has no xid8 type).
+    tx_id: u64,
+    global_position: i64,
+    /// The highest stream sequence our publications reached.
+    stream_sequence: u64,
+}
+
+const START: Position = Position {
+    tx_id: 0,
+    global_position: 0,
+    stream_sequence: 0,
+};
+
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    tx_id: String,
+    global_position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: serde_json::Value,
+    metadata: serde_json::Value,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub struct Relay {
+    pool: PgPool,
+    connect: sqlx::postgres::PgConnectOptions,
+    jetstream: jetstream::Context,
+    subjects: Subjects,
+    stream: String,
+    config: RelayConfig,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    pub fn new(
+        pool: PgPool,
+        connect: sqlx::postgres::PgConnectOptions,
+        jetstream: jetstream::Context,
+        subjects: Subjects,
+        streams: &StreamNames,
+        config: RelayConfig,
+    ) -> Self {
+        Relay {
+            pool,
+            connect,
+            jetstream,
+            subjects,
+            stream: streams.events.clone(),
+            config,
+        }
+    }
+
+    /// Runs until `shutdown`; then publishes what is already committed and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.lead(&shutdown).await {
+                Ok(()) => failures = 0,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
+                        .min(BACKOFF_MAX);
+                    tracing::warn!(error = %error_chain(&error), retry_in_ms = pause.as_millis() as u64, "relay paused");
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!("relay stopped");
+    }
+
+    /// Waits for the leader lock, reconciles with the stream, then relays until shutdown.
+    async fn lead(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let mut lock_conn = PgConnection::connect_with(&self.connect).await?;
+        let lock_key = format!("tally-relay:{}", self.stream);
+        loop {
+            let got: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                    .bind(&lock_key)
+                    .fetch_one(&mut lock_conn)
+                    .await?;
+            if got {
+                break;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        tracing::info!(stream = %self.stream, "relay is the leader");
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(NOTIFY_CHANNEL).await?;
+        let mut position = self.reconcile().await?;
+        loop {
+            let published = self.publish_batch(&mut position).await?;
+            if shutdown.is_cancelled() {
+                if published == 0 {
+                    break;
+                }
+                continue; // flush what is already committed before stopping
+            }
+            if published as i64 >= self.config.batch_max {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                notification = tokio::time::timeout(self.config.poll, listener.recv()) => {
+                    if let Ok(Err(error)) = notification {
+                        return Err(error.into());
+                    }
+                }
+            }
+            // The leader lock lives as long as this connection: check it is still there.
+            lock_conn.ping().await?;
+        }
+        drop(lock_conn);
+        Ok(())
+    }
+
+    /// The checkpoint, moved to the last event the stream really holds: forward if we crashed
+    /// between publishing and checkpointing, backward if the stream lost messages.
+    async fn reconcile(&self) -> Result<Position, RelayError> {
+        sqlx::query("INSERT INTO relay_checkpoints (stream) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&self.stream)
+            .execute(&self.pool)
+            .await?;
+        let (tx_id, global_position, stream_sequence): (String, i64, i64) = sqlx::query_as(
+            "SELECT tx_id::text, global_position, stream_sequence FROM relay_checkpoints WHERE stream = $1",
+        )
+        .bind(&self.stream)
+        .fetch_one(&self.pool)
+        .await?;
+        let checkpoint = Position {
+            tx_id: tx_id.parse().unwrap_or(0),
+            global_position,
+            stream_sequence: u64::try_from(stream_sequence).unwrap_or(0),
+        };
+        let mut stream = self
+            .jetstream
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| RelayError::Stream(e.to_string()))?;
+        let last_seq = stream
+            .info()
+            .await
+            .map_err(|e| RelayError::Stream(e.to_string()))?
+            .state
+            .last_sequence;
+        if last_seq == 0 {
+            if stream_sequence > 0 {
+                tracing::warn!(stream = %self.stream, "stream is empty but was published to; re-publishing all history");
+            }
+            return self.save_checkpoint(START).await;
+        }
+        let message = stream
+            .get_raw_message(last_seq)
+            .await
+            .map_err(|e| RelayError::Stream(e.to_string()))?;
+        let msg_id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        let mut parts = msg_id.rsplitn(3, ':');
+        let (Some(seq), Some(id), Some(kind)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(checkpoint);
+        };
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT tx_id::text, global_position FROM events
+             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+        )
+        .bind(kind)
+        .bind(id)
+        .bind(seq.parse::<i64>().unwrap_or(-1))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((tx, gp)) = row else {
+            return Ok(checkpoint);
+        };
+        let actual = Position {
+            tx_id: tx.parse().unwrap_or(0),
+            global_position: gp,
+            stream_sequence: last_seq,
+        };
+        if actual != checkpoint {
+            tracing::info!(
+                ?checkpoint,
+                ?actual,
+                "relay checkpoint reconciled with the stream"
+            );
+            return self.save_checkpoint(actual).await;
+        }
+        Ok(checkpoint)
+    }
+
+    async fn save_checkpoint(&self, position: Position) -> Result<Position, RelayError> {
+        sqlx::query(
+            "UPDATE relay_checkpoints SET tx_id = $2::text::xid8, global_position = $3,
+                    stream_sequence = $4, updated_at = now()
+             WHERE stream = $1",
+        )
+        .bind(&self.stream)
+        .bind(position.tx_id.to_string())
+        .bind(position.global_position)
+        .bind(i64::try_from(position.stream_sequence).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(position)
+    }
+
+    /// Publishes the next batch of committed events; returns how many.
+    async fn publish_batch(&self, position: &mut Position) -> Result<usize, RelayError> {
+        let rows: Vec<OutboxRow> = sqlx::query_as(
+            "SELECT tx_id::text AS tx_id, global_position, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version, payload, metadata, recorded_at
+             FROM events
+             WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+               AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY tx_id, global_position
+             LIMIT $3",
+        )
+        .bind(position.tx_id.to_string())
+        .bind(position.global_position)
+        .bind(self.config.batch_max)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(0);
+        };
+        let mut next = Position {
+            tx_id: last.tx_id.parse().unwrap_or(position.tx_id),
+            global_position: last.global_position,
+            stream_sequence: position.stream_sequence,
+        };
+        // Pipelined: send every message, then await the acks (one round trip per batch).
+        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (subject, publish) = self.message(row);
+            acks.push(self.jetstream.send_publish(subject, publish).await?);
+        }
+        let mut reset = false;
+        for ack in acks {
+            let ack = ack.await?;
+            // A new message stored at or below a sequence we already reached means the stream
+            // was recreated or lost data while we ran.
+            reset |= !ack.duplicate && ack.sequence <= position.stream_sequence;
+            next.stream_sequence = next.stream_sequence.max(ack.sequence);
+        }
+        if reset {
+            tracing::warn!(stream = %self.stream, "the stream went backwards; re-publishing all history from PostgreSQL");
+            *position = self.save_checkpoint(START).await?;
+            return Ok(rows.len());
+        }
+        *position = self.save_checkpoint(next).await?;
+        tracing::debug!(
+            published = rows.len(),
+            stream_sequence = next.stream_sequence,
+            "relayed"
+        );
+        Ok(rows.len())
+    }
+
+    fn message(&self, row: &OutboxRow) -> (String, jetstream::message::PublishMessage) {
+        let sequence = u64::try_from(row.sequence).unwrap_or_default();
+        let body = EventMessage {
+            aggregate_type: row.aggregate_type.clone(),
+            aggregate_id: row.aggregate_id.clone(),
+            sequence,
+            event_type: row.event_type.clone(),
+            event_version: row.event_version.clone(),
+            global_position: row.global_position,
+            recorded_at: row.recorded_at,
+            payload: row.payload.clone(),
+            metadata: row.metadata.clone(),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(envelope::headers::EVENT_TYPE, row.event_type.as_str());
+        headers.insert(envelope::headers::EVENT_VERSION, row.event_version.as_str());
+        headers.insert(
+            envelope::headers::AGGREGATE_TYPE,
+            row.aggregate_type.as_str(),
+        );
+        headers.insert(envelope::headers::AGGREGATE_ID, row.aggregate_id.as_str());
+        headers.insert(envelope::headers::SEQUENCE, sequence.to_string().as_str());
+        if let Some(command_id) = row.metadata.get("command_id").and_then(|v| v.as_str()) {
+            headers.insert(envelope::headers::COMMAND_ID, command_id);
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .headers(headers)
+            .message_id(envelope::event_message_id(
+                &row.aggregate_type,
+                &row.aggregate_id,
+                sequence,
+            ))
+            .payload(serde_json::to_vec(&body).unwrap_or_default().into());
+        (
+            self.subjects.event(&row.aggregate_type, &row.aggregate_id),
+            publish,
+        )
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

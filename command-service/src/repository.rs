@@ -1,0 +1,233 @@
+//! Our `PersistedEventRepository`: postgres-es does the reads and the streaming of history; the
+//! write is ours, so the command log row is written in the same statement (and so the same
+//! transaction) as the command's events.
+
+use std::sync::Arc;
+
+use cqrs_es::Aggregate;
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use domain::CommandReply;
+use postgres_es::PostgresEventRepository;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The reply an accepted command gets; a pure function of what was committed, so the command
+/// log (written in `persist`) and the executor agree without passing it around.
+pub fn accepted_reply(
+    command_id: Uuid,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    version: u64,
+) -> CommandReply {
+    CommandReply::Accepted {
+        command_id,
+        aggregate_id: aggregate_id.to_owned(),
+        version,
+        consistency_token: consistency_token(aggregate_type, aggregate_id, version),
+    }
+}
+
+/// Opaque to clients: the query-service waits until the read model has applied this version of
+/// this aggregate.
+pub fn consistency_token(aggregate_type: &str, aggregate_id: &str, version: u64) -> String {
+    format!("{aggregate_type}:{aggregate_id}:{version}")
+}
+
+/// SQL state of a unique violation: a lost optimistic-concurrency race (events primary key) or
+/// a concurrent duplicate of the same command id (command log primary key).
+const UNIQUE_VIOLATION: &str = "23505";
+
+#[derive(Clone)]
+pub struct TallyRepository {
+    pool: PgPool,
+    reads: Arc<PostgresEventRepository>,
+}
+
+impl std::fmt::Debug for TallyRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TallyRepository").finish_non_exhaustive()
+    }
+}
+
+/// Maps a database error to cqrs-es's categories: clashes are conflicts, an unreachable
+/// database is a connection error (the client is told `unavailable`).
+pub fn persistence_error(error: sqlx::Error) -> PersistenceError {
+    if let Some(db) = error.as_database_error()
+        && db.code().as_deref() == Some(UNIQUE_VIOLATION)
+    {
+        return PersistenceError::OptimisticLockError;
+    }
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => PersistenceError::ConnectionError(Box::new(error)),
+        other => PersistenceError::UnknownError(Box::new(other)),
+    }
+}
+
+impl TallyRepository {
+    pub fn new(pool: PgPool) -> Self {
+        TallyRepository {
+            reads: Arc::new(PostgresEventRepository::new(pool.clone())),
+            pool,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The stored reply of a command id, if it ran.
+    pub async fn logged_reply(
+        &self,
+        command_id: Uuid,
+    ) -> Result<Option<CommandReply>, sqlx::Error> {
+        let reply: Option<sqlx::types::Json<CommandReply>> =
+            sqlx::query_scalar("SELECT reply FROM command_log WHERE command_id = $1")
+                .bind(command_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(reply.map(|r| r.0))
+    }
+
+    /// Records a rejection; if the id already has a result, returns that one instead.
+    pub async fn log_rejection(
+        &self,
+        command_id: Uuid,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        reply: &CommandReply,
+    ) -> Result<CommandReply, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply)
+             VALUES ($1, $2, $3, 'rejected', $4) ON CONFLICT (command_id) DO NOTHING",
+        )
+        .bind(command_id)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sqlx::types::Json(reply))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(reply.clone());
+        }
+        Ok(self
+            .logged_reply(command_id)
+            .await?
+            .unwrap_or_else(|| reply.clone()))
+    }
+}
+
+impl PersistedEventRepository for TallyRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.reads.get_events::<A>(aggregate_id).await
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.reads
+            .get_last_events::<A>(aggregate_id, last_sequence)
+            .await
+    }
+
+    /// cqrs-es's own snapshots are never used (they corrupt state in 0.5.0); ours live in
+    /// `snapshots.rs`.
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        Ok(None)
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        _snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let command_id = last
+            .metadata
+            .get(domain::metadata::KEY_COMMAND_ID)
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| {
+                PersistenceError::UnknownError("event metadata lacks a command_id".into())
+            })?;
+        let version = u64::try_from(last.sequence)
+            .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?;
+        let reply = accepted_reply(
+            command_id,
+            &last.aggregate_type,
+            &last.aggregate_id,
+            version,
+        );
+
+        let mut types = Vec::with_capacity(events.len());
+        let mut ids = Vec::with_capacity(events.len());
+        let mut sequences = Vec::with_capacity(events.len());
+        let mut event_types = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut payloads = Vec::with_capacity(events.len());
+        let mut metadatas = Vec::with_capacity(events.len());
+        for event in events {
+            types.push(event.aggregate_type.clone());
+            ids.push(event.aggregate_id.clone());
+            sequences.push(
+                i64::try_from(event.sequence)
+                    .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+            );
+            event_types.push(event.event_type.clone());
+            versions.push(event.event_version.clone());
+            payloads.push(event.payload.clone());
+            metadatas.push(event.metadata.clone());
+        }
+        // One statement, so one implicit transaction and one round trip: the events (whose
+        // primary key is the concurrency check) and the command log row stand or fall together.
+        sqlx::query(
+            "WITH logged AS (
+                 INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply)
+                 VALUES ($8, $1[1], $2[1], 'accepted', $9)
+             )
+             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&sequences)
+        .bind(&event_types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&metadatas)
+        .bind(command_id)
+        .bind(sqlx::types::Json(&reply))
+        .execute(&self.pool)
+        .await
+        .map_err(persistence_error)?;
+        Ok(())
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        self.reads.stream_events::<A>(aggregate_id).await
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        self.reads.stream_all_events::<A>().await
+    }
+}
