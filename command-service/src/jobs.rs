@@ -2,6 +2,11 @@
 //! stream (deduplicated by `Nats-Msg-Id`) and consumed here by a durable pull consumer, so a
 //! command published while the service is down runs when it comes back. Each result goes to
 //! the command log and to `<prefix>.results.<command_id>`.
+//!
+//! Order: durable commands on one aggregate run in the order they were published. The consumer
+//! uses a pinned priority group, so one instance at a time receives them (another takes over
+//! when it stops pulling), and inside that instance each aggregate has one lane that runs its
+//! commands one after another; different aggregates run in parallel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,14 @@ pub const CONSUMER: &str = "command-service";
 const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages pulled per request.
 const PULL_BATCH_MAX: usize = 64;
+/// Parallel lanes; an aggregate always maps to the same lane.
+const LANES: usize = 16;
+/// Messages waiting per lane before the puller waits (backpressure).
+const LANE_QUEUE_MAX: usize = 64;
+/// The priority group the instances pull with; one is pinned at a time.
+const PRIORITY_GROUP: &str = "jobs";
+/// How long the pinned instance may stop pulling before another takes over.
+const PIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Jobs {
@@ -58,7 +71,10 @@ impl Jobs {
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
                 max_deliver: self.max_deliver,
-                max_ack_pending: i64::try_from(self.in_flight.available_permits()).unwrap_or(512),
+                max_ack_pending: i64::try_from(LANES * LANE_QUEUE_MAX).unwrap_or(1024),
+                priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+                priority_groups: vec![PRIORITY_GROUP.to_owned()],
+                priority_timeout: PIN_TIMEOUT,
                 ..Default::default()
             })
             .await
@@ -66,10 +82,27 @@ impl Jobs {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(PULL_BATCH_MAX)
+            .expires(Duration::from_secs(2))
+            .group(PRIORITY_GROUP)
             .messages()
             .await
             .map_err(|e| JobsError::Consumer(e.to_string()))?;
         let tasks = TaskTracker::new();
+        let mut lanes = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<jetstream::Message>(LANE_QUEUE_MAX);
+            let this = self.clone();
+            tasks.spawn(async move {
+                while let Some(message) = rx.recv().await {
+                    let Ok(permit) = Arc::clone(&this.in_flight).acquire_owned().await else {
+                        break;
+                    };
+                    this.handle(message).await;
+                    drop(permit);
+                }
+            });
+            lanes.push(tx);
+        }
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -84,18 +117,21 @@ impl Jobs {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            let lane = lane_of(&message.payload);
+            if lanes[lane].send(message).await.is_err() {
                 break;
-            };
-            let this = self.clone();
-            tasks.spawn(async move {
-                this.handle(message).await;
-                drop(permit);
-            });
+            }
         }
+        // Stop pulling, then let each lane finish what it holds.
+        drop(messages);
+        drop(lanes);
         // Unacknowledged messages are redelivered after ACK_WAIT to whichever instance runs.
         tasks.close();
         tasks.wait().await;
+        // Hand the pin over now rather than after PIN_TIMEOUT, so a successor starts at once.
+        if let Err(error) = stream.unpin_consumer(CONSUMER, PRIORITY_GROUP).await {
+            tracing::debug!(%error, "unpin on shutdown failed; the pin expires by itself");
+        }
         tracing::info!("durable command consumer stopped");
         Ok(())
     }
@@ -179,5 +215,35 @@ impl Jobs {
         if let Err(error) = message.double_ack().await {
             tracing::warn!(%error, %command_id, "ack failed; a redelivery will get the logged result");
         }
+    }
+}
+
+/// The lane of a command: by its `account_id`, so one aggregate's commands stay in order.
+fn lane_of(payload: &[u8]) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Target {
+        account_id: Option<String>,
+    }
+    let key = serde_json::from_slice::<Target>(payload)
+        .ok()
+        .and_then(|t| t.account_id)
+        .unwrap_or_default();
+    // FNV-1a: stable and cheap; the lane only has to be the same for the same id.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    usize::try_from(hash % LANES as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lane_of;
+
+    #[test]
+    fn one_account_one_lane() {
+        let a = lane_of(br#"{"account_id":"acc-1","amount":5}"#);
+        assert_eq!(a, lane_of(br#"{"amount":7,"account_id":"acc-1"}"#));
+        assert!(a < super::LANES);
+        assert_eq!(lane_of(b"not json"), lane_of(b"{}"));
     }
 }

@@ -272,7 +272,8 @@ impl Relay {
              FROM events
              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-             ORDER BY tx_id, global_position
+             -- Qualified: the bare name would sort by the text alias above ('1000' < '996').
+             ORDER BY events.tx_id, events.global_position
              LIMIT $3",
         )
         .bind(position.tx_id.to_string())

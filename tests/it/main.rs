@@ -5,6 +5,7 @@
 
 mod commands;
 mod config_docs;
+mod durable;
 mod event_store;
 mod harness;
 mod outbox;
