@@ -5,9 +5,11 @@
 
 mod commands;
 mod config_docs;
+mod crash;
 mod durable;
 mod event_store;
 mod harness;
 mod outbox;
 mod service_binaries;
+mod snapshots;
 mod startup;
