@@ -55,10 +55,15 @@ impl std::fmt::Debug for TallyRepository {
 /// Maps a database error to cqrs-es's categories: clashes are conflicts, an unreachable
 /// database is a connection error (the client is told `unavailable`).
 pub fn persistence_error(error: sqlx::Error) -> PersistenceError {
-    if let Some(db) = error.as_database_error()
-        && db.code().as_deref() == Some(UNIQUE_VIOLATION)
-    {
-        return PersistenceError::OptimisticLockError;
+    if let Some(code) = error.as_database_error().and_then(|db| db.code()) {
+        if code == UNIQUE_VIOLATION {
+            return PersistenceError::OptimisticLockError;
+        }
+        // Connection exceptions (08), insufficient resources (53) and operator intervention
+        // such as a shutdown or recovery in progress (57) are outages, not bugs.
+        if ["08", "53", "57"].iter().any(|class| code.starts_with(class)) {
+            return PersistenceError::ConnectionError(Box::new(error));
+        }
     }
     match error {
         sqlx::Error::Io(_)

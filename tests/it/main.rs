@@ -8,6 +8,7 @@ mod config_docs;
 mod crash;
 mod durable;
 mod event_store;
+mod failures;
 mod harness;
 mod outbox;
 mod service_binaries;

@@ -106,8 +106,25 @@ impl TestApp {
         ]
     }
 
+    /// Starts the services on a database of the test's choosing (e.g. on a PostgreSQL server
+    /// the test kills and restarts), with the shared NATS and a fresh prefix.
+    pub async fn spawn_with_database(db_url: String) -> TestApp {
+        crate::init_test_logging();
+        let servers = Servers::get();
+        Self::spawn_on(servers, "custom".to_owned(), db_url, unique_prefix()).await
+    }
+
     async fn spawn_with(servers: &'static Servers, db_name: String, prefix: String) -> TestApp {
         let db_url = servers.pg_url(&db_name);
+        Self::spawn_on(servers, db_name, db_url, prefix).await
+    }
+
+    async fn spawn_on(
+        servers: &'static Servers,
+        db_name: String,
+        db_url: String,
+        prefix: String,
+    ) -> TestApp {
         let common = Self::common_args(servers, &db_url, &prefix);
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();

@@ -13,6 +13,9 @@ use crate::child::{self, free_port};
 pub struct PostgresServer {
     pub child: Child,
     pub port: u16,
+    data: std::path::PathBuf,
+    log: std::path::PathBuf,
+    durable: bool,
 }
 
 impl PostgresServer {
@@ -21,7 +24,17 @@ impl PostgresServer {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
+    /// A throw-away cluster: durability off for speed (a crash of it may lose recent commits).
     pub fn start(dir: &Path) -> Result<PostgresServer, String> {
+        Self::start_with(dir, false)
+    }
+
+    /// A cluster with PostgreSQL's default durability, for tests that crash it on purpose.
+    pub fn start_durable(dir: &Path) -> Result<PostgresServer, String> {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, durable: bool) -> Result<PostgresServer, String> {
         let bindir = binaries::postgres_bindir();
         let run_as = child::unprivileged_user_if_root();
         let data = dir.join("pgdata");
@@ -65,35 +78,83 @@ impl PostgresServer {
         }
 
         let port = free_port();
-        let log = std::fs::File::create(dir.join("postgres.log")).map_err(|e| e.to_string())?;
+        let child = launch(&data, port, &dir.join("postgres.log"), durable)?;
+        Ok(PostgresServer {
+            child,
+            port,
+            data,
+            log: dir.join("postgres.log"),
+            durable,
+        })
+    }
+
+    /// Kills the server as a crash would (SIGKILL), and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Backends notice the postmaster's death and exit; wait until the port is free.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the same cluster again on the same port (crash recovery runs first).
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.child = launch(&self.data, self.port, &self.log, self.durable)?;
+        Ok(())
+    }
+}
+
+/// Runs `postgres` on an initialised data directory and waits until it accepts connections.
+fn launch(data: &Path, port: u16, log_path: &Path, durable: bool) -> Result<Child, String> {
+    let bindir = binaries::postgres_bindir();
+    let run_as = child::unprivileged_user_if_root();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| e.to_string())?;
+    {
         let mut postgres = Command::new(bindir.join("postgres"));
         postgres
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string()])
-            // Loopback only, no Unix socket; durability off because a test cluster is thrown
-            // away (speed matters, crash safety of the test cluster does not).
+            // Loopback only, no Unix socket.
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "unix_socket_directories=",
             ])
-            .args([
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ])
+            .args(if durable {
+                &[][..]
+            } else {
+                &[
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ][..]
+            })
             .args(["-c", "max_connections=500", "-c", "shared_buffers=128MB"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
         let child = child::spawn_tied_to_parent(&mut postgres, run_as)
             .map_err(|e| format!("cannot start postgres: {e}"))?;
+        wait_ready(&bindir, port, log_path)?;
+        Ok(child)
+    }
+}
 
+fn wait_ready(bindir: &Path, port: u16, log_path: &Path) -> Result<(), String> {
+    {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = Command::new(bindir.join("pg_isready"))
@@ -109,12 +170,12 @@ impl PostgresServer {
                 .status()
                 .is_ok_and(|s| s.success());
             if ready {
-                return Ok(PostgresServer { child, port });
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
                     "PostgreSQL did not become ready within 30 s; see {}",
-                    dir.join("postgres.log").display()
+                    log_path.display()
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,62 @@
+//! Dependencies failing: PostgreSQL down means a prompt `unavailable`, never a hang, and the
+//! service recovers by itself when it returns.
+
+use std::time::{Duration, Instant};
+
+use domain::{CommandReply, ErrorCode};
+use serde_json::json;
+use tests::TestApp;
+use tests::postgres_server::PostgresServer;
+
+#[tokio::test]
+async fn postgres_down_answers_unavailable_promptly_and_recovers_without_restart() {
+    let dir = std::env::temp_dir().join(format!(
+        "tally-test-{}-pgdown-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut postgres = PostgresServer::start_durable(&dir).unwrap();
+    let app = TestApp::spawn_with_database(postgres.url("postgres")).await;
+    tests::client::accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "p", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+
+    postgres.kill();
+    let command_id = uuid::Uuid::new_v4();
+    let deposit = json!({"account_id": "p", "amount": 5});
+    let started = Instant::now();
+    let reply = app
+        .send_with_id("account.deposit", command_id, deposit.clone())
+        .await;
+    let took = started.elapsed();
+    match &reply {
+        CommandReply::Rejected { error, .. } => assert_eq!(error.code, ErrorCode::Unavailable),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    // Within the command timeout (5 s by default), not a hang.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+
+    postgres.restart().unwrap();
+    // The same command id, retried, goes through once PostgreSQL is back: no service restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let version = loop {
+        let reply = app
+            .send_with_id("account.deposit", command_id, deposit.clone())
+            .await;
+        if let CommandReply::Accepted { version, .. } = reply {
+            break version;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(version, 2);
+    // And the relay recovered too.
+    app.wait_for_stream_count(2, Duration::from_secs(20)).await;
+}
