@@ -121,7 +121,7 @@ fn launch(data: &Path, port: u16, log_path: &Path, durable: bool) -> Result<Chil
         let mut postgres = Command::new(bindir.join("postgres"));
         postgres
             .arg("-D")
-            .arg(&data)
+            .arg(data)
             .args(["-p", &port.to_string()])
             // Loopback only, no Unix socket.
             .args([
