@@ -61,7 +61,10 @@ pub fn persistence_error(error: sqlx::Error) -> PersistenceError {
         }
         // Connection exceptions (08), insufficient resources (53) and operator intervention
         // such as a shutdown or recovery in progress (57) are outages, not bugs.
-        if ["08", "53", "57"].iter().any(|class| code.starts_with(class)) {
+        if ["08", "53", "57"]
+            .iter()
+            .any(|class| code.starts_with(class))
+        {
             return PersistenceError::ConnectionError(Box::new(error));
         }
     }

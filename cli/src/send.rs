@@ -1,0 +1,110 @@
+//! Sending one command: request/reply on `<prefix>.cmd.…`, or durably on `<prefix>.jobs.…` and
+//! then waiting for `<prefix>.results.<command_id>`.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_nats::HeaderMap;
+use clap::Args;
+use domain::CommandReply;
+use futures::StreamExt;
+use uuid::Uuid;
+
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// NATS server URLs, comma-separated.
+    #[arg(
+        long = "nats-url",
+        env = "TALLY_NATS_URL",
+        default_value = "nats://127.0.0.1:14222",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub urls: Vec<String>,
+    /// Subject prefix of the Tally installation.
+    #[arg(
+        long = "subject-prefix",
+        env = "TALLY_SUBJECT_PREFIX",
+        default_value = "tally",
+        global = true
+    )]
+    pub prefix: String,
+    /// How long to wait for the answer.
+    #[arg(long = "timeout-ms", default_value_t = 10_000, global = true)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SendOptions {
+    /// Idempotency key: sending the same id again returns the first result.
+    #[arg(long = "command-id")]
+    pub command_id: Option<Uuid>,
+    /// Refuse with `conflict` unless the account is at this version.
+    #[arg(long = "expected-version")]
+    pub expected_version: Option<u64>,
+    /// Publish durably (`<prefix>.jobs.…`): kept until the service runs it, even across restarts.
+    #[arg(long)]
+    pub durable: bool,
+}
+
+pub async fn send(
+    connection: &Connection,
+    aggregate: &str,
+    command: &str,
+    body: &serde_json::Value,
+    options: &SendOptions,
+) -> anyhow::Result<CommandReply> {
+    let timeout = Duration::from_millis(connection.timeout_ms);
+    let client = async_nats::ConnectOptions::new()
+        .name("tally-cli")
+        .connection_timeout(timeout)
+        .connect(connection.urls.as_slice())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", connection.urls.join(",")))?;
+    let command_id = options.command_id.unwrap_or_else(Uuid::now_v7);
+    let mut headers = HeaderMap::new();
+    headers.insert("Tally-Command-Id", command_id.to_string().as_str());
+    if let Some(version) = options.expected_version {
+        headers.insert("Tally-Expected-Version", version.to_string().as_str());
+    }
+    let payload = serde_json::to_vec(body)?;
+    let response = if options.durable {
+        let results = format!("{}.results.{command_id}", connection.prefix);
+        let mut subscription = client.subscribe(results).await?;
+        headers.insert("Nats-Msg-Id", command_id.to_string().as_str());
+        let subject = format!("{}.jobs.{aggregate}.{command}", connection.prefix);
+        async_nats::jetstream::new(client.clone())
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .with_context(|| format!("cannot publish to {subject}"))?
+            .await
+            .with_context(|| format!("the commands stream did not store {subject}"))?;
+        eprintln!("stored durably as command {command_id}; waiting for the result");
+        match tokio::time::timeout(timeout, subscription.next()).await {
+            Ok(Some(message)) => message.payload,
+            _ => bail!(
+                "no result within {} ms; the command stays queued and runs when a command-service is up",
+                connection.timeout_ms
+            ),
+        }
+    } else {
+        let subject = format!("{}.cmd.{aggregate}.{command}", connection.prefix);
+        match tokio::time::timeout(
+            timeout,
+            client.request_with_headers(subject.clone(), headers, payload.into()),
+        )
+        .await
+        {
+            Ok(Ok(message)) => message.payload,
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
+                bail!("no command-service is listening on {subject}")
+            }
+            Ok(Err(error)) => return Err(error).context(format!("request to {subject} failed")),
+            Err(_) => bail!(
+                "no answer within {} ms (retry with --command-id {command_id} to avoid running it twice)",
+                connection.timeout_ms
+            ),
+        }
+    };
+    serde_json::from_slice(&response).context("the reply is not a Tally command reply")
+}

@@ -1,0 +1,148 @@
+//! The `tally` binary, run the way a person runs it, against real services.
+
+use std::process::Output;
+
+use domain::CommandReply;
+use tests::TestApp;
+use tests::binaries::workspace_binary;
+
+async fn tally(app: &TestApp, args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(workspace_binary("tally"));
+    command
+        .arg(format!("--nats-url={}", app.servers.nats_url))
+        .arg(format!("--subject-prefix={}", app.subjects.prefix()))
+        .arg("--timeout-ms=10000")
+        .args(args);
+    command
+        .output()
+        .await
+        .expect("tally binary (cargo build --workspace)")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn account_commands_by_hand() {
+    let app = TestApp::spawn().await;
+    let open = tally(
+        &app,
+        &[
+            "account",
+            "open",
+            "--id",
+            "cli-1",
+            "--owner",
+            "alice",
+            "--currency",
+            "EUR",
+        ],
+    )
+    .await;
+    assert_eq!(open.status.code(), Some(0), "{open:?}");
+    assert!(
+        stdout(&open).contains("accepted: cli-1 is at version 1"),
+        "{}",
+        stdout(&open)
+    );
+
+    let deposit = tally(
+        &app,
+        &[
+            "account",
+            "deposit",
+            "--id",
+            "cli-1",
+            "--amount",
+            "1050",
+            "--reference",
+            "salary",
+        ],
+    )
+    .await;
+    assert_eq!(deposit.status.code(), Some(0));
+
+    let too_much = tally(
+        &app,
+        &["account", "withdraw", "--id", "cli-1", "--amount", "5000"],
+    )
+    .await;
+    assert_eq!(too_much.status.code(), Some(1), "a rejection exits 1");
+    assert!(
+        stdout(&too_much).contains("insufficient_funds"),
+        "{}",
+        stdout(&too_much)
+    );
+
+    let json = tally(
+        &app,
+        &[
+            "--json", "account", "freeze", "--id", "cli-1", "--reason", "review",
+        ],
+    )
+    .await;
+    let reply: CommandReply = serde_json::from_slice(&json.stdout).expect("--json prints a reply");
+    assert!(matches!(reply, CommandReply::Accepted { version: 3, .. }));
+
+    let durable = tally(&app, &["account", "unfreeze", "--id", "cli-1", "--durable"]).await;
+    assert_eq!(durable.status.code(), Some(0), "{durable:?}");
+    assert!(
+        stdout(&durable).contains("version 4"),
+        "{}",
+        stdout(&durable)
+    );
+
+    // The same command id twice: executed once, same answer.
+    let id = uuid::Uuid::new_v4().to_string();
+    let first = tally(
+        &app,
+        &[
+            "--json",
+            "account",
+            "deposit",
+            "--id",
+            "cli-1",
+            "--amount",
+            "1",
+            "--command-id",
+            &id,
+        ],
+    )
+    .await;
+    let second = tally(
+        &app,
+        &[
+            "--json",
+            "account",
+            "deposit",
+            "--id",
+            "cli-1",
+            "--amount",
+            "1",
+            "--command-id",
+            &id,
+        ],
+    )
+    .await;
+    assert_eq!(first.stdout, second.stdout);
+    assert_eq!(app.events_in_store().await, 5);
+}
+
+#[tokio::test]
+async fn no_service_is_a_clear_error() {
+    let app = TestApp::spawn().await;
+    let output = tokio::process::Command::new(workspace_binary("tally"))
+        .arg(format!("--nats-url={}", app.servers.nats_url))
+        .arg("--subject-prefix=nobody-listens")
+        .args(["account", "close", "--id", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no command-service is listening"),
+        "{stderr}"
+    );
+}
