@@ -260,6 +260,7 @@ pub fn metadata(incoming: &IncomingCommand) -> EventMetadata {
         chrono::Utc::now(),
     );
     metadata.trace_id = incoming.trace_id.clone();
+    metadata.traceparent = incoming.traceparent.clone();
     metadata
 }
 

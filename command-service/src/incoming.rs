@@ -24,6 +24,8 @@ pub struct IncomingCommand {
     pub command: AccountCommand,
     pub actor: String,
     pub trace_id: Option<String>,
+    /// The client's `traceparent`, kept whole when well formed.
+    pub traceparent: Option<String>,
     pub expected_version: Option<u64>,
 }
 
@@ -116,6 +118,10 @@ pub fn parse(
         command,
         actor: ANONYMOUS_ACTOR.to_owned(),
         trace_id: headers.and_then(trace_id),
+        traceparent: headers
+            .filter(|h| trace_id(h).is_some())
+            .and_then(|h| h.get(HEADER_TRACEPARENT))
+            .map(|v| v.as_str().to_owned()),
         expected_version,
     })
 }

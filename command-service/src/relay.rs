@@ -20,6 +20,8 @@ use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 const NOTIFY_CHANNEL: &str = "tally_events";
+/// How long a stopping relay waits for committed events held back by open transactions.
+const FLUSH_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Longest pause between attempts after a failure (PostgreSQL or JetStream down).
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -147,13 +149,28 @@ impl Relay {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         let mut position = self.reconcile().await?;
+        let mut flush_deadline = None;
         loop {
             let published = self.publish_batch(&mut position).await?;
             if shutdown.is_cancelled() {
-                if published == 0 {
+                // Flush what is already committed before stopping. Rows can be held back by
+                // unrelated transactions still open (the xmin guard), so wait for them, bounded.
+                let deadline = *flush_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_WAIT_MAX);
+                if published > 0 {
+                    continue;
+                }
+                if !self.committed_beyond(&position).await? {
                     break;
                 }
-                continue; // flush what is already committed before stopping
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(
+                        "stopping with committed events not yet published; the next relay publishes them"
+                    );
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             }
             if published as i64 >= self.config.batch_max {
                 continue;
@@ -171,6 +188,17 @@ impl Relay {
         }
         drop(lock_conn);
         Ok(())
+    }
+
+    /// Whether any committed event lies beyond `position` (visible or still held back).
+    async fn committed_beyond(&self, position: &Position) -> Result<bool, RelayError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, global_position) > ($1::text::xid8, $2))",
+        )
+        .bind(position.tx_id.to_string())
+        .bind(position.global_position)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// The checkpoint, moved to the last event the stream really holds: forward if we crashed
@@ -341,6 +369,10 @@ impl Relay {
         headers.insert(envelope::headers::SEQUENCE, sequence.to_string().as_str());
         if let Some(command_id) = row.metadata.get("command_id").and_then(|v| v.as_str()) {
             headers.insert(envelope::headers::COMMAND_ID, command_id);
+        }
+        // The trace continues from the command to every consumer of its events.
+        if let Some(traceparent) = row.metadata.get("traceparent").and_then(|v| v.as_str()) {
+            headers.insert(envelope::headers::TRACEPARENT, traceparent);
         }
         let publish = jetstream::message::PublishMessage::build()
             .headers(headers)

@@ -19,6 +19,7 @@ pub const KEY_CAUSATION_ID: &str = "causation_id";
 pub const KEY_ACTOR: &str = "actor";
 pub const KEY_RECORDED_AT: &str = "recorded_at";
 pub const KEY_TRACE_ID: &str = "trace_id";
+pub const KEY_TRACEPARENT: &str = "traceparent";
 pub const KEY_SCHEMA_VERSION: &str = "schema_version";
 
 /// The actor recorded when a command carries no credentials.
@@ -39,6 +40,9 @@ pub struct EventMetadata {
     pub recorded_at: DateTime<Utc>,
     /// W3C trace id of the request, when one was propagated.
     pub trace_id: Option<String>,
+    /// The full W3C `traceparent` of the request, so consumers of the event continue the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     pub schema_version: u32,
 }
 
@@ -65,6 +69,7 @@ impl EventMetadata {
             actor: actor.into(),
             recorded_at: recorded_at.trunc_subsecs(6),
             trace_id: None,
+            traceparent: None,
             schema_version: METADATA_SCHEMA_VERSION,
         }
     }
@@ -82,6 +87,9 @@ impl EventMetadata {
         );
         if let Some(trace_id) = &self.trace_id {
             map.insert(KEY_TRACE_ID.into(), trace_id.clone());
+        }
+        if let Some(traceparent) = &self.traceparent {
+            map.insert(KEY_TRACEPARENT.into(), traceparent.clone());
         }
         map.insert(KEY_SCHEMA_VERSION.into(), self.schema_version.to_string());
         map
@@ -122,6 +130,7 @@ impl EventMetadata {
             actor: get(map, KEY_ACTOR)?.to_owned(),
             recorded_at,
             trace_id: map.get(KEY_TRACE_ID).cloned(),
+            traceparent: map.get(KEY_TRACEPARENT).cloned(),
             schema_version,
         })
     }
@@ -139,6 +148,7 @@ mod tests {
             .unwrap_or_default();
         let mut m = EventMetadata::for_command(Uuid::from_u128(7), "alice", at);
         m.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        m.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         m.causation_id = Uuid::from_u128(9);
         m
     }

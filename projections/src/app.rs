@@ -27,6 +27,7 @@ pub struct Application {
     infra: Infra,
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
+    runner: crate::runner::Runner,
 }
 
 impl Application {
@@ -40,10 +41,21 @@ impl Application {
             .await
             .map_err(bind_error)?;
         let ops_addr = ops_listener.local_addr().map_err(bind_error)?;
+        let runner = crate::runner::Runner {
+            pool: infra.pool.clone(),
+            jetstream: infra.jetstream.clone(),
+            stream: infra.streams.events.clone(),
+            filter_subject: format!("{}.evt.account.>", infra.subjects.prefix()),
+            config: crate::runner::RunnerConfig {
+                batch_max: config.batch_max.max(1),
+                pull_wait: std::time::Duration::from_millis(config.pull_wait_ms.max(10)),
+            },
+        };
         Ok(Application {
             infra,
             ops_listener,
             ops_addr,
+            runner,
         })
     }
 
@@ -55,8 +67,14 @@ impl Application {
     /// Runs until `shutdown` is cancelled, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let router = platform::ops_http::router(self.infra.readiness());
+        let runner = tokio::spawn(self.runner.run(shutdown.clone()));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
         platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
+        match runner.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "projection could not start"),
+            Err(error) => tracing::error!(%error, "projection panicked"),
+        }
         // Flush what the client buffered before the process exits.
         if let Err(error) = self.infra.nats.drain().await {
             tracing::warn!(%error, "NATS drain failed");

@@ -24,4 +24,18 @@ pub struct Config {
         default_value = "127.0.0.1:9182"
     )]
     pub ops_addr: SocketAddr,
+    /// Most events applied in one transaction.
+    #[arg(
+        long = "projection-batch-max",
+        env = "TALLY_PROJECTION_BATCH_MAX",
+        default_value_t = 500
+    )]
+    pub batch_max: usize,
+    /// How long a pull waits for events before the worker checks for shutdown.
+    #[arg(
+        long = "projection-pull-wait-ms",
+        env = "TALLY_PROJECTION_PULL_WAIT_MS",
+        default_value_t = 500
+    )]
+    pub pull_wait_ms: u64,
 }

@@ -1,7 +1,13 @@
-//! Consumes the events stream with durable consumers and builds read models in PostgreSQL, checkpoint in the same transaction (design §1, §5). The consumers arrive with issue 4; today the worker connects, migrates, and reports readiness.
+//! Consumes the events stream with durable consumers and builds read models in PostgreSQL, with
+//! each projection's checkpoint in the same transaction as its rows (design §1, §5).
+//!
+//! `runner` is the consumer loop (batches, per-aggregate sequence checks, acks after commit);
+//! `accounts` is the read model it maintains (`accounts`, `account_entries`, `currency_totals`).
 
+pub mod accounts;
 mod app;
 mod config;
+pub mod runner;
 
 pub use app::{Application, StartupError};
 pub use config::Config;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
+use axum::routing::get;
 use platform::ops_http::Readiness;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -16,7 +17,11 @@ pub struct Limits {
 }
 
 pub fn build(readiness: Readiness, limits: &Limits) -> Router {
+    let api = Router::new()
+        .route("/v1/commands/{command_id}", get(crate::commands::get))
+        .with_state(readiness.pool.clone());
     platform::ops_http::router(readiness)
+        .merge(api)
         .layer(RequestBodyLimitLayer::new(limits.body_max_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -397,3 +397,58 @@ async fn a_reply_carries_the_command_id_header_and_generated_ids_are_uuids() {
     let reply: CommandReply = serde_json::from_slice(&response.payload).unwrap();
     assert_eq!(reply.command_id().to_string(), header);
 }
+
+#[tokio::test]
+async fn a_command_result_is_readable_later_over_http() {
+    let app = TestApp::spawn().await;
+    let id = uuid::Uuid::new_v4();
+    let reply = app
+        .send_with_id(
+            "account.open",
+            id,
+            json!({"account_id": "later", "owner": "o", "currency": "EUR"}),
+        )
+        .await;
+    let response = app.http_get(&format!("/v1/commands/{id}")).await;
+    assert_eq!(response.status(), 200);
+    let record: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(record["status"], "accepted");
+    assert_eq!(record["aggregate_id"], "later");
+    assert_eq!(record["reply"], serde_json::to_value(&reply).unwrap());
+
+    let missing = app
+        .http_get(&format!("/v1/commands/{}", uuid::Uuid::new_v4()))
+        .await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+    let bad = app.http_get("/v1/commands/not-a-uuid").await;
+    assert_eq!(bad.status(), 400);
+    let problem: serde_json::Value = bad.json().await.unwrap();
+    assert_eq!(problem["status"], 400);
+}
+
+#[tokio::test]
+async fn trace_context_travels_from_the_command_to_the_event_message() {
+    let app = TestApp::spawn().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    let body =
+        serde_json::to_vec(&json!({"account_id": "tr", "owner": "o", "currency": "EUR"})).unwrap();
+    accepted(&app.send_raw("account.open", headers, body).await);
+    app.wait_for_stream_count(1, Duration::from_secs(10)).await;
+    let stream = app.jetstream.get_stream(&app.streams.events).await.unwrap();
+    let raw = stream.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        raw.headers.get("traceparent").map(|v| v.as_str()),
+        Some(traceparent)
+    );
+    let event = &app.events_in_stream().await[0];
+    assert_eq!(
+        event.message.metadata["trace_id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+}

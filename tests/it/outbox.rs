@@ -139,3 +139,40 @@ async fn commands_are_accepted_while_the_stream_is_gone_and_published_when_it_re
         ]
     );
 }
+
+#[tokio::test]
+async fn graceful_stop_publishes_everything_accepted_before_exiting() {
+    let mut app = TestApp::spawn().await;
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "g", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    for _ in 0..50 {
+        accepted(
+            &app.send("account.deposit", json!({"account_id": "g", "amount": 1}))
+                .await,
+        );
+    }
+    app.stop_command_service().await;
+    // No waiting: the relay flushed before the service returned.
+    assert_eq!(
+        app.events_in_stream_count().await,
+        u64::try_from(app.events_in_store().await).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_command_id_is_remembered_across_restarts() {
+    let mut app = TestApp::spawn().await;
+    let id = uuid::Uuid::new_v4();
+    let body = json!({"account_id": "mem", "owner": "o", "currency": "EUR"});
+    let first = app.send_with_id("account.open", id, body.clone()).await;
+    accepted(&first);
+    app.stop_command_service().await;
+    app.start_command_service(&[]).await;
+    assert_eq!(app.send_with_id("account.open", id, body).await, first);
+    assert_eq!(app.events_in_store().await, 1);
+}

@@ -31,6 +31,7 @@ fn incoming(command: AccountCommand) -> IncomingCommand {
         command,
         actor: "prop".into(),
         trace_id: None,
+        traceparent: None,
         expected_version: None,
     }
 }

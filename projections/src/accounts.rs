@@ -1,0 +1,271 @@
+//! The `accounts` projection: tables `accounts`, `account_entries` and `currency_totals`, kept
+//! in one projection because they must agree with each other (the totals are the sum over the
+//! accounts) and so change in the same transaction.
+//!
+//! A batch is folded in memory first (final row per account, new entries, one delta per
+//! currency), then written with a handful of set-based statements, whatever the batch size.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use domain::account::AccountEvent;
+use domain::envelope::EventMessage;
+use sqlx::{Postgres, Transaction};
+
+use crate::runner::ApplyError;
+
+pub const NAME: &str = "accounts";
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct AccountRow {
+    account_id: String,
+    owner: String,
+    currency: String,
+    balance: i64,
+    status: String,
+    version: i64,
+    opened_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    account_id: String,
+    sequence: i64,
+    direction: &'static str,
+    amount: i64,
+    reference: String,
+    balance_after: i64,
+    recorded_at: DateTime<Utc>,
+    command_id: uuid::Uuid,
+}
+
+#[derive(Debug, Default)]
+struct CurrencyDelta {
+    open_accounts: i64,
+    balance: i128,
+}
+
+/// Applies `events` (already checked to be the next ones per aggregate, in order).
+pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    events: &[EventMessage],
+) -> Result<(), ApplyError> {
+    let ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
+    let existing: Vec<AccountRow> = sqlx::query_as(
+        "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
+         FROM accounts WHERE account_id = ANY($1) FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut rows: HashMap<String, AccountRow> = existing
+        .into_iter()
+        .map(|r| (r.account_id.clone(), r))
+        .collect();
+    let mut entries = Vec::new();
+    let mut deltas: HashMap<String, CurrencyDelta> = HashMap::new();
+
+    for event in events {
+        let payload: AccountEvent = serde_json::from_value(event.payload.clone())
+            .map_err(|e| ApplyError::poison(event, format!("unreadable payload: {e}")))?;
+        let sequence = i64::try_from(event.sequence)
+            .map_err(|_| ApplyError::poison(event, "sequence out of range"))?;
+        if let AccountEvent::AccountOpened(opened) = &payload {
+            rows.insert(
+                event.aggregate_id.clone(),
+                AccountRow {
+                    account_id: event.aggregate_id.clone(),
+                    owner: opened.owner.clone(),
+                    currency: opened.currency.clone(),
+                    balance: 0,
+                    status: "open".into(),
+                    version: sequence,
+                    opened_at: event.recorded_at,
+                    updated_at: event.recorded_at,
+                },
+            );
+            deltas
+                .entry(opened.currency.clone())
+                .or_default()
+                .open_accounts += 1;
+            continue;
+        }
+        let row = rows.get_mut(&event.aggregate_id).ok_or_else(|| {
+            ApplyError::poison(event, "event for an account that was never opened")
+        })?;
+        let command_id = event
+            .metadata
+            .get("command_id")
+            .and_then(|v| v.as_str())
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            .unwrap_or_default();
+        let delta = deltas.entry(row.currency.clone()).or_default();
+        match payload {
+            AccountEvent::AccountOpened(_) => {}
+            AccountEvent::MoneyDeposited(e) => {
+                row.balance = e.balance_after;
+                delta.balance += i128::from(e.amount);
+                entries.push(Entry {
+                    account_id: event.aggregate_id.clone(),
+                    sequence,
+                    direction: "credit",
+                    amount: e.amount,
+                    reference: e.reference,
+                    balance_after: e.balance_after,
+                    recorded_at: event.recorded_at,
+                    command_id,
+                });
+            }
+            AccountEvent::MoneyWithdrawn(e) => {
+                row.balance = e.balance_after;
+                delta.balance -= i128::from(e.amount);
+                entries.push(Entry {
+                    account_id: event.aggregate_id.clone(),
+                    sequence,
+                    direction: "debit",
+                    amount: e.amount,
+                    reference: e.reference,
+                    balance_after: e.balance_after,
+                    recorded_at: event.recorded_at,
+                    command_id,
+                });
+            }
+            AccountEvent::AccountFrozen(_) => row.status = "frozen".into(),
+            AccountEvent::AccountUnfrozen(_) => row.status = "open".into(),
+            AccountEvent::AccountClosed(_) => {
+                row.status = "closed".into();
+                delta.open_accounts -= 1;
+            }
+        }
+        row.version = sequence;
+        row.updated_at = event.recorded_at;
+    }
+
+    write_accounts(tx, rows.into_values().collect()).await?;
+    write_entries(tx, entries).await?;
+    write_totals(tx, deltas).await?;
+    Ok(())
+}
+
+async fn write_accounts(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: Vec<AccountRow>,
+) -> Result<(), ApplyError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut columns = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for r in rows {
+        columns.0.push(r.account_id);
+        columns.1.push(r.owner);
+        columns.2.push(r.currency);
+        columns.3.push(r.balance);
+        columns.4.push(r.status);
+        columns.5.push(r.version);
+        columns.6.push(r.opened_at);
+        columns.7.push(r.updated_at);
+    }
+    sqlx::query(
+        "INSERT INTO accounts (account_id, owner, currency, balance, status, version, opened_at, updated_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])
+         ON CONFLICT (account_id) DO UPDATE SET
+             balance = EXCLUDED.balance, status = EXCLUDED.status,
+             version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(columns.0)
+    .bind(columns.1)
+    .bind(columns.2)
+    .bind(columns.3)
+    .bind(columns.4)
+    .bind(columns.5)
+    .bind(columns.6)
+    .bind(columns.7)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_entries(
+    tx: &mut Transaction<'_, Postgres>,
+    entries: Vec<Entry>,
+) -> Result<(), ApplyError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut c = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    for e in entries {
+        c.0.push(e.account_id);
+        c.1.push(e.sequence);
+        c.2.push(e.direction.to_owned());
+        c.3.push(e.amount);
+        c.4.push(e.reference);
+        c.5.push(e.balance_after);
+        c.6.push(e.recorded_at);
+        c.7.push(e.command_id);
+    }
+    // The per-aggregate version check already excludes duplicates; DO NOTHING is a second guard.
+    sqlx::query(
+        "INSERT INTO account_entries (account_id, sequence, direction, amount, reference, balance_after, recorded_at, command_id)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::uuid[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(c.0)
+    .bind(c.1)
+    .bind(c.2)
+    .bind(c.3)
+    .bind(c.4)
+    .bind(c.5)
+    .bind(c.6)
+    .bind(c.7)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_totals(
+    tx: &mut Transaction<'_, Postgres>,
+    deltas: HashMap<String, CurrencyDelta>,
+) -> Result<(), ApplyError> {
+    // Sorted, so two workers updating the same currencies lock the rows in the same order.
+    let mut deltas: Vec<_> = deltas.into_iter().collect();
+    deltas.sort_by(|a, b| a.0.cmp(&b.0));
+    for (currency, delta) in deltas {
+        if delta.open_accounts == 0 && delta.balance == 0 {
+            continue;
+        }
+        // Increments, not read-modify-write: concurrent batches on one currency row serialise
+        // on its row lock and both deltas count.
+        sqlx::query(
+            "INSERT INTO currency_totals (currency, open_accounts, total_balance)
+             VALUES ($1, $2, $3::text::numeric)
+             ON CONFLICT (currency) DO UPDATE SET
+                 open_accounts = currency_totals.open_accounts + EXCLUDED.open_accounts,
+                 total_balance = currency_totals.total_balance + EXCLUDED.total_balance",
+        )
+        .bind(&currency)
+        .bind(delta.open_accounts)
+        .bind(delta.balance.to_string())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

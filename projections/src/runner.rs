@@ -1,0 +1,275 @@
+//! The projection worker loop: a durable pull consumer on the events stream, one transaction
+//! per batch (read-model rows + per-aggregate versions + checkpoint), acks after the commit.
+//!
+//! Exactly-once effects come from the transaction, not from JetStream: an event whose sequence
+//! is at or below the aggregate's applied version is a duplicate (acked, not applied); one
+//! above `version + 1` is a gap (JetStream redelivers out of order, nats-server #6114), and is
+//! nak'ed to come back after the missing one, never skipped. Catch-up and live are this one loop.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use domain::envelope::EventMessage;
+use futures::StreamExt;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts;
+
+/// A delivery not acknowledged within this comes back (batches commit far sooner).
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// A gap's later event is offered again after this.
+const GAP_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Longest pause after a database failure.
+const FAILURE_DELAY_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("database")]
+    Db(#[from] sqlx::Error),
+    #[error("event {aggregate_id}#{sequence} cannot be applied: {reason}")]
+    Poison {
+        aggregate_id: String,
+        sequence: u64,
+        reason: String,
+    },
+}
+
+impl ApplyError {
+    pub fn poison(event: &EventMessage, reason: impl Into<String>) -> Self {
+        ApplyError::Poison {
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub batch_max: usize,
+    pub pull_wait: Duration,
+}
+
+#[derive(Debug)]
+pub struct Runner {
+    pub pool: PgPool,
+    pub jetstream: jetstream::Context,
+    pub stream: String,
+    /// `<prefix>.evt.account.>`
+    pub filter_subject: String,
+    pub config: RunnerConfig,
+}
+
+struct Delivery {
+    message: jetstream::Message,
+    event: EventMessage,
+}
+
+impl Runner {
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
+        let consumer = self
+            .jetstream
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| e.to_string())?
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("projection-{}", accounts::NAME)),
+                filter_subject: self.filter_subject.clone(),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: i64::try_from(self.config.batch_max * 4).unwrap_or(2_000),
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            let mut messages = match consumer
+                .batch()
+                .max_messages(self.config.batch_max)
+                .expires(self.config.pull_wait)
+                .messages()
+                .await
+            {
+                Ok(messages) => messages,
+                Err(error) => {
+                    tracing::warn!(%error, "pull failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let mut batch = Vec::new();
+            while let Some(next) = messages.next().await {
+                match next {
+                    Ok(message) => batch.push(message),
+                    Err(error) => tracing::debug!(%error, "batch ended early"),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            match self.process(batch).await {
+                Ok(()) => failures = 0,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let pause = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
+                        .min(FAILURE_DELAY_MAX);
+                    tracing::warn!(%error, retry_in_ms = pause.as_millis() as u64, "projection batch failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(projection = accounts::NAME, "projection stopped");
+        Ok(())
+    }
+
+    /// Applies one pulled batch. On a database failure every message is nak'ed (nothing was
+    /// committed); a poison event is nak'ed alone and the rest of the batch goes on.
+    async fn process(&self, messages: Vec<jetstream::Message>) -> Result<(), sqlx::Error> {
+        let mut deliveries = Vec::with_capacity(messages.len());
+        for message in messages {
+            match serde_json::from_slice::<EventMessage>(&message.payload) {
+                Ok(event) => deliveries.push(Delivery { message, event }),
+                Err(error) => {
+                    tracing::error!(%error, subject = %message.subject, "unreadable event message");
+                    nak(&message, FAILURE_DELAY_MAX).await;
+                }
+            }
+        }
+        loop {
+            match self.apply_batch(&deliveries).await {
+                Ok(()) => return Ok(()),
+                Err(ApplyError::Db(error)) => {
+                    for d in &deliveries {
+                        nak(&d.message, Duration::from_secs(1)).await;
+                    }
+                    return Err(error);
+                }
+                Err(ApplyError::Poison {
+                    aggregate_id,
+                    sequence,
+                    reason,
+                }) => {
+                    // Hold back that aggregate (its later events must not overtake the poison
+                    // one); everything else is applied without it.
+                    tracing::error!(
+                        projection = accounts::NAME,
+                        aggregate_id,
+                        sequence,
+                        reason,
+                        "poison event"
+                    );
+                    let (held, rest): (Vec<_>, Vec<_>) = deliveries
+                        .into_iter()
+                        .partition(|d| d.event.aggregate_id == aggregate_id);
+                    for d in &held {
+                        nak(&d.message, FAILURE_DELAY_MAX).await;
+                    }
+                    if rest.is_empty() {
+                        return Ok(());
+                    }
+                    deliveries = rest;
+                }
+            }
+        }
+    }
+
+    async fn apply_batch(&self, deliveries: &[Delivery]) -> Result<(), ApplyError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = deliveries
+            .iter()
+            .map(|d| d.event.aggregate_id.clone())
+            .collect();
+        let current: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT aggregate_id, version FROM projection_versions
+             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = ANY($2)
+             FOR UPDATE",
+        )
+        .bind(accounts::NAME)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut versions: HashMap<String, u64> = current
+            .into_iter()
+            .map(|(id, v)| (id, u64::try_from(v).unwrap_or(0)))
+            .collect();
+        let mut apply = Vec::new();
+        let mut done = Vec::new();
+        let mut gaps = Vec::new();
+        for d in deliveries {
+            let version = versions.get(&d.event.aggregate_id).copied().unwrap_or(0);
+            if d.event.sequence <= version {
+                done.push(&d.message); // a duplicate: already applied
+            } else if d.event.sequence == version + 1 {
+                versions.insert(d.event.aggregate_id.clone(), d.event.sequence);
+                apply.push(d.event.clone());
+                done.push(&d.message);
+            } else {
+                gaps.push(&d.message); // its predecessor has not arrived yet
+            }
+        }
+        if !apply.is_empty() {
+            accounts::apply(&mut tx, &apply).await?;
+            let changed: HashMap<&str, u64> = apply
+                .iter()
+                .map(|e| (e.aggregate_id.as_str(), versions[&e.aggregate_id]))
+                .collect();
+            let (ids, seqs): (Vec<&str>, Vec<i64>) = changed
+                .into_iter()
+                .map(|(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)))
+                .unzip();
+            sqlx::query(
+                "INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)
+                 SELECT $1, 'account', id, v FROM UNNEST($2::text[], $3::bigint[]) AS t(id, v)
+                 ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version",
+            )
+            .bind(accounts::NAME)
+            .bind(&ids)
+            .bind(&seqs)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let last_stream_sequence = deliveries
+            .iter()
+            .filter_map(|d| d.message.info().ok().map(|i| i.stream_sequence))
+            .max()
+            .unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, stream_sequence, events_applied)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (projection) DO UPDATE SET
+                 stream_sequence = GREATEST(projection_checkpoints.stream_sequence, EXCLUDED.stream_sequence),
+                 events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
+                 updated_at = now()",
+        )
+        .bind(accounts::NAME)
+        .bind(i64::try_from(last_stream_sequence).unwrap_or(i64::MAX))
+        .bind(i64::try_from(apply.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        // After the commit: a crash before these acks only causes redeliveries, which the
+        // version check turns into no-ops.
+        for message in done {
+            if let Err(error) = message.ack().await {
+                tracing::debug!(%error, "ack failed; the event comes back and is skipped");
+            }
+        }
+        for message in gaps {
+            nak(message, GAP_RETRY_DELAY).await;
+        }
+        Ok(())
+    }
+}
+
+async fn nak(message: &jetstream::Message, delay: Duration) {
+    if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
+        tracing::debug!(%error, "nak failed; the event comes back after the ack wait");
+    }
+}

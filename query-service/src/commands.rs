@@ -1,0 +1,41 @@
+//! `GET /v1/commands/{command_id}`: the recorded result of a command (durable ones included).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::problem::ApiError;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct CommandRecord {
+    pub command_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    /// The reply the command got (design §3).
+    pub reply: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+pub async fn get(
+    State(pool): State<PgPool>,
+    Path(raw): Path<String>,
+) -> Result<Json<CommandRecord>, ApiError> {
+    let command_id = Uuid::parse_str(&raw).map_err(|_| ApiError::BadRequest {
+        detail: format!("`{raw}` is not a command id (a UUID)"),
+    })?;
+    let record: Option<CommandRecord> = sqlx::query_as(
+        "SELECT command_id, aggregate_type, aggregate_id, status, reply, recorded_at
+         FROM command_log WHERE command_id = $1",
+    )
+    .bind(command_id)
+    .fetch_optional(&pool)
+    .await?;
+    record.map(Json).ok_or_else(|| ApiError::NotFound {
+        what: format!("command {command_id}"),
+    })
+}
