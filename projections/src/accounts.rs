@@ -249,9 +249,8 @@ async fn write_totals(
     let mut deltas: Vec<_> = deltas.into_iter().collect();
     deltas.sort_by(|a, b| a.0.cmp(&b.0));
     for (currency, delta) in deltas {
-        if delta.open_accounts == 0 && delta.balance == 0 {
-            continue;
-        }
+        // A zero delta is still written: whether the row exists must not depend on how events
+        // were batched, or a rebuild would differ from the live model.
         // Increments, not read-modify-write: concurrent batches on one currency row serialise
         // on its row lock and both deltas count.
         sqlx::query(

@@ -12,6 +12,7 @@ mod event_store;
 mod failures;
 mod harness;
 mod outbox;
+mod projections;
 mod service_binaries;
 mod snapshots;
 mod startup;

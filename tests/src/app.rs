@@ -84,6 +84,7 @@ pub struct TestApp {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     command_service: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
+    projections: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
 }
 
 impl TestApp {
@@ -149,7 +150,8 @@ impl TestApp {
             .await
             .expect("projections starts");
         let projections_ops_addr = projections.ops_addr();
-        tasks.push(tokio::spawn(projections.run(shutdown.child_token())));
+        let projections_token = shutdown.child_token();
+        let projections_task = tokio::spawn(projections.run(projections_token.clone()));
 
         let query =
             query_service::Config::try_parse_from(args("query-service", "--http-addr=127.0.0.1:0"))
@@ -185,6 +187,7 @@ impl TestApp {
             shutdown,
             tasks,
             command_service: Some(command_service),
+            projections: Some((projections_token, projections_task)),
         }
     }
 
@@ -216,6 +219,22 @@ impl TestApp {
             .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
             .chain(extra.iter().map(|s| (*s).to_owned()))
             .collect()
+    }
+
+    /// Stops the in-process projections worker gracefully (as SIGTERM would).
+    pub async fn stop_projections(&mut self) {
+        if let Some((token, task)) = self.projections.take() {
+            token.cancel();
+            let result = tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("projections stop within 20 s");
+            result.expect("no panic").expect("clean stop");
+        }
+    }
+
+    /// The flags of a service binary for this test (database, NATS, prefix), without argv[0].
+    pub fn service_flags(&self) -> Vec<String> {
+        Self::common_args(self.servers, &self.db_url, self.subjects.prefix())
     }
 
     /// Stops the in-process command-service gracefully (as SIGTERM would).
@@ -253,7 +272,12 @@ impl TestApp {
         self.shutdown.cancel();
         let mut results = Vec::new();
         let command = self.command_service.take().map(|(_, task)| task);
-        for task in command.into_iter().chain(self.tasks.drain(..)) {
+        let projections = self.projections.take().map(|(_, task)| task);
+        for task in command
+            .into_iter()
+            .chain(projections)
+            .chain(self.tasks.drain(..))
+        {
             match tokio::time::timeout(Duration::from_secs(15), task).await {
                 Ok(Ok(result)) => results.push(result),
                 Ok(Err(join)) => results.push(Err(std::io::Error::other(join.to_string()))),
