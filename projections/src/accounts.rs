@@ -252,13 +252,20 @@ async fn write_totals(
         // A zero delta is still written: whether the row exists must not depend on how events
         // were batched, or a rebuild would differ from the live model.
         // Increments, not read-modify-write: concurrent batches on one currency row serialise
-        // on its row lock and both deltas count.
+        // on its row lock and both deltas count. Ensure-then-update rather than an upsert:
+        // PostgreSQL checks constraints on the proposed INSERT row before resolving the
+        // conflict, so a negative delta would fail `total_balance >= 0` in an upsert.
         sqlx::query(
             "INSERT INTO currency_totals (currency, open_accounts, total_balance)
-             VALUES ($1, $2, $3::text::numeric)
-             ON CONFLICT (currency) DO UPDATE SET
-                 open_accounts = currency_totals.open_accounts + EXCLUDED.open_accounts,
-                 total_balance = currency_totals.total_balance + EXCLUDED.total_balance",
+             VALUES ($1, 0, 0) ON CONFLICT (currency) DO NOTHING",
+        )
+        .bind(&currency)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "UPDATE currency_totals
+             SET open_accounts = open_accounts + $2, total_balance = total_balance + $3::text::numeric
+             WHERE currency = $1",
         )
         .bind(&currency)
         .bind(delta.open_accounts)

@@ -48,7 +48,6 @@ impl Application {
             filter_subject: format!("{}.evt.account.>", infra.subjects.prefix()),
             config: crate::runner::RunnerConfig {
                 batch_max: config.batch_max.max(1),
-                pull_wait: std::time::Duration::from_millis(config.pull_wait_ms.max(10)),
             },
         };
         Ok(Application {

@@ -31,11 +31,4 @@ pub struct Config {
         default_value_t = 500
     )]
     pub batch_max: usize,
-    /// How long a pull waits for events before the worker checks for shutdown.
-    #[arg(
-        long = "projection-pull-wait-ms",
-        env = "TALLY_PROJECTION_PULL_WAIT_MS",
-        default_value_t = 500
-    )]
-    pub pull_wait_ms: u64,
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use domain::envelope::EventMessage;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +49,6 @@ impl ApplyError {
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub batch_max: usize,
-    pub pull_wait: Duration,
 }
 
 #[derive(Debug)]
@@ -85,31 +84,35 @@ impl Runner {
             })
             .await
             .map_err(|e| e.to_string())?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.config.batch_max)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            let mut messages = match consumer
-                .batch()
-                .max_messages(self.config.batch_max)
-                .expires(self.config.pull_wait)
-                .messages()
-                .await
-            {
-                Ok(messages) => messages,
-                Err(error) => {
-                    tracing::warn!(%error, "pull failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
+            // Wait for the first event, then take whatever else has already arrived: no added
+            // latency when idle, full batches under load.
+            let first = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = messages.next() => next,
             };
             let mut batch = Vec::new();
-            while let Some(next) = messages.next().await {
-                match next {
-                    Ok(message) => batch.push(message),
-                    Err(error) => tracing::debug!(%error, "batch ended early"),
+            match first {
+                None => break,
+                Some(Ok(message)) => batch.push(message),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pull failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
                 }
             }
-            if batch.is_empty() {
-                continue;
+            while batch.len() < self.config.batch_max {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(message))) => batch.push(message),
+                    _ => break,
+                }
             }
             match self.process(batch).await {
                 Ok(()) => failures = 0,

@@ -1,10 +1,14 @@
-//! The HTTP API (axum) over the read models, plus the audit endpoints (design §6). Today it
-//! serves `/healthz`, `/readyz` and `/v1/commands/{command_id}`; the read models arrive with
-//! issue 4.
+//! The HTTP API (axum) over the read models, plus the audit endpoints (design §6). It serves
+//! `/v1/accounts`, `/v1/accounts/{id}`, `/v1/accounts/{id}/entries`, `/v1/totals`,
+//! `/v1/commands/{command_id}`, `/healthz` and `/readyz`; read-your-writes waits live in
+//! `consistency`.
 
+mod accounts;
 mod app;
 mod commands;
 mod config;
+mod consistency;
+mod pagination;
 mod problem;
 mod router;
 

@@ -12,6 +12,9 @@ pub enum ApiError {
     NotFound { what: String },
     #[error("{detail}")]
     BadRequest { detail: String },
+    /// Read-your-writes wait expired (HTTP 409).
+    #[error("{detail}")]
+    NotYetConsistent { detail: String },
     #[error("a dependency is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -44,6 +47,11 @@ impl IntoResponse for ApiError {
         let (status, code, title) = match &self {
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", "Not found"),
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request", "Bad request"),
+            ApiError::NotYetConsistent { .. } => (
+                StatusCode::CONFLICT,
+                "not_yet_consistent",
+                "Read model not yet at the requested write",
+            ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -19,6 +19,13 @@ pub struct Limits {
 pub fn build(readiness: Readiness, limits: &Limits) -> Router {
     let api = Router::new()
         .route("/v1/commands/{command_id}", get(crate::commands::get))
+        .route("/v1/accounts", get(crate::accounts::list))
+        .route("/v1/accounts/{account_id}", get(crate::accounts::get))
+        .route(
+            "/v1/accounts/{account_id}/entries",
+            get(crate::accounts::entries),
+        )
+        .route("/v1/totals", get(crate::accounts::totals))
         .with_state(readiness.pool.clone());
     platform::ops_http::router(readiness)
         .merge(api)

@@ -13,6 +13,7 @@ mod failures;
 mod harness;
 mod outbox;
 mod projections;
+mod read_api;
 mod service_binaries;
 mod snapshots;
 mod startup;

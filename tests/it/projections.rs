@@ -307,3 +307,39 @@ async fn kill_9_during_catch_up_then_restart_equals_a_fresh_run() {
     .unwrap();
     assert_eq!(mismatched, 0, "currency_totals disagrees with accounts");
 }
+
+#[tokio::test]
+async fn a_withdrawal_in_its_own_batch_lowers_the_totals() {
+    // Regression: a negative delta on an existing totals row must not trip its CHECK.
+    let app = TestApp::spawn().await;
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "w", "owner": "o", "currency": "SEK"}),
+        )
+        .await,
+    );
+    accepted(
+        &app.send("account.deposit", json!({"account_id": "w", "amount": 100}))
+            .await,
+    );
+    wait_projected(&app, "w", 2).await;
+    accepted(
+        &app.send("account.withdraw", json!({"account_id": "w", "amount": 40}))
+            .await,
+    );
+    wait_projected(&app, "w", 3).await;
+    accepted(
+        &app.send("account.withdraw", json!({"account_id": "w", "amount": 60}))
+            .await,
+    );
+    accepted(&app.send("account.close", json!({"account_id": "w"})).await);
+    wait_projected(&app, "w", 5).await;
+    let (open, total): (i64, String) = sqlx::query_as(
+        "SELECT open_accounts, total_balance::text FROM currency_totals WHERE currency = 'SEK'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!((open, total.as_str()), (0, "0"));
+}

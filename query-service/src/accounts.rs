@@ -1,0 +1,250 @@
+//! `/v1/accounts...` and `/v1/totals`: the `accounts` projection's read models.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::consistency;
+use crate::pagination;
+use crate::problem::ApiError;
+
+const PROJECTION: &str = "accounts";
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct AccountView {
+    pub account_id: String,
+    pub owner: String,
+    pub currency: String,
+    /// Minor units.
+    pub balance: i64,
+    /// `open`, `frozen` or `closed`.
+    pub status: String,
+    /// The last event sequence applied; changes with every change of the account.
+    pub version: i64,
+    pub opened_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReadQuery {
+    pub consistency_token: Option<String>,
+}
+
+pub async fn get(
+    State(pool): State<PgPool>,
+    Path(account_id): Path<String>,
+    Query(query): Query<ReadQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    consistency::wait(
+        &pool,
+        PROJECTION,
+        &headers,
+        query.consistency_token.as_deref(),
+    )
+    .await?;
+    let account: AccountView = sqlx::query_as(
+        "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
+         FROM accounts WHERE account_id = $1",
+    )
+    .bind(&account_id)
+    .fetch_optional(&pool)
+    .await?
+    .ok_or_else(|| ApiError::NotFound {
+        what: format!("account {account_id}"),
+    })?;
+    let etag = format!("\"{}\"", account.version);
+    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    Ok(([(header::ETAG, etag_value)], Json(account)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub owner: Option<String>,
+    pub status: Option<String>,
+    pub currency: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+    pub consistency_token: Option<String>,
+}
+
+pub async fn list(
+    State(pool): State<PgPool>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Page<AccountView>>, ApiError> {
+    consistency::wait(
+        &pool,
+        PROJECTION,
+        &headers,
+        query.consistency_token.as_deref(),
+    )
+    .await?;
+    let limit = pagination::limit(query.limit)?;
+    if let Some(status) = &query.status
+        && !["open", "frozen", "closed"].contains(&status.as_str())
+    {
+        return Err(ApiError::BadRequest {
+            detail: format!("status must be open, frozen or closed, got `{status}`"),
+        });
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .map(pagination::decode)
+        .transpose()?;
+    let mut rows: Vec<AccountView> = sqlx::query_as(
+        "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
+         FROM accounts
+         WHERE ($1::text IS NULL OR owner = $1)
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::text IS NULL OR currency = $3)
+           AND ($4::text IS NULL OR account_id > $4)
+         ORDER BY account_id
+         LIMIT $5",
+    )
+    .bind(&query.owner)
+    .bind(&query.status)
+    .bind(&query.currency)
+    .bind(&after)
+    .bind(limit + 1)
+    .fetch_all(&pool)
+    .await?;
+    let next_cursor = page_end(&mut rows, limit).map(|last| pagination::encode(&last.account_id));
+    Ok(Json(Page {
+        items: rows,
+        next_cursor,
+    }))
+}
+
+/// Trims the one extra row fetched to learn whether another page exists; returns the last kept.
+fn page_end<T>(rows: &mut Vec<T>, limit: i64) -> Option<&T> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last()
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct EntryView {
+    pub sequence: i64,
+    /// `credit` or `debit`.
+    pub direction: String,
+    pub amount: i64,
+    pub reference: String,
+    pub balance_after: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub command_id: uuid::Uuid,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EntriesQuery {
+    /// Entries at or after this instant (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Entries before this instant (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+    pub consistency_token: Option<String>,
+}
+
+pub async fn entries(
+    State(pool): State<PgPool>,
+    Path(account_id): Path<String>,
+    Query(query): Query<EntriesQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Page<EntryView>>, ApiError> {
+    consistency::wait(
+        &pool,
+        PROJECTION,
+        &headers,
+        query.consistency_token.as_deref(),
+    )
+    .await?;
+    let limit = pagination::limit(query.limit)?;
+    let after: Option<i64> = match query
+        .cursor
+        .as_deref()
+        .map(pagination::decode)
+        .transpose()?
+    {
+        None => None,
+        Some(raw) => Some(raw.parse().map_err(|_| ApiError::BadRequest {
+            detail: "cursor is not one this API issued".into(),
+        })?),
+    };
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
+            .bind(&account_id)
+            .fetch_one(&pool)
+            .await?;
+    if !exists {
+        return Err(ApiError::NotFound {
+            what: format!("account {account_id}"),
+        });
+    }
+    let mut rows: Vec<EntryView> = sqlx::query_as(
+        "SELECT sequence, direction, amount, reference, balance_after, recorded_at, command_id
+         FROM account_entries
+         WHERE account_id = $1
+           AND ($2::timestamptz IS NULL OR recorded_at >= $2)
+           AND ($3::timestamptz IS NULL OR recorded_at < $3)
+           AND ($4::bigint IS NULL OR sequence > $4)
+         ORDER BY sequence
+         LIMIT $5",
+    )
+    .bind(&account_id)
+    .bind(query.from)
+    .bind(query.to)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(&pool)
+    .await?;
+    let next_cursor =
+        page_end(&mut rows, limit).map(|last| pagination::encode(&last.sequence.to_string()));
+    Ok(Json(Page {
+        items: rows,
+        next_cursor,
+    }))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct TotalView {
+    pub currency: String,
+    /// Accounts not closed (open or frozen).
+    pub open_accounts: i64,
+    /// Sum of their balances in minor units, as a decimal string (it can exceed 64 bits).
+    pub total_balance: String,
+}
+
+pub async fn totals(State(pool): State<PgPool>) -> Result<Json<Vec<TotalView>>, ApiError> {
+    let rows = sqlx::query_as(
+        "SELECT currency, open_accounts, total_balance::text AS total_balance
+         FROM currency_totals ORDER BY currency",
+    )
+    .fetch_all(&pool)
+    .await?;
+    Ok(Json(rows))
+}
