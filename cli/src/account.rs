@@ -66,6 +66,45 @@ pub enum AccountCommand {
         #[command(flatten)]
         options: SendOptions,
     },
+    /// Show one account (HTTP).
+    Show {
+        #[command(flatten)]
+        target: Target,
+        /// Wait until this write (a reply's consistency_token) is visible.
+        #[arg(long = "after")]
+        consistency_token: Option<String>,
+    },
+    /// List accounts (HTTP), filtered and paginated.
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        currency: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// From a previous page's `next_cursor`.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// An account's money movements (HTTP).
+    Entries {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// What a subcommand asks for: a command over NATS, or a read over HTTP.
+#[derive(Debug)]
+pub enum Request {
+    Command(&'static str, Value, SendOptions),
+    /// A path and query under the API's base URL, and an optional consistency token.
+    Read(String, Option<String>),
 }
 
 #[derive(Debug, Args)]
@@ -76,9 +115,48 @@ pub struct Target {
 }
 
 impl AccountCommand {
-    /// (command name, JSON body, send options).
-    pub fn into_request(self) -> (&'static str, Value, SendOptions) {
-        match self {
+    pub fn into_request(self) -> Request {
+        let (name, body, options) = match self {
+            AccountCommand::Show {
+                target,
+                consistency_token,
+            } => {
+                return Request::Read(
+                    format!("/v1/accounts/{}", target.account_id),
+                    consistency_token,
+                );
+            }
+            AccountCommand::List {
+                owner,
+                status,
+                currency,
+                limit,
+                cursor,
+            } => {
+                let mut query = vec![format!("limit={limit}")];
+                for (key, value) in [
+                    ("owner", owner),
+                    ("status", status),
+                    ("currency", currency),
+                    ("cursor", cursor),
+                ] {
+                    if let Some(value) = value {
+                        query.push(format!("{key}={}", encode(&value)));
+                    }
+                }
+                return Request::Read(format!("/v1/accounts?{}", query.join("&")), None);
+            }
+            AccountCommand::Entries {
+                target,
+                limit,
+                cursor,
+            } => {
+                let mut path = format!("/v1/accounts/{}/entries?limit={limit}", target.account_id);
+                if let Some(cursor) = cursor {
+                    path.push_str(&format!("&cursor={}", encode(&cursor)));
+                }
+                return Request::Read(path, None);
+            }
             AccountCommand::Open {
                 target,
                 owner,
@@ -126,6 +204,20 @@ impl AccountCommand {
             AccountCommand::Close { target, options } => {
                 ("close", json!({"account_id": target.account_id}), options)
             }
-        }
+        };
+        Request::Command(name, body, options)
     }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

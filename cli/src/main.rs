@@ -1,10 +1,13 @@
 //! `tally`: the command-line client. Sends commands over NATS exactly as any client would
 //! (subjects, headers and replies of README.md) and prints the reply.
 //!
-//! Exit status: 0 accepted, 1 rejected, 2 could not get an answer.
+//! Reads (`show`, `list`, `entries`) go to the query-service over HTTP.
+//!
+//! Exit status: 0 accepted (or read), 1 rejected (or the read failed), 2 could not get an answer.
 
 mod account;
 mod output;
+mod read;
 mod send;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +21,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     connection: send::Connection,
+    #[command(flatten)]
+    http: read::Http,
     /// Print the raw JSON reply instead of a sentence.
     #[arg(long, global = true)]
     json: bool,
@@ -35,14 +40,34 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let (name, body, options) = match cli.command {
+    let request = match cli.command {
         Command::Account(command) => command.into_request(),
     };
-    match send::send(&cli.connection, "account", name, &body, &options).await {
-        Ok(reply) => output::print(&reply, cli.json),
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::from(2)
+    match request {
+        account::Request::Command(name, body, options) => {
+            match send::send(&cli.connection, "account", name, &body, &options).await {
+                Ok(reply) => output::print(&reply, cli.json),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    std::process::ExitCode::from(2)
+                }
+            }
+        }
+        account::Request::Read(path, token) => {
+            match read::get(
+                &cli.http,
+                &path,
+                token.as_deref(),
+                cli.connection.timeout_ms,
+            )
+            .await
+            {
+                Ok(body) => output::print_read(&body, cli.json),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    std::process::ExitCode::from(1)
+                }
+            }
         }
     }
 }

@@ -146,3 +146,76 @@ async fn no_service_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn show_list_and_entries_over_http() {
+    let app = TestApp::spawn().await;
+    let api = format!("--api-url={}", app.http_base);
+    tally(
+        &app,
+        &[
+            "account",
+            "open",
+            "--id",
+            "r-1",
+            "--owner",
+            "bob",
+            "--currency",
+            "EUR",
+        ],
+    )
+    .await;
+    let deposit = tally(
+        &app,
+        &[
+            "--json",
+            "account",
+            "deposit",
+            "--id",
+            "r-1",
+            "--amount",
+            "250",
+            "--reference",
+            "gift",
+        ],
+    )
+    .await;
+    let reply: CommandReply = serde_json::from_slice(&deposit.stdout).unwrap();
+    let CommandReply::Accepted {
+        consistency_token, ..
+    } = reply
+    else {
+        panic!("rejected")
+    };
+
+    let show = tally(
+        &app,
+        &[
+            &api,
+            "account",
+            "show",
+            "--id",
+            "r-1",
+            "--after",
+            &consistency_token,
+        ],
+    )
+    .await;
+    assert_eq!(show.status.code(), Some(0), "{show:?}");
+    let line = stdout(&show);
+    assert!(
+        line.contains("r-1") && line.contains("250") && line.contains("open"),
+        "{line}"
+    );
+
+    let list = tally(&app, &[&api, "--json", "account", "list", "--owner", "bob"]).await;
+    let page: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(page["items"][0]["account_id"], "r-1");
+
+    let entries = tally(&app, &[&api, "account", "entries", "--id", "r-1"]).await;
+    assert!(stdout(&entries).contains("gift"), "{}", stdout(&entries));
+
+    let missing = tally(&app, &[&api, "account", "show", "--id", "nope"]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+}
