@@ -1,6 +1,7 @@
 //! `/v1/accounts...` and `/v1/totals`: the `accounts` projection's read models.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -45,9 +46,10 @@ pub struct ReadQuery {
 pub async fn get(
     State(pool): State<PgPool>,
     Path(account_id): Path<String>,
-    Query(query): Query<ReadQuery>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query?;
     consistency::wait(
         &pool,
         PROJECTION,
@@ -89,9 +91,10 @@ pub struct ListQuery {
 
 pub async fn list(
     State(pool): State<PgPool>,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Page<AccountView>>, ApiError> {
+    let Query(query) = query?;
     consistency::wait(
         &pool,
         PROJECTION,
@@ -173,9 +176,10 @@ pub struct EntriesQuery {
 pub async fn entries(
     State(pool): State<PgPool>,
     Path(account_id): Path<String>,
-    Query(query): Query<EntriesQuery>,
+    query: Result<Query<EntriesQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Page<EntryView>>, ApiError> {
+    let Query(query) = query?;
     consistency::wait(
         &pool,
         PROJECTION,

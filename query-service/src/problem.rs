@@ -21,6 +21,14 @@ pub enum ApiError {
     Internal(#[source] sqlx::Error),
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest {
+            detail: format!("invalid query string: {}", rejection.body_text()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {

@@ -6,6 +6,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use platform::ops_http::Readiness;
+use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -29,6 +30,7 @@ pub fn build(readiness: Readiness, limits: &Limits) -> Router {
         .with_state(readiness.pool.clone());
     platform::ops_http::router(readiness)
         .merge(api)
+        .layer(CompressionLayer::new())
         .layer(RequestBodyLimitLayer::new(limits.body_max_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -217,3 +217,33 @@ async fn entries_and_totals() {
         json!([{"currency": "EUR", "open_accounts": 1, "total_balance": "28"}])
     );
 }
+
+#[tokio::test]
+async fn malformed_query_strings_are_problem_json_and_responses_compress() {
+    let app = TestApp::spawn().await;
+    let response = app.http_get("/v1/accounts?limit=lots").await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = app.http_get("/v1/accounts/x/entries?from=yesterday").await;
+    assert_eq!(response.status(), 400);
+
+    let reply = app
+        .send(
+            "account.open",
+            json!({"account_id": "z", "owner": "someone with a long name", "currency": "EUR"}),
+        )
+        .await;
+    let compressed = app
+        .http
+        .get(format!("{}/v1/accounts/z", app.http_base))
+        .header("Accept-Encoding", "gzip")
+        .header("Tally-Consistency-Token", token(&reply))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(compressed.status(), 200);
+    assert_eq!(compressed.headers()["content-encoding"], "gzip");
+}
