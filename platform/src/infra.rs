@@ -59,6 +59,24 @@ impl Infra {
         crate::ops_http::Readiness {
             pool: self.pool.clone(),
             nats: self.nats.clone(),
+            projection_lag: None,
+        }
+    }
+
+    /// Readiness that also requires `projection` to be at most `events_max` events behind.
+    pub fn readiness_with_lag(
+        &self,
+        projection: &'static str,
+        events_max: u64,
+    ) -> crate::ops_http::Readiness {
+        crate::ops_http::Readiness {
+            projection_lag: Some(crate::ops_http::ProjectionLag {
+                jetstream: self.jetstream.clone(),
+                events_stream: self.streams.events.clone(),
+                projection,
+                events_max,
+            }),
+            ..self.readiness()
         }
     }
 }

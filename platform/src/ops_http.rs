@@ -21,6 +21,42 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Readiness {
     pub pool: PgPool,
     pub nats: async_nats::Client,
+    /// When set, not ready while a projection lags the events stream by more than this.
+    pub projection_lag: Option<ProjectionLag>,
+}
+
+/// A projection's distance behind the events stream.
+#[derive(Debug, Clone)]
+pub struct ProjectionLag {
+    pub jetstream: async_nats::jetstream::Context,
+    pub events_stream: String,
+    pub projection: &'static str,
+    pub events_max: u64,
+}
+
+impl ProjectionLag {
+    /// Events in the stream that the projection has not reached yet.
+    pub async fn events_behind(&self, pool: &PgPool) -> Result<u64, String> {
+        let mut stream = self
+            .jetstream
+            .get_stream(&self.events_stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence;
+        let reached: Option<i64> = sqlx::query_scalar(
+            "SELECT stream_sequence FROM projection_checkpoints WHERE projection = $1",
+        )
+        .bind(self.projection)
+        .fetch_optional(pool)
+        .await
+        .map_err(|_| "checkpoint query failed".to_owned())?;
+        Ok(last.saturating_sub(u64::try_from(reached.unwrap_or(0)).unwrap_or(0)))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -50,7 +86,7 @@ impl Readiness {
             async_nats::connection::State::Connected => None,
             other => Some(format!("{other}")),
         };
-        let checks = vec![
+        let mut checks = vec![
             Check {
                 name: "postgres",
                 ok: postgres.is_none(),
@@ -62,6 +98,23 @@ impl Readiness {
                 reason: nats,
             },
         ];
+        if let Some(lag) = &self.projection_lag {
+            let reason =
+                match tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind(&self.pool)).await {
+                    Ok(Ok(behind)) if behind <= lag.events_max => None,
+                    Ok(Ok(behind)) => Some(format!(
+                        "projection {} is {behind} events behind (limit {})",
+                        lag.projection, lag.events_max
+                    )),
+                    Ok(Err(error)) => Some(error),
+                    Err(_) => Some("timed out".to_owned()),
+                };
+            checks.push(Check {
+                name: "projection_lag",
+                ok: reason.is_none(),
+                reason,
+            });
+        }
         ReadinessReport {
             ready: checks.iter().all(|c| c.ok),
             checks,

@@ -28,6 +28,7 @@ pub struct Application {
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
     runner: crate::runner::Runner,
+    lag_max: u64,
 }
 
 impl Application {
@@ -55,6 +56,7 @@ impl Application {
             ops_listener,
             ops_addr,
             runner,
+            lag_max: config.ready_projection_lag_max,
         })
     }
 
@@ -65,7 +67,10 @@ impl Application {
 
     /// Runs until `shutdown` is cancelled, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let router = platform::ops_http::router(self.infra.readiness());
+        let router = platform::ops_http::router(
+            self.infra
+                .readiness_with_lag(crate::accounts::NAME, self.lag_max),
+        );
         let runner = tokio::spawn(self.runner.run(shutdown.clone()));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
         platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;

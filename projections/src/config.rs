@@ -31,4 +31,12 @@ pub struct Config {
         default_value_t = 500
     )]
     pub batch_max: usize,
+    /// `/readyz` reports not ready while the accounts projection is more than this many events
+    /// behind the events stream.
+    #[arg(
+        long = "ready-projection-lag-max",
+        env = "TALLY_READY_PROJECTION_LAG_MAX",
+        default_value_t = 10_000
+    )]
+    pub ready_projection_lag_max: u64,
 }

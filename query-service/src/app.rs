@@ -30,6 +30,7 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     limits: Limits,
+    lag_max: u64,
 }
 
 impl Application {
@@ -51,6 +52,7 @@ impl Application {
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 body_max_bytes: config.body_max_bytes,
             },
+            lag_max: config.ready_projection_lag_max,
         })
     }
 
@@ -61,7 +63,10 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled; in-flight requests finish first.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let app = router::build(self.infra.readiness(), &self.limits);
+        let app = router::build(
+            self.infra.readiness_with_lag("accounts", self.lag_max),
+            &self.limits,
+        );
         tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
         platform::ops_http::serve(self.listener, app, shutdown).await?;
         if let Err(error) = self.infra.nats.drain().await {

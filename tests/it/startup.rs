@@ -19,7 +19,7 @@ async fn query_service_answers_healthz_and_readyz() {
         .iter()
         .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(names, ["postgres", "nats"]);
+    assert_eq!(names, ["postgres", "nats", "projection_lag"]);
 }
 
 #[tokio::test]
@@ -126,4 +126,62 @@ async fn services_stop_gracefully() {
     for result in app.stop().await {
         assert!(result.is_ok(), "{result:?}");
     }
+}
+
+#[tokio::test]
+async fn readyz_reports_a_lagging_projection_and_recovers() {
+    let mut app = TestApp::spawn().await;
+    app.stop_projections().await;
+    tests::client::accepted(
+        &app.send(
+            "account.open",
+            serde_json::json!({"account_id": "lag", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    app.wait_for_stream_count(1, Duration::from_secs(10)).await;
+    // A query-service that tolerates no lag at all.
+    let flags = app.service_flags();
+    let strict = <query_service::Config as clap::Parser>::try_parse_from(
+        std::iter::once("query-service".to_owned())
+            .chain(flags.iter().cloned())
+            .chain([
+                "--http-addr=127.0.0.1:0".to_owned(),
+                "--ready-projection-lag-max=0".to_owned(),
+            ]),
+    )
+    .unwrap();
+    let strict = query_service::Application::build(strict).await.unwrap();
+    let strict_url = format!("http://{}/readyz", strict.http_addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let strict = tokio::spawn(strict.run(stop.clone()));
+
+    let response = app.http.get(&strict_url).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["checks"][2]["name"], "projection_lag");
+    assert!(
+        body["checks"][2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("1 events behind")
+    );
+
+    // The projection catches up: ready again.
+    let projections = <projections::Config as clap::Parser>::try_parse_from(
+        std::iter::once("projections".to_owned())
+            .chain(flags)
+            .chain(["--ops-addr=127.0.0.1:0".to_owned()]),
+    )
+    .unwrap();
+    let projections = projections::Application::build(projections).await.unwrap();
+    let worker = tokio::spawn(projections.run(stop.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app.http.get(&strict_url).send().await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    strict.await.unwrap().unwrap();
+    worker.await.unwrap().unwrap();
 }
