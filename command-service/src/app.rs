@@ -29,12 +29,8 @@ pub enum StartupError {
     Db(#[from] platform::db::DbError),
     #[error("cannot subscribe to commands")]
     Subscribe(#[from] async_nats::SubscribeError),
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] platform::ops_http::BindError),
 }
 
 #[derive(Debug)]
@@ -72,14 +68,7 @@ impl Application {
             },
         );
         let subscription = crate::ingress::subscribe(&infra.nats, &infra.subjects).await?;
-        let bind_error = |source| StartupError::Bind {
-            addr: config.ops_addr,
-            source,
-        };
-        let ops_listener = TcpListener::bind(config.ops_addr)
-            .await
-            .map_err(bind_error)?;
-        let ops_addr = ops_listener.local_addr().map_err(bind_error)?;
+        let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
         Ok(Application {
             infra,
             ops_listener,

@@ -188,49 +188,41 @@ pub async fn ensure_streams(
     replicas: usize,
 ) -> Result<StreamNames, NatsError> {
     let names = StreamNames::for_subjects(subjects);
+    let stream = |name: &str, description: &str, subject: String, retention| stream::Config {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        subjects: vec![subject],
+        retention,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
     let configs = [
-        stream::Config {
-            name: names.commands.clone(),
-            description: Some(
-                "Durable commands; removed once executed (results live in the command log)".into(),
-            ),
-            subjects: vec![subjects.jobs()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        },
-        stream::Config {
-            name: names.events.clone(),
-            description: Some("Every committed event, once, in per-aggregate order".into()),
-            subjects: vec![subjects.events()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        },
-        stream::Config {
-            name: names.dead_letters.clone(),
-            description: Some("Events a projection could not apply, with the error".into()),
-            subjects: vec![subjects.dead_letters()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        },
-        stream::Config {
-            name: names.audit.clone(),
-            description: Some("Signed digests of the hash-chain heads".into()),
-            subjects: vec![subjects.audit_digest()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        },
+        stream(
+            &names.commands,
+            "Durable commands; removed once executed (results live in the command log)",
+            subjects.jobs(),
+            stream::RetentionPolicy::WorkQueue,
+        ),
+        stream(
+            &names.events,
+            "Every committed event, once, in per-aggregate order",
+            subjects.events(),
+            stream::RetentionPolicy::Limits,
+        ),
+        stream(
+            &names.dead_letters,
+            "Events a projection could not apply, with the error",
+            subjects.dead_letters(),
+            stream::RetentionPolicy::Limits,
+        ),
+        stream(
+            &names.audit,
+            "Signed digests of the hash-chain heads",
+            subjects.audit_digest(),
+            stream::RetentionPolicy::Limits,
+        ),
     ];
     for config in configs {
         let stream = config.name.clone();

@@ -14,12 +14,8 @@ const SERVICE: &str = "projections";
 pub enum StartupError {
     #[error(transparent)]
     Infra(#[from] InfraError),
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] platform::ops_http::BindError),
 }
 
 #[derive(Debug)]
@@ -34,14 +30,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
-        let bind_error = |source| StartupError::Bind {
-            addr: config.ops_addr,
-            source,
-        };
-        let ops_listener = TcpListener::bind(config.ops_addr)
-            .await
-            .map_err(bind_error)?;
-        let ops_addr = ops_listener.local_addr().map_err(bind_error)?;
+        let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
         let runner = crate::runner::Runner {
             pool: infra.pool.clone(),
             jetstream: infra.jetstream.clone(),

@@ -16,12 +16,8 @@ const SERVICE: &str = "query-service";
 pub enum StartupError {
     #[error(transparent)]
     Infra(#[from] InfraError),
-    #[error("cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] platform::ops_http::BindError),
 }
 
 #[derive(Debug)]
@@ -36,14 +32,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
-        let bind_error = |source| StartupError::Bind {
-            addr: config.http_addr,
-            source,
-        };
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(bind_error)?;
-        let addr = listener.local_addr().map_err(bind_error)?;
+        let (listener, addr) = platform::ops_http::bind(config.http_addr).await?;
         Ok(Application {
             infra,
             listener,
