@@ -6,6 +6,7 @@
 //! Exit status: 0 accepted (or read), 1 rejected (or the read failed), 2 could not get an answer.
 
 mod account;
+mod dlq;
 mod output;
 mod read;
 mod send;
@@ -35,6 +36,9 @@ enum Command {
     /// Account commands: open, deposit, withdraw, freeze, unfreeze, close.
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Dead letters: list, retry or drop events a projection could not apply.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -42,6 +46,16 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::Account(command) => command.into_request(),
+        Command::Dlq(command) => {
+            return match dlq::run(command, cli.json).await {
+                Ok(true) => std::process::ExitCode::SUCCESS,
+                Ok(false) => std::process::ExitCode::from(1),
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
     };
     match request {
         account::Request::Command(name, body, options) => {

@@ -36,8 +36,10 @@ impl Application {
             jetstream: infra.jetstream.clone(),
             stream: infra.streams.events.clone(),
             filter_subject: format!("{}.evt.account.>", infra.subjects.prefix()),
+            dead_letter_subject: infra.subjects.dead_letter(crate::accounts::NAME),
             config: crate::runner::RunnerConfig {
                 batch_max: config.batch_max.max(1),
+                poison_attempts: config.poison_attempts.max(1),
             },
         };
         Ok(Application {

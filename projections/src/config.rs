@@ -39,4 +39,12 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub ready_projection_lag_max: u64,
+    /// Deliveries of an event that cannot be applied before it goes to the dead-letter stream
+    /// and its aggregate is parked (`tally dlq`).
+    #[arg(
+        long = "projection-poison-attempts",
+        env = "TALLY_PROJECTION_POISON_ATTEMPTS",
+        default_value_t = 5
+    )]
+    pub poison_attempts: i64,
 }

@@ -23,6 +23,8 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const GAP_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Longest pause after a database failure.
 const FAILURE_DELAY_MAX: Duration = Duration::from_secs(5);
+/// How often operator actions on parked aggregates (`tally dlq retry|drop`) are looked for.
+const ACTIONS_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -49,6 +51,8 @@ impl ApplyError {
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub batch_max: usize,
+    /// Deliveries of a failing event before it is dead-lettered and its aggregate parked.
+    pub poison_attempts: i64,
 }
 
 #[derive(Debug)]
@@ -58,6 +62,8 @@ pub struct Runner {
     pub stream: String,
     /// `<prefix>.evt.account.>`
     pub filter_subject: String,
+    /// `<prefix>.dlq.accounts`
+    pub dead_letter_subject: String,
     pub config: RunnerConfig,
 }
 
@@ -91,11 +97,19 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?;
         let mut failures = 0u32;
+        let mut actions = tokio::time::interval(ACTIONS_POLL);
+        actions.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !shutdown.is_cancelled() {
             // Wait for the first event, then take whatever else has already arrived: no added
             // latency when idle, full batches under load.
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
+                _ = actions.tick() => {
+                    if let Err(error) = self.carry_out_actions().await {
+                        tracing::warn!(%error, "dead-letter actions failed; retrying later");
+                    }
+                    continue;
+                }
                 next = messages.next() => next,
             };
             let mut batch = Vec::new();
@@ -145,42 +159,112 @@ impl Runner {
                 }
             }
         }
-        loop {
-            match self.apply_batch(&deliveries).await {
-                Ok(()) => return Ok(()),
-                Err(ApplyError::Db(error)) => {
-                    for d in &deliveries {
-                        nak(&d.message, Duration::from_secs(1)).await;
-                    }
-                    return Err(error);
+        match self.apply_batch(&deliveries).await {
+            Ok(()) => Ok(()),
+            Err(ApplyError::Db(error)) if is_transient(&error) => {
+                for d in &deliveries {
+                    nak(&d.message, Duration::from_secs(1)).await;
                 }
-                Err(ApplyError::Poison {
-                    aggregate_id,
-                    sequence,
-                    reason,
-                }) => {
-                    // Hold back that aggregate (its later events must not overtake the poison
-                    // one); everything else is applied without it.
-                    tracing::error!(
-                        projection = accounts::NAME,
-                        aggregate_id,
-                        sequence,
-                        reason,
-                        "poison event"
-                    );
-                    let (held, rest): (Vec<_>, Vec<_>) = deliveries
-                        .into_iter()
-                        .partition(|d| d.event.aggregate_id == aggregate_id);
-                    for d in &held {
-                        nak(&d.message, FAILURE_DELAY_MAX).await;
-                    }
-                    if rest.is_empty() {
-                        return Ok(());
-                    }
-                    deliveries = rest;
+                Err(error)
+            }
+            Err(first_error) => {
+                // Something in the batch cannot be applied. Find it: one event per transaction,
+                // in order, so every other event (and aggregate) still goes through.
+                if deliveries.len() == 1 {
+                    self.failed(&deliveries[0], &first_error).await?;
+                    return Ok(());
                 }
+                for (i, d) in deliveries.iter().enumerate() {
+                    match self.apply_batch(std::slice::from_ref(d)).await {
+                        Ok(()) => {}
+                        Err(ApplyError::Db(error)) if is_transient(&error) => {
+                            for rest in &deliveries[i..] {
+                                nak(&rest.message, Duration::from_secs(1)).await;
+                            }
+                            return Err(error);
+                        }
+                        Err(error) => self.failed(d, &error).await?,
+                    }
+                }
+                Ok(())
             }
         }
+    }
+
+    /// An event failed on its own: nak it for another try, or, after `poison_attempts`
+    /// deliveries, dead-letter it and park its aggregate.
+    async fn failed(&self, d: &Delivery, error: &ApplyError) -> Result<(), sqlx::Error> {
+        let attempts = d.message.info().map(|i| i.delivered).unwrap_or(1);
+        tracing::error!(
+            projection = accounts::NAME,
+            aggregate_id = %d.event.aggregate_id,
+            sequence = d.event.sequence,
+            attempts,
+            error = %error_text(error),
+            "event cannot be applied"
+        );
+        if attempts < self.config.poison_attempts {
+            let backoff = Duration::from_millis(200)
+                * 2u32.saturating_pow(u32::try_from(attempts).unwrap_or(6).min(6));
+            nak(&d.message, backoff.min(FAILURE_DELAY_MAX)).await;
+            return Ok(());
+        }
+        let reason = error_text(error);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!(
+                "{}:{}:{}:{}",
+                accounts::NAME,
+                d.event.aggregate_type,
+                d.event.aggregate_id,
+                d.event.sequence
+            )
+            .as_str(),
+        );
+        headers.insert("Tally-Projection", accounts::NAME);
+        headers.insert("Tally-Aggregate-Id", d.event.aggregate_id.as_str());
+        headers.insert("Tally-Sequence", d.event.sequence.to_string().as_str());
+        headers.insert(
+            "Tally-Error",
+            reason.chars().take(1_000).collect::<String>().as_str(),
+        );
+        let published = async {
+            self.jetstream
+                .publish_with_headers(
+                    self.dead_letter_subject.clone(),
+                    headers,
+                    d.message.payload.clone(),
+                )
+                .await?
+                .await
+        }
+        .await;
+        if let Err(error) = published {
+            // Without the dead letter the event must not be parked silently: try again later.
+            tracing::warn!(%error, "dead-letter publish failed");
+            nak(&d.message, FAILURE_DELAY_MAX).await;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO projection_parked (projection, aggregate_type, aggregate_id, sequence, event, error, attempts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (projection, aggregate_type, aggregate_id) DO NOTHING",
+        )
+        .bind(accounts::NAME)
+        .bind(&d.event.aggregate_type)
+        .bind(&d.event.aggregate_id)
+        .bind(i64::try_from(d.event.sequence).unwrap_or(i64::MAX))
+        .bind(sqlx::types::Json(&d.event))
+        .bind(&reason)
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .execute(&self.pool)
+        .await?;
+        tracing::warn!(aggregate_id = %d.event.aggregate_id, sequence = d.event.sequence, "dead-lettered; the aggregate is parked until `tally dlq retry` or `drop`");
+        if let Err(error) = d.message.ack().await {
+            tracing::debug!(%error, "ack of a dead-lettered event failed; it comes back and is parked again");
+        }
+        Ok(())
     }
 
     async fn apply_batch(&self, deliveries: &[Delivery]) -> Result<(), ApplyError> {
@@ -202,13 +286,30 @@ impl Runner {
             .into_iter()
             .map(|(id, v)| (id, u64::try_from(v).unwrap_or(0)))
             .collect();
+        // Aggregates held back by a dead-lettered event. FOR SHARE: an operator action
+        // releasing one (which locks it FOR UPDATE) finishes before we decide.
+        let parked: std::collections::HashSet<String> = sqlx::query_scalar(
+            "SELECT aggregate_id FROM projection_parked
+             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = ANY($2)
+             FOR SHARE",
+        )
+        .bind(accounts::NAME)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
         let mut apply = Vec::new();
         let mut done = Vec::new();
         let mut gaps = Vec::new();
+        let mut held = Vec::new();
         for d in deliveries {
             let version = versions.get(&d.event.aggregate_id).copied().unwrap_or(0);
             if d.event.sequence <= version {
                 done.push(&d.message); // a duplicate: already applied
+            } else if parked.contains(&d.event.aggregate_id) {
+                held.push(&d.event); // waits behind its aggregate's dead letter
+                done.push(&d.message);
             } else if d.event.sequence == version + 1 {
                 versions.insert(d.event.aggregate_id.clone(), d.event.sequence);
                 apply.push(d.event.clone());
@@ -216,6 +317,19 @@ impl Runner {
             } else {
                 gaps.push(&d.message); // its predecessor has not arrived yet
             }
+        }
+        for event in held {
+            sqlx::query(
+                "INSERT INTO projection_parked_events (projection, aggregate_type, aggregate_id, sequence, event)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(accounts::NAME)
+            .bind(&event.aggregate_type)
+            .bind(&event.aggregate_id)
+            .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
+            .bind(sqlx::types::Json(event))
+            .execute(&mut *tx)
+            .await?;
         }
         if !apply.is_empty() {
             accounts::apply(&mut tx, &apply).await?;
@@ -268,6 +382,164 @@ impl Runner {
             nak(message, GAP_RETRY_DELAY).await;
         }
         Ok(())
+    }
+}
+
+impl Runner {
+    /// Carries out `tally dlq retry|drop` on parked aggregates: retry applies the dead-lettered
+    /// event and then the parked ones, in order; drop skips the dead-lettered event (an operator
+    /// decision, logged) and applies the parked ones. One transaction per aggregate; on failure
+    /// the aggregate stays parked with the new error.
+    async fn carry_out_actions(&self) -> Result<(), sqlx::Error> {
+        let requested: Vec<(String, String)> = sqlx::query_as(
+            "SELECT aggregate_id, action FROM projection_parked
+             WHERE projection = $1 AND aggregate_type = 'account' AND action IS NOT NULL",
+        )
+        .bind(accounts::NAME)
+        .fetch_all(&self.pool)
+        .await?;
+        for (aggregate_id, action) in requested {
+            let outcome = self.release(&aggregate_id, action == "retry").await;
+            match outcome {
+                Ok(applied) => {
+                    tracing::info!(aggregate_id, action, applied, "parked aggregate released")
+                }
+                Err(error) => {
+                    let reason = error_text(&error);
+                    tracing::warn!(aggregate_id, action, error = %reason, "parked aggregate stays parked");
+                    sqlx::query(
+                        "UPDATE projection_parked SET action = NULL, error = $3, attempts = attempts + 1
+                         WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2",
+                    )
+                    .bind(accounts::NAME)
+                    .bind(&aggregate_id)
+                    .bind(&reason)
+                    .execute(&self.pool)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok(None)`: not yet possible (a parked event is still in flight); the action stays.
+    async fn release(&self, aggregate_id: &str, retry: bool) -> Result<Option<usize>, ApplyError> {
+        let mut tx = self.pool.begin().await?;
+        let head: Option<(sqlx::types::Json<EventMessage>,)> = sqlx::query_as(
+            "SELECT event FROM projection_parked
+             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2
+             FOR UPDATE",
+        )
+        .bind(accounts::NAME)
+        .bind(aggregate_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((head,)) = head else {
+            return Ok(Some(0));
+        };
+        let parked: Vec<sqlx::types::Json<EventMessage>> = sqlx::query_scalar(
+            "SELECT event FROM projection_parked_events
+             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2
+             ORDER BY sequence",
+        )
+        .bind(accounts::NAME)
+        .bind(aggregate_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let version: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT version FROM projection_versions
+              WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2 FOR UPDATE), 0)",
+        )
+        .bind(accounts::NAME)
+        .bind(aggregate_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut expected = u64::try_from(version).unwrap_or(0) + 1;
+        let mut events = Vec::new();
+        if retry {
+            events.push(head.0.clone());
+        } else {
+            tracing::warn!(
+                aggregate_id,
+                sequence = head.0.sequence,
+                "operator dropped a dead-lettered event"
+            );
+            expected = head.0.sequence + 1;
+        }
+        events.extend(
+            parked
+                .into_iter()
+                .map(|e| e.0)
+                .filter(|e| e.sequence > head.0.sequence),
+        );
+        // Apply the contiguous run; anything after a gap stays for JetStream to redeliver.
+        let first = expected;
+        let mut run: Vec<EventMessage> = Vec::new();
+        for event in events.into_iter().filter(|e| e.sequence >= first) {
+            if event.sequence != expected {
+                // A parked event is missing (not redelivered yet): releasing now would leave
+                // the later ones behind. Keep everything parked and try again next tick.
+                tracing::info!(
+                    aggregate_id,
+                    missing = expected,
+                    "parked events incomplete; release waits"
+                );
+                return Ok(None);
+            }
+            expected += 1;
+            run.push(event);
+        }
+        let last = run.last().map_or(expected - 1, |e| e.sequence);
+        if !run.is_empty() {
+            accounts::apply(&mut tx, &run).await?;
+        }
+        sqlx::query(
+            "INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)
+             VALUES ($1, 'account', $2, $3)
+             ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version",
+        )
+        .bind(accounts::NAME)
+        .bind(aggregate_id)
+        .bind(i64::try_from(last).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        for table in ["projection_parked_events", "projection_parked"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2"
+            ))
+            .bind(accounts::NAME)
+            .bind(aggregate_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(run.len()))
+    }
+}
+
+/// Failures worth retrying as they are (the database or the network), as opposed to an event
+/// that can never be applied as it stands.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["08", "40", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
+fn error_text(error: &ApplyError) -> String {
+    match error {
+        ApplyError::Db(sqlx::Error::Database(db)) => format!("database: {}", db.message()),
+        other => other.to_string(),
     }
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod config_docs;
 mod crash;
+mod dead_letters;
 mod durable;
 mod event_store;
 mod failures;
