@@ -11,11 +11,24 @@ use sqlx::PgPool;
 
 use crate::consistency;
 use crate::pagination;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
+
+/// The read-your-writes headers every read accepts.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: the handlers read these from the HeaderMap
+pub struct ConsistencyHeaders {
+    /// A command reply's `consistency_token`: wait until the read model has applied it.
+    #[param(rename = "Tally-Consistency-Token")]
+    tally_consistency_token: Option<String>,
+    /// How long to wait for the token, in milliseconds (default 2000, at most 5000).
+    #[param(rename = "Tally-Wait-Ms", minimum = 0)]
+    tally_wait_ms: Option<u64>,
+}
 
 const PROJECTION: &str = "accounts";
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AccountView {
     pub account_id: String,
     pub owner: String,
@@ -30,7 +43,7 @@ pub struct AccountView {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -38,11 +51,27 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReadQuery {
+    /// A command reply's token: wait until the read model has applied that write.
     pub consistency_token: Option<String>,
 }
 
+/// One account.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account_id}",
+    tag = "accounts",
+    params(("account_id" = String, Path), ReadQuery, ConsistencyHeaders, ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier response")),
+    responses(
+        (status = 200, body = AccountView, headers(("ETag" = String))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "The read model did not reach the consistency token in time"),
+    )
+)]
 pub async fn get(
     State(pool): State<PgPool>,
     Path(account_id): Path<String>,
@@ -79,7 +108,8 @@ pub async fn get(
     Ok(([(header::ETAG, etag_value)], Json(account)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub owner: Option<String>,
     pub status: Option<String>,
@@ -89,6 +119,18 @@ pub struct ListQuery {
     pub consistency_token: Option<String>,
 }
 
+/// Accounts, filtered, in id order, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts",
+    tag = "accounts",
+    params(ListQuery, ConsistencyHeaders),
+    responses(
+        (status = 200, body = Page<AccountView>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list(
     State(pool): State<PgPool>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -150,7 +192,7 @@ fn page_end<T>(rows: &mut Vec<T>, limit: i64) -> Option<&T> {
     }
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EntryView {
     pub sequence: i64,
     /// `credit` or `debit`.
@@ -162,7 +204,8 @@ pub struct EntryView {
     pub command_id: uuid::Uuid,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EntriesQuery {
     /// Entries at or after this instant (RFC 3339).
     pub from: Option<DateTime<Utc>>,
@@ -173,6 +216,19 @@ pub struct EntriesQuery {
     pub consistency_token: Option<String>,
 }
 
+/// An account's money movements, oldest first, one page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{account_id}/entries",
+    tag = "accounts",
+    params(("account_id" = String, Path), EntriesQuery, ConsistencyHeaders),
+    responses(
+        (status = 200, body = Page<EntryView>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn entries(
     State(pool): State<PgPool>,
     Path(account_id): Path<String>,
@@ -234,7 +290,7 @@ pub async fn entries(
     }))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TotalView {
     pub currency: String,
     /// Accounts not closed (open or frozen).
@@ -243,6 +299,13 @@ pub struct TotalView {
     pub total_balance: String,
 }
 
+/// Per currency: accounts not closed and the sum of their balances.
+#[utoipa::path(
+    get,
+    path = "/v1/totals",
+    tag = "accounts",
+    responses((status = 200, body = Vec<TotalView>))
+)]
 pub async fn totals(State(pool): State<PgPool>) -> Result<Json<Vec<TotalView>>, ApiError> {
     let rows = sqlx::query_as(
         "SELECT currency, open_accounts, total_balance::text AS total_balance

@@ -9,18 +9,31 @@ use uuid::Uuid;
 
 use crate::problem::ApiError;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CommandRecord {
     pub command_id: Uuid,
     pub aggregate_type: String,
     pub aggregate_id: String,
     /// `accepted` or `rejected`.
     pub status: String,
-    /// The reply the command got (design §3).
+    /// The reply the command got (design §3; `schemas/replies/command-reply.json`).
+    #[schema(value_type = Object)]
     pub reply: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
 }
 
+/// The recorded result of a command, durable ones included.
+#[utoipa::path(
+    get,
+    path = "/v1/commands/{command_id}",
+    tag = "commands",
+    params(("command_id" = String, Path, description = "The command id (a UUID)")),
+    responses(
+        (status = 200, body = CommandRecord),
+        (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get(
     State(pool): State<PgPool>,
     Path(raw): Path<String>,

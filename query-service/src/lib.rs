@@ -8,6 +8,7 @@ mod app;
 mod commands;
 mod config;
 mod consistency;
+pub mod openapi;
 mod pagination;
 mod problem;
 mod router;

@@ -40,13 +40,15 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Problem {
+/// RFC 7807 problem details, with Tally's stable `code`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
     #[serde(rename = "type")]
     kind: &'static str,
     title: &'static str,
     status: u16,
     detail: String,
+    /// `bad_request`, `not_found`, `not_yet_consistent`, `unavailable` or `internal`.
     code: &'static str,
 }
 

@@ -27,6 +27,7 @@ pub fn build(readiness: Readiness, limits: &Limits) -> Router {
             get(crate::accounts::entries),
         )
         .route("/v1/totals", get(crate::accounts::totals))
+        .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());
     platform::ops_http::router(readiness)
         .merge(api)

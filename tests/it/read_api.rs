@@ -247,3 +247,26 @@ async fn malformed_query_strings_are_problem_json_and_responses_compress() {
     assert_eq!(compressed.status(), 200);
     assert_eq!(compressed.headers()["content-encoding"], "gzip");
 }
+
+#[tokio::test]
+async fn the_served_openapi_document_is_the_checked_in_one() {
+    let app = TestApp::spawn().await;
+    let served = app.http_get("/openapi.json").await.text().await.unwrap();
+    let checked_in =
+        std::fs::read_to_string(tests::binaries::repo_root().join("schemas/openapi.json")).unwrap();
+    assert_eq!(served, checked_in, "run `cargo xtask schemas`");
+    let document: Value = serde_json::from_str(&served).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    for path in [
+        "/v1/accounts",
+        "/v1/accounts/{account_id}",
+        "/v1/accounts/{account_id}/entries",
+        "/v1/totals",
+        "/v1/commands/{command_id}",
+    ] {
+        assert!(
+            document["paths"][path]["get"].is_object(),
+            "{path} undocumented"
+        );
+    }
+}

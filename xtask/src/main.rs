@@ -14,7 +14,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Regenerate `schemas/` from the Rust wire types (commands, events, replies).
+    /// Regenerate `schemas/` from the Rust types: commands, events, replies, and the HTTP
+    /// API's OpenAPI document.
     Schemas {
         /// Only check; exit non-zero when a file would change.
         #[arg(long)]
@@ -32,7 +33,14 @@ fn repo_root() -> PathBuf {
 fn schemas(check: bool) -> anyhow::Result<()> {
     let dir = repo_root().join("schemas");
     let mut changed = Vec::new();
-    for file in domain::schema::all() {
+    let openapi = domain::schema::SchemaFile {
+        path: "openapi.json".to_owned(),
+        contents: query_service::openapi::document(),
+    };
+    for file in domain::schema::all()
+        .into_iter()
+        .chain(std::iter::once(openapi))
+    {
         let path = dir.join(&file.path);
         let current = std::fs::read_to_string(&path).unwrap_or_default();
         if current == file.contents {

@@ -1,0 +1,60 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations. Served at
+//! `/openapi.json` and checked in at `schemas/openapi.json` (a test fails when they drift).
+
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tally query API",
+        description = "Read models of the Tally ledger, with read-your-writes.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::accounts::get,
+        crate::accounts::list,
+        crate::accounts::entries,
+        crate::accounts::totals,
+        crate::commands::get,
+        healthz,
+        readyz,
+    ),
+    tags(
+        (name = "accounts", description = "Accounts, entries and totals"),
+        (name = "commands", description = "Results of commands"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct ApiDoc;
+
+/// Alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String)))]
+#[allow(dead_code)] // documents platform::ops_http's handler
+fn healthz() {}
+
+/// Ready: PostgreSQL and NATS reachable, the accounts projection not too far behind.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "Not ready; the body says which check failed", body = Object),
+    )
+)]
+#[allow(dead_code)] // documents platform::ops_http's handler
+fn readyz() {}
+
+/// The document as pretty JSON with a trailing newline (the checked-in form).
+pub fn document() -> String {
+    let mut json = ApiDoc::openapi().to_pretty_json().unwrap_or_default();
+    json.push('\n');
+    json
+}
+
+pub async fn serve() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        document(),
+    )
+}
