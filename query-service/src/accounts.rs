@@ -112,8 +112,12 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub owner: Option<String>,
+    /// `open`, `frozen` or `closed`.
+    #[param(pattern = "^(open|frozen|closed)$")]
     pub status: Option<String>,
     pub currency: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
     pub consistency_token: Option<String>,
@@ -211,6 +215,8 @@ pub struct EntriesQuery {
     pub from: Option<DateTime<Utc>>,
     /// Entries before this instant (RFC 3339).
     pub to: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
     pub consistency_token: Option<String>,

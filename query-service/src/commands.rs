@@ -27,7 +27,7 @@ pub struct CommandRecord {
     get,
     path = "/v1/commands/{command_id}",
     tag = "commands",
-    params(("command_id" = String, Path, description = "The command id (a UUID)")),
+    params(("command_id" = uuid::Uuid, Path, description = "The command id")),
     responses(
         (status = 200, body = CommandRecord),
         (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"),

@@ -15,6 +15,7 @@ mod harness;
 mod outbox;
 mod projections;
 mod read_api;
+mod schemathesis;
 mod service_binaries;
 mod snapshots;
 mod startup;
