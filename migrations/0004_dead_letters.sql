@@ -25,3 +25,7 @@ CREATE TABLE projection_parked_events (
     event          jsonb  NOT NULL,
     PRIMARY KEY (projection, aggregate_type, aggregate_id, sequence)
 );
+
+-- Events an operator dropped (`tally dlq drop`), so that applied + dropped accounts for every
+-- version a projection reached, and anything else shows up as skipped.
+ALTER TABLE projection_checkpoints ADD COLUMN events_dropped bigint NOT NULL DEFAULT 0;

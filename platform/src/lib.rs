@@ -7,5 +7,6 @@ pub mod db;
 pub mod infra;
 pub mod nats;
 pub mod ops_http;
+pub mod projection_metrics;
 pub mod shutdown;
 pub mod telemetry;

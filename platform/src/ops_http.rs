@@ -136,11 +136,27 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, Json(report)).into_response()
 }
 
-/// `/healthz` (alive) and `/readyz` (dependencies reachable).
+/// Prometheus text. For now the projections' figures; the observability work adds the rest.
+async fn metrics(State(readiness): State<Readiness>) -> Response {
+    match crate::projection_metrics::figures(&readiness.pool).await {
+        Ok(figures) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            crate::projection_metrics::render(&figures),
+        )
+            .into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable\n").into_response(),
+    }
+}
+
+/// `/healthz` (alive), `/readyz` (dependencies reachable) and `/metrics`.
 pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(readiness)
 }
 

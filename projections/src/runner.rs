@@ -503,6 +503,19 @@ impl Runner {
         .bind(i64::try_from(last).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (projection, events_applied, events_dropped)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (projection) DO UPDATE SET
+                 events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
+                 events_dropped = projection_checkpoints.events_dropped + EXCLUDED.events_dropped,
+                 updated_at = now()",
+        )
+        .bind(accounts::NAME)
+        .bind(i64::try_from(run.len()).unwrap_or(i64::MAX))
+        .bind(i64::from(!retry))
+        .execute(&mut *tx)
+        .await?;
         for table in ["projection_parked_events", "projection_parked"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2"

@@ -18,6 +18,7 @@ use utoipa::OpenApi;
         crate::commands::get,
         healthz,
         readyz,
+        metrics,
     ),
     tags(
         (name = "accounts", description = "Accounts, entries and totals"),
@@ -44,6 +45,16 @@ fn healthz() {}
 )]
 #[allow(dead_code)] // documents platform::ops_http's handler
 fn readyz() {}
+
+/// Prometheus text: projection figures (applied, dropped, skipped, parked, position).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, body = String, content_type = "text/plain"))
+)]
+#[allow(dead_code)] // documents platform::ops_http's handler
+fn metrics() {}
 
 /// The document as pretty JSON with a trailing newline (the checked-in form).
 pub fn document() -> String {

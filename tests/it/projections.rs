@@ -175,6 +175,7 @@ async fn duplicate_deliveries_change_nothing() {
     .await
     .unwrap();
     assert_eq!(total, "50");
+    app.assert_no_skipped_events().await;
 }
 
 const BULK_ACCOUNTS: i64 = 200;
@@ -306,6 +307,8 @@ async fn kill_9_during_catch_up_then_restart_equals_a_fresh_run() {
     .await
     .unwrap();
     assert_eq!(mismatched, 0, "currency_totals disagrees with accounts");
+    app.assert_no_skipped_events().await;
+    reference.assert_no_skipped_events().await;
 }
 
 #[tokio::test]

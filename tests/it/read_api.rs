@@ -46,6 +46,7 @@ async fn read_your_writes_on_the_first_try_every_time() {
         assert_eq!(account["balance"], i, "iteration {i}: stale read");
         assert_eq!(account["version"], i + 1);
     }
+    app.assert_no_skipped_events().await;
 }
 
 #[tokio::test]

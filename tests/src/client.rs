@@ -124,6 +124,22 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// The projections' figures, as `/metrics` reports them.
+    pub async fn projection_figures(&self) -> Vec<platform::projection_metrics::ProjectionFigures> {
+        platform::projection_metrics::figures(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Gap safety: no projection ever jumped over an event.
+    pub async fn assert_no_skipped_events(&self) {
+        for figures in self.projection_figures().await {
+            assert_eq!(figures.events_skipped, 0, "events skipped: {figures:?}");
+        }
+    }
+}
+
 /// `accepted` or panic with the rejection.
 pub fn accepted(reply: &CommandReply) -> (String, u64) {
     match reply {

@@ -1,0 +1,97 @@
+//! Projection health figures, read from the projections' own transactional bookkeeping, so
+//! they are exact and per database. Rendered as Prometheus text on `/metrics`.
+
+use sqlx::PgPool;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectionFigures {
+    pub projection: String,
+    pub events_applied: i64,
+    pub events_dropped: i64,
+    /// Versions reached but neither applied nor dropped by an operator: an event jumped over.
+    /// Zero by construction; a non-zero value is a bug.
+    pub events_skipped: i64,
+    pub parked_aggregates: i64,
+    pub stream_sequence: i64,
+}
+
+pub async fn figures(pool: &PgPool) -> Result<Vec<ProjectionFigures>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.projection, c.events_applied, c.events_dropped,
+                COALESCE((SELECT sum(v.version) FROM projection_versions v WHERE v.projection = c.projection), 0)::bigint
+                  - c.events_applied - c.events_dropped,
+                (SELECT count(*) FROM projection_parked p WHERE p.projection = c.projection),
+                c.stream_sequence
+         FROM projection_checkpoints c ORDER BY c.projection",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                projection,
+                events_applied,
+                events_dropped,
+                events_skipped,
+                parked_aggregates,
+                stream_sequence,
+            )| {
+                ProjectionFigures {
+                    projection,
+                    events_applied,
+                    events_dropped,
+                    events_skipped,
+                    parked_aggregates,
+                    stream_sequence,
+                }
+            },
+        )
+        .collect())
+}
+
+/// Prometheus text exposition of `figures`.
+pub fn render(figures: &[ProjectionFigures]) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: fn(&ProjectionFigures) -> i64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for f in figures {
+            out.push_str(&format!(
+                "{name}{{projection=\"{}\"}} {}\n",
+                f.projection,
+                value(f)
+            ));
+        }
+    };
+    metric(
+        "tally_projection_events_applied_total",
+        "counter",
+        "Events applied to the read models.",
+        |f| f.events_applied,
+    );
+    metric(
+        "tally_projection_events_dropped_total",
+        "counter",
+        "Dead-lettered events an operator dropped.",
+        |f| f.events_dropped,
+    );
+    metric(
+        "tally_projection_events_skipped_total",
+        "counter",
+        "Events jumped over without being applied or dropped (must stay 0).",
+        |f| f.events_skipped,
+    );
+    metric(
+        "tally_projection_parked_aggregates",
+        "gauge",
+        "Aggregates held back behind a dead-lettered event.",
+        |f| f.parked_aggregates,
+    );
+    metric(
+        "tally_projection_stream_sequence",
+        "gauge",
+        "Events-stream sequence the projection reached.",
+        |f| f.stream_sequence,
+    );
+    out
+}
