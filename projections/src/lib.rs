@@ -7,6 +7,7 @@
 pub mod accounts;
 mod app;
 mod config;
+mod dead_letters;
 pub mod runner;
 
 pub use app::{Application, StartupError};

@@ -37,31 +37,40 @@ async fn tally_dlq(app: &TestApp, args: &[&str]) -> std::process::Output {
         .expect("tally binary")
 }
 
-#[tokio::test]
-async fn a_poison_event_is_dead_lettered_parks_its_aggregate_and_is_retried_once_fixed() {
+type Worker = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// An app whose projection worker gives up after `attempts` deliveries, and a cause of poison:
+/// the read model refuses entries with reference `poison` (think: a bug in a projection).
+async fn with_poison_cause(
+    attempts: u32,
+) -> (TestApp, tokio_util::sync::CancellationToken, Worker) {
     let mut app = TestApp::spawn().await;
-    // A projection worker that gives up after two deliveries.
     app.stop_projections().await;
     let config = <projections::Config as clap::Parser>::try_parse_from(
         std::iter::once("projections".to_owned())
             .chain(app.service_flags())
             .chain([
                 "--ops-addr=127.0.0.1:0".to_owned(),
-                "--projection-poison-attempts=2".to_owned(),
+                format!("--projection-poison-attempts={attempts}"),
             ]),
     )
     .unwrap();
     let worker = projections::Application::build(config).await.unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let worker = tokio::spawn(worker.run(stop.clone()));
-
-    // The cause: the read model refuses one particular entry (think: a bug in a projection).
     sqlx::query(
         "ALTER TABLE account_entries ADD CONSTRAINT no_poison CHECK (reference <> 'poison')",
     )
     .execute(&app.db)
     .await
     .unwrap();
+    (app, stop, worker)
+}
+
+#[tokio::test]
+async fn a_poison_event_is_dead_lettered_parks_its_aggregate_and_is_retried_once_fixed() {
+    // A projection worker that gives up after two deliveries, and a cause of poison.
+    let (app, stop, worker) = with_poison_cause(2).await;
     for id in ["sick", "well"] {
         accepted(
             &app.send(
@@ -195,26 +204,7 @@ async fn a_poison_event_is_dead_lettered_parks_its_aggregate_and_is_retried_once
 
 #[tokio::test]
 async fn dropping_a_dead_letter_skips_it_and_releases_the_rest() {
-    let mut app = TestApp::spawn().await;
-    app.stop_projections().await;
-    let config = <projections::Config as clap::Parser>::try_parse_from(
-        std::iter::once("projections".to_owned())
-            .chain(app.service_flags())
-            .chain([
-                "--ops-addr=127.0.0.1:0".to_owned(),
-                "--projection-poison-attempts=1".to_owned(),
-            ]),
-    )
-    .unwrap();
-    let worker = projections::Application::build(config).await.unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let worker = tokio::spawn(worker.run(stop.clone()));
-    sqlx::query(
-        "ALTER TABLE account_entries ADD CONSTRAINT no_poison CHECK (reference <> 'poison')",
-    )
-    .execute(&app.db)
-    .await
-    .unwrap();
+    let (app, stop, worker) = with_poison_cause(1).await;
     accepted(
         &app.send(
             "account.open",
