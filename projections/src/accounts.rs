@@ -142,7 +142,10 @@ pub async fn apply(
         row.updated_at = event.recorded_at;
     }
 
-    write_accounts(tx, rows.into_values().collect()).await?;
+    // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
+    let mut rows: Vec<AccountRow> = rows.into_values().collect();
+    rows.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
+    write_accounts(tx, rows).await?;
     write_entries(tx, entries).await?;
     write_totals(tx, deltas).await?;
     Ok(())

@@ -23,6 +23,10 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 const GAP_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Longest pause after a database failure.
 pub(crate) const FAILURE_DELAY_MAX: Duration = Duration::from_secs(5);
+/// The priority group the workers of a projection pull with; one is pinned at a time.
+const PRIORITY_GROUP: &str = "workers";
+/// How long the pinned worker may stop pulling before a standby takes over.
+const PIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often operator actions on parked aggregates (`tally dlq retry|drop`) are looked for.
 const ACTIONS_POLL: Duration = Duration::from_secs(1);
 
@@ -86,6 +90,12 @@ impl Runner {
                 ack_wait: ACK_WAIT,
                 max_ack_pending: i64::try_from(self.config.batch_max * 4).unwrap_or(2_000),
                 deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                // One active worker per projection; others stand by and take over when it stops
+                // pulling. Sharing the consumer would split an aggregate's events between
+                // workers and turn most of them into gaps.
+                priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+                priority_groups: vec![PRIORITY_GROUP.to_owned()],
+                priority_timeout: PIN_TIMEOUT,
                 ..Default::default()
             })
             .await
@@ -93,6 +103,8 @@ impl Runner {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(self.config.batch_max)
+            .expires(Duration::from_secs(2))
+            .group(PRIORITY_GROUP)
             .messages()
             .await
             .map_err(|e| e.to_string())?;
@@ -141,6 +153,15 @@ impl Runner {
                     }
                 }
             }
+        }
+        // Hand the pin to a standby now rather than after PIN_TIMEOUT.
+        drop(messages);
+        if let Ok(stream) = self.jetstream.get_stream(&self.stream).await
+            && let Err(error) = stream
+                .unpin_consumer(&format!("projection-{}", accounts::NAME), PRIORITY_GROUP)
+                .await
+        {
+            tracing::debug!(%error, "unpin on shutdown failed; the pin expires by itself");
         }
         tracing::info!(projection = accounts::NAME, "projection stopped");
         Ok(())
@@ -261,6 +282,9 @@ impl Runner {
                 .iter()
                 .map(|e| (e.aggregate_id.as_str(), versions[&e.aggregate_id]))
                 .collect();
+            let mut changed: Vec<(&str, u64)> = changed.into_iter().collect();
+            // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
+            changed.sort_unstable();
             let (ids, seqs): (Vec<&str>, Vec<i64>) = changed
                 .into_iter()
                 .map(|(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)))

@@ -346,3 +346,39 @@ async fn a_withdrawal_in_its_own_batch_lowers_the_totals() {
     .unwrap();
     assert_eq!((open, total.as_str()), (0, "0"));
 }
+
+#[tokio::test]
+async fn two_workers_on_one_projection_agree_with_a_single_one() {
+    // A second worker on the same projection (as when two instances run): one holds the pin and
+    // the other stands by, so an account's events are never split between them, and the result
+    // equals a single worker's.
+    let total = BULK_ACCOUNTS * BULK_EVENTS_PER_ACCOUNT;
+    let reference = TestApp::spawn().await;
+    write_bulk_history(&reference).await;
+    let app = TestApp::spawn().await;
+    let config = <projections::Config as clap::Parser>::try_parse_from(
+        std::iter::once("projections".to_owned())
+            .chain(app.service_flags())
+            .chain([
+                "--ops-addr=127.0.0.1:0".to_owned(),
+                "--projection-batch-max=50".to_owned(),
+            ]),
+    )
+    .unwrap();
+    let second = projections::Application::build(config).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let second = tokio::spawn(second.run(stop.clone()));
+    write_bulk_history(&app).await;
+
+    wait_applied(&app, total, Duration::from_secs(180)).await;
+    wait_applied(&reference, total, Duration::from_secs(180)).await;
+    assert_eq!(events_applied(&app).await, total);
+    assert_eq!(
+        dump(&app).await,
+        dump(&reference).await,
+        "two workers diverged from one"
+    );
+    app.assert_no_skipped_events().await;
+    stop.cancel();
+    second.await.unwrap().unwrap();
+}
