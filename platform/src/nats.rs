@@ -8,8 +8,10 @@ use secrecy::ExposeSecret;
 use crate::config::NatsConfig;
 
 /// Oldest nats-server Tally runs on: 2.9 silently ignores subject transforms, multiple filter
-/// subjects and per-message TTL (see `notes/nats.md`), so it is refused rather than trusted.
-pub const SERVER_VERSION_MIN: (u64, u64) = (2, 10);
+/// subjects and per-message TTL (see `notes/nats.md`), and the pinned priority groups that keep
+/// one durable-command consumer and one projection worker active arrived in 2.11. Older servers
+/// are refused rather than trusted.
+pub const SERVER_VERSION_MIN: (u64, u64) = (2, 11);
 
 /// Published messages stay deduplicable by `Nats-Msg-Id` this long (design: >= 2 minutes).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);

@@ -11,7 +11,7 @@ use tests::{Servers, TestApp};
 async fn servers_are_real_and_recent_enough() {
     let servers = Servers::get();
     assert!(
-        platform::nats::version_at_least(&servers.nats_version, (2, 10)),
+        platform::nats::version_at_least(&servers.nats_version, platform::nats::SERVER_VERSION_MIN),
         "nats-server {} is too old",
         servers.nats_version
     );

@@ -19,7 +19,7 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts `nats-server -js` with its storage under `dir`. Refuses servers older than 2.10.
+    /// Starts `nats-server -js` with its storage under `dir`. Refuses servers older than 2.11.
     pub fn start(dir: &Path) -> Result<NatsServer, String> {
         let bin = binaries::nats_server();
         let version = Command::new(&bin)
@@ -39,7 +39,7 @@ impl NatsServer {
             .to_owned();
         if !platform::nats::version_at_least(&version, platform::nats::SERVER_VERSION_MIN) {
             return Err(format!(
-                "{} is nats-server {version}; Tally needs 2.10 or newer (Debian's 2.9 silently ignores JetStream features). Run `./dev test` to install 2.15 into .dev/",
+                "{} is nats-server {version}; Tally needs 2.11 or newer (Debian's 2.9 silently ignores JetStream features). Run `./dev test` to install 2.15 into .dev/",
                 bin.display()
             ));
         }
