@@ -119,3 +119,20 @@ fn servers_die_with_the_test_process() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_nats_server_older_than_2_11_is_refused_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("tally-test-{}-oldnats", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("nats-server");
+    // What Debian's package reports.
+    std::fs::write(&fake, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let refused = tests::nats_server::NatsServer::start_binary(&fake, &dir).unwrap_err();
+    assert!(
+        refused.contains("2.9.10") && refused.contains("2.11 or newer"),
+        "{refused}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -21,7 +21,12 @@ impl NatsServer {
 
     /// Starts `nats-server -js` with its storage under `dir`. Refuses servers older than 2.11.
     pub fn start(dir: &Path) -> Result<NatsServer, String> {
-        let bin = binaries::nats_server();
+        Self::start_binary(&binaries::nats_server(), dir)
+    }
+
+    /// As [`NatsServer::start`], with an explicit binary.
+    pub fn start_binary(bin: &Path, dir: &Path) -> Result<NatsServer, String> {
+        let bin = bin.to_path_buf();
         let version = Command::new(&bin)
             .arg("--version")
             .output()
