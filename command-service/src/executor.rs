@@ -70,7 +70,8 @@ enum Attempt {
 impl Executor {
     pub fn new(repo: TallyRepository, limits: ExecutorLimits) -> Self {
         Executor {
-            store: PersistedEventStore::new_event_store(repo.clone()),
+            store: PersistedEventStore::new_event_store(repo.clone())
+                .with_upcasters(domain::account::upcast::account_upcasters()),
             repo,
             locks: AggregateLocks::default(),
             limits,
@@ -210,6 +211,7 @@ impl Executor {
             other => ExecuteError::Internal(Box::new(other)),
         })?;
         for event in events {
+            let event = domain::account::upcast::upcast_event(event);
             let envelope = cqrs_es::EventEnvelope::<Account>::try_from(event)
                 .map_err(|e| ExecuteError::Internal(Box::new(e)))?;
             context.current_sequence = envelope.sequence;

@@ -9,6 +9,7 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use domain::CommandReply;
+use domain::hash_chain;
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -132,6 +133,55 @@ impl TallyRepository {
     }
 }
 
+impl TallyRepository {
+    /// The chain hash of each new event, continuing from the stored predecessor of the first.
+    /// Reading the predecessor outside the insert is safe: stored rows never change, and if
+    /// another writer takes the same sequence first, the insert fails on the primary key.
+    async fn chain_hashes(&self, events: &[SerializedEvent]) -> Result<Vec<Vec<u8>>, PersistenceError> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let mut prev = if first.sequence <= 1 {
+            hash_chain::GENESIS
+        } else {
+            let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+                "SELECT hash FROM events
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+            )
+            .bind(&first.aggregate_type)
+            .bind(&first.aggregate_id)
+            .bind(i64::try_from(first.sequence - 1).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(persistence_error)?;
+            // A predecessor written before the chain existed has no hash: the chain restarts
+            // from genesis there, and `tally audit verify` reports the unchained rows.
+            stored
+                .flatten()
+                .and_then(|h| hash_chain::ChainHash::try_from(h.as_slice()).ok())
+                .unwrap_or(hash_chain::GENESIS)
+        };
+        let mut hashes = Vec::with_capacity(events.len());
+        for event in events {
+            let hash = hash_chain::event_hash(
+                &prev,
+                &hash_chain::ChainedEvent {
+                    aggregate_type: &event.aggregate_type,
+                    aggregate_id: &event.aggregate_id,
+                    sequence: event.sequence as u64,
+                    event_type: &event.event_type,
+                    event_version: &event.event_version,
+                    payload: &event.payload,
+                    metadata: &event.metadata,
+                },
+            );
+            hashes.push(hash.to_vec());
+            prev = hash;
+        }
+        Ok(hashes)
+    }
+}
+
 impl PersistedEventRepository for TallyRepository {
     async fn get_events<A: Aggregate>(
         &self,
@@ -184,6 +234,7 @@ impl PersistedEventRepository for TallyRepository {
             version,
         );
 
+        let hashes = self.chain_hashes(events).await?;
         let mut types = Vec::with_capacity(events.len());
         let mut ids = Vec::with_capacity(events.len());
         let mut sequences = Vec::with_capacity(events.len());
@@ -204,14 +255,15 @@ impl PersistedEventRepository for TallyRepository {
             metadatas.push(event.metadata.clone());
         }
         // One statement, so one implicit transaction and one round trip: the events (whose
-        // primary key is the concurrency check) and the command log row stand or fall together.
+        // primary key is the concurrency check), their chain hashes and the command log row
+        // stand or fall together.
         sqlx::query(
             "WITH logged AS (
                  INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply)
                  VALUES ($8, $1[1], $2[1], 'accepted', $9)
              )
-             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[])",
+             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, hash)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $10::bytea[])",
         )
         .bind(&types)
         .bind(&ids)
@@ -222,6 +274,7 @@ impl PersistedEventRepository for TallyRepository {
         .bind(&metadatas)
         .bind(command_id)
         .bind(sqlx::types::Json(&reply))
+        .bind(&hashes)
         .execute(&self.pool)
         .await
         .map_err(persistence_error)?;

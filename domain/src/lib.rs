@@ -7,6 +7,7 @@
 pub mod account;
 pub mod envelope;
 pub mod error_code;
+pub mod hash_chain;
 pub mod metadata;
 pub mod money;
 pub mod reply;

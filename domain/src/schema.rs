@@ -51,7 +51,9 @@ pub fn all() -> Vec<SchemaFile> {
         render::<Unfreeze>(&command_schema_path("account", "unfreeze")),
         render::<Close>(&command_schema_path("account", "close")),
         render::<AccountOpened>("events/account.AccountOpened.v1.json"),
-        render::<MoneyDeposited>("events/account.MoneyDeposited.v1.json"),
+        // Kept: rows written before 2.0 still hold this shape.
+        render::<crate::account::upcast::MoneyDepositedV1>("events/account.MoneyDeposited.v1.json"),
+        render::<MoneyDeposited>("events/account.MoneyDeposited.v2.json"),
         render::<MoneyWithdrawn>("events/account.MoneyWithdrawn.v1.json"),
         render::<AccountFrozen>("events/account.AccountFrozen.v1.json"),
         render::<AccountUnfrozen>("events/account.AccountUnfrozen.v1.json"),
@@ -74,7 +76,8 @@ mod tests {
             assert!(files.iter().any(|f| f.path == path), "{path} missing");
         }
         for event in crate::account::ACCOUNT_EVENT_TYPES {
-            let path = format!("events/account.{event}.v1.json");
+            let major = if event == "MoneyDeposited" { 2 } else { 1 };
+            let path = format!("events/account.{event}.v{major}.json");
             assert!(files.iter().any(|f| f.path == path), "{path} missing");
         }
     }

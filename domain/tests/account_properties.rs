@@ -21,7 +21,7 @@ fn command() -> impl Strategy<Value = AccountCommand> {
     prop_oneof![
         1 => (id(), "[a-z]{0,4}", prop_oneof![Just("EUR".to_owned()), Just("usd".to_owned())])
             .prop_map(|(account_id, owner, currency)| AccountCommand::Open(OpenAccount { account_id, owner, currency })),
-        6 => (id(), amount()).prop_map(|(account_id, amount)| AccountCommand::Deposit(Deposit { account_id, amount, reference: String::new() })),
+        6 => (id(), amount()).prop_map(|(account_id, amount)| AccountCommand::Deposit(Deposit { account_id, amount, reference: String::new(), channel: DepositChannel::Cash })),
         6 => (id(), amount()).prop_map(|(account_id, amount)| AccountCommand::Withdraw(Withdraw { account_id, amount, reference: String::new() })),
         1 => (id(), "[a-z]{0,3}").prop_map(|(account_id, reason)| AccountCommand::Freeze(Freeze { account_id, reason })),
         1 => id().prop_map(|account_id| AccountCommand::Unfreeze(Unfreeze { account_id })),
@@ -181,6 +181,7 @@ fn closed_state_is_reachable_by_the_generator() {
             account_id: ID.into(),
             amount: 1,
             reference: String::new(),
+            channel: DepositChannel::Unspecified,
         }),
         AccountCommand::Withdraw(Withdraw {
             account_id: ID.into(),

@@ -22,6 +22,7 @@ fn deposited(amount: i64, balance_after: i64) -> AccountEvent {
         amount,
         reference: String::new(),
         balance_after,
+        channel: DepositChannel::Unspecified,
     })
 }
 
@@ -48,6 +49,7 @@ fn deposit(amount: i64) -> AccountCommand {
         account_id: ID.into(),
         amount,
         reference: "inv-1".into(),
+        channel: DepositChannel::Unspecified,
     })
 }
 
@@ -156,6 +158,7 @@ async fn deposit_adds_to_the_balance() {
             amount: 50,
             reference: "inv-1".into(),
             balance_after: 150,
+            channel: DepositChannel::Unspecified,
         })]);
 }
 
@@ -189,6 +192,7 @@ async fn amounts_must_be_positive_and_at_most_10_pow_15() {
             amount: AMOUNT_MAX_MINOR,
             reference: "inv-1".into(),
             balance_after: AMOUNT_MAX_MINOR,
+            channel: DepositChannel::Unspecified,
         })]);
 }
 
@@ -242,6 +246,7 @@ async fn frozen_accounts_take_deposits() {
             amount: 5,
             reference: "inv-1".into(),
             balance_after: 5,
+            channel: DepositChannel::Unspecified,
         })]);
 }
 
@@ -343,6 +348,7 @@ async fn reference_is_limited() {
             account_id: ID.into(),
             amount: 1,
             reference: "x".repeat(257),
+            channel: DepositChannel::Unspecified,
         }))
         .await
         .inspect_result();

@@ -67,7 +67,12 @@ pub async fn apply(
     let mut deltas: HashMap<String, CurrencyDelta> = HashMap::new();
 
     for event in events {
-        let payload: AccountEvent = serde_json::from_value(event.payload.clone())
+        let (_, payload) = domain::account::upcast::upcast_payload(
+            &event.event_type,
+            &event.event_version,
+            event.payload.clone(),
+        );
+        let payload: AccountEvent = serde_json::from_value(payload)
             .map_err(|e| ApplyError::poison(event, format!("unreadable payload: {e}")))?;
         let sequence = i64::try_from(event.sequence)
             .map_err(|_| ApplyError::poison(event, "sequence out of range"))?;

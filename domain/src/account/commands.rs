@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::events::DepositChannel;
 use crate::money::AMOUNT_MAX_MINOR;
 use crate::validate::{
     CURRENCY_PATTERN, ID_LEN_MAX, ID_PATTERN, OWNER_LEN_MAX, REASON_LEN_MAX, REFERENCE_LEN_MAX,
@@ -37,6 +38,9 @@ pub struct Deposit {
     #[serde(default)]
     #[schemars(length(max = REFERENCE_LEN_MAX))]
     pub reference: String,
+    /// How the money arrived; `unspecified` when absent.
+    #[serde(default)]
+    pub channel: DepositChannel,
 }
 
 /// Take money out of an account. Refused when frozen or when the balance is too small.

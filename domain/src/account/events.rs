@@ -6,8 +6,24 @@ use cqrs_es::DomainEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Version of every account event's payload as written today.
+/// Version of the account events' payloads as written today, except [`MoneyDeposited`].
 pub const ACCOUNT_EVENT_VERSION: &str = "1.0";
+
+/// Version of `MoneyDeposited` as written today: 2.0 added `channel`. Rows stored as 1.0 are
+/// upcast on every read path (see `upcast.rs`).
+pub const MONEY_DEPOSITED_VERSION: &str = "2.0";
+
+/// How money arrived. `unspecified` is what a client that does not say gets, and what every
+/// deposit recorded before the field existed (event version 1.0) reads as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DepositChannel {
+    #[default]
+    Unspecified,
+    Cash,
+    Card,
+    BankTransfer,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AccountOpened {
@@ -23,6 +39,9 @@ pub struct MoneyDeposited {
     pub reference: String,
     /// The balance after this deposit, so that a reader of one event knows the running balance.
     pub balance_after: i64,
+    /// Since version 2.0. Required in the payload, so a 1.0 row that skipped the upcaster fails
+    /// loudly instead of reading as a default.
+    pub channel: DepositChannel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -79,6 +98,10 @@ impl DomainEvent for AccountEvent {
     }
 
     fn event_version(&self) -> String {
-        ACCOUNT_EVENT_VERSION.to_owned()
+        match self {
+            AccountEvent::MoneyDeposited(_) => MONEY_DEPOSITED_VERSION,
+            _ => ACCOUNT_EVENT_VERSION,
+        }
+        .to_owned()
     }
 }

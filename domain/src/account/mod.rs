@@ -7,6 +7,7 @@
 mod commands;
 mod error;
 mod events;
+pub mod upcast;
 
 pub use commands::{
     ACCOUNT_COMMAND_NAMES, AccountCommand, Close, DecodeError, Deposit, Freeze, OpenAccount,
@@ -15,7 +16,8 @@ pub use commands::{
 pub use error::AccountError;
 pub use events::{
     ACCOUNT_EVENT_TYPES, ACCOUNT_EVENT_VERSION, AccountClosed, AccountEvent, AccountFrozen,
-    AccountOpened, AccountUnfrozen, MoneyDeposited, MoneyWithdrawn,
+    AccountOpened, AccountUnfrozen, DepositChannel, MONEY_DEPOSITED_VERSION, MoneyDeposited,
+    MoneyWithdrawn,
 };
 
 use cqrs_es::Aggregate;
@@ -86,6 +88,7 @@ impl Account {
                     amount: amount.minor(),
                     reference: c.reference.clone(),
                     balance_after,
+                    channel: c.channel,
                 })])
             }
             AccountCommand::Withdraw(c) => {

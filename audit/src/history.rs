@@ -1,0 +1,131 @@
+//! One aggregate's history as stored, and its state at any version or instant, folded with the
+//! domain's own `apply` (what the audit endpoints serve).
+
+use chrono::{DateTime, Utc};
+use domain::Account;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use sqlx::PgPool;
+
+use crate::fold::{AccountFold, FoldError};
+use crate::stored_event::COLUMNS;
+use crate::StoredEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// Stored history that the domain cannot fold: `tally audit verify` names the event.
+    #[error("event {sequence} cannot be folded: {reason}")]
+    Corrupt { sequence: i64, reason: String },
+}
+
+/// Events after `after_sequence`, oldest first, at most `limit`.
+pub async fn events_page(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    after_sequence: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events
+         WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+         ORDER BY sequence LIMIT $4"
+    ))
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(after_sequence)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Every event of one aggregate, oldest first, streamed (exports of long histories).
+pub fn events_stream(
+    pool: PgPool,
+    aggregate_type: String,
+    aggregate_id: String,
+) -> BoxStream<'static, Result<StoredEvent, sqlx::Error>> {
+    async_stream(pool, aggregate_type, aggregate_id).boxed()
+}
+
+fn async_stream(
+    pool: PgPool,
+    aggregate_type: String,
+    aggregate_id: String,
+) -> impl futures::Stream<Item = Result<StoredEvent, sqlx::Error>> {
+    // Pages of a bounded size rather than one long cursor: a slow client never holds a
+    // connection (or a snapshot) open for the length of its download.
+    const PAGE: i64 = 500;
+    futures::stream::try_unfold(
+        (pool, aggregate_type, aggregate_id, 0i64, false),
+        |(pool, t, id, after, done)| async move {
+            if done {
+                return Ok::<_, sqlx::Error>(None);
+            }
+            let page = events_page(&pool, &t, &id, after, PAGE).await?;
+            let last = page.last().map_or(after, |e| e.sequence);
+            let done = i64::try_from(page.len()).unwrap_or(0) < PAGE;
+            Ok(Some((
+                futures::stream::iter(page.into_iter().map(Ok)),
+                (pool, t, id, last, done),
+            )))
+        },
+    )
+    .try_flatten()
+}
+
+/// Which point of history to fold to.
+#[derive(Debug, Clone, Copy)]
+pub enum StatePoint {
+    /// After the last event accepted at or before this instant.
+    At(DateTime<Utc>),
+    /// After this event.
+    Version(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct FoldedState {
+    pub version: i64,
+    /// When the last folded event was accepted.
+    pub as_of: DateTime<Utc>,
+    pub state: Account,
+}
+
+/// The account at `point`, or `None` if it had no events by then (or has no such version).
+pub async fn account_state(
+    pool: &PgPool,
+    aggregate_id: &str,
+    point: StatePoint,
+) -> Result<Option<FoldedState>, HistoryError> {
+    let mut events = events_stream(pool.clone(), "account".into(), aggregate_id.into());
+    let mut fold = AccountFold::default();
+    let mut as_of = None;
+    while let Some(event) = events.try_next().await? {
+        let past = match point {
+            StatePoint::At(at) => event.occurred_at() > at,
+            StatePoint::Version(v) => event.sequence > v,
+        };
+        if past {
+            break;
+        }
+        fold.apply(&event).map_err(|e| HistoryError::Corrupt {
+            sequence: event.sequence,
+            reason: match e {
+                FoldError::Unreadable(r) | FoldError::Inconsistent(r) => r,
+            },
+        })?;
+        as_of = Some(event.occurred_at());
+    }
+    if let StatePoint::Version(v) = point {
+        if fold.version != v {
+            return Ok(None);
+        }
+    }
+    Ok(as_of.map(|as_of| FoldedState {
+        version: fold.version,
+        as_of,
+        state: fold.state,
+    }))
+}

@@ -1,0 +1,209 @@
+//! `tally audit verify`: streams the event store in (aggregate, sequence) order inside one
+//! repeatable-read snapshot, checks every chain link and fold, and compares each account with
+//! its read model. Memory stays bounded: one aggregate's state and one batch of read-model
+//! lookups at a time.
+
+use domain::hash_chain::ChainHash;
+use futures::TryStreamExt;
+use sqlx::PgPool;
+
+use crate::chain_check::AggregateCheck;
+use crate::stored_event::COLUMNS;
+use crate::{Finding, StoredEvent};
+
+/// Read-model rows looked up per round trip.
+const READ_MODEL_BATCH: usize = 1_000;
+/// Progress is reported every this many events.
+const PROGRESS_EVERY: u64 = 10_000;
+
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Only this aggregate (type and id).
+    pub aggregate: Option<(String, String)>,
+    /// Only events of transactions below this id (a digest's `as_of_tx`).
+    pub as_of_tx: Option<u64>,
+    /// Compare re-derived accounts with the `accounts` read model.
+    pub compare_read_model: bool,
+    /// Stop collecting findings after this many (the count goes on).
+    pub findings_max: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub aggregates: u64,
+    pub findings: Vec<Finding>,
+    pub findings_total: u64,
+    /// Accounts whose read model was at the same version and compared.
+    pub read_models_compared: u64,
+    /// Accounts whose read model had not caught up yet (not a finding).
+    pub read_models_behind: u64,
+    /// (aggregate type, id, last sequence, stored head hash) per aggregate, for digests.
+    pub heads: Vec<(String, String, u64, ChainHash)>,
+}
+
+impl VerifyReport {
+    fn add(&mut self, found: Vec<Finding>, max: usize) {
+        for finding in found {
+            self.findings_total += 1;
+            if self.findings.len() < max {
+                self.findings.push(finding);
+            }
+        }
+    }
+
+    pub fn merkle_root(&self) -> ChainHash {
+        crate::digest::root_of(&self.heads)
+    }
+}
+
+pub async fn verify(
+    pool: &PgPool,
+    options: &VerifyOptions,
+    mut on_progress: impl FnMut(u64),
+) -> Result<VerifyReport, sqlx::Error> {
+    let mut report = VerifyReport::default();
+    let mut sql = format!("SELECT {COLUMNS} FROM events WHERE true");
+    if options.aggregate.is_some() {
+        sql.push_str(" AND aggregate_type = $1 AND aggregate_id = $2");
+    }
+    if options.as_of_tx.is_some() {
+        sql.push_str(" AND tx_id < $3::text::xid8");
+    }
+    sql.push_str(" ORDER BY aggregate_type, aggregate_id, sequence");
+    let (aggregate_type, aggregate_id) = options.aggregate.clone().unwrap_or_default();
+
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let mut rows = sqlx::query_as::<_, StoredEvent>(&sql)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(options.as_of_tx.unwrap_or(0).to_string())
+        .fetch(&mut *tx);
+
+    let mut current: Option<AggregateCheck> = None;
+    let mut pending: Vec<AggregateCheck> = Vec::new();
+    let mut found = Vec::new();
+    while let Some(event) = rows.try_next().await? {
+        let same = current.as_ref().is_some_and(|c| {
+            c.aggregate_id == event.aggregate_id && c.aggregate_type == event.aggregate_type
+        });
+        if !same {
+            if let Some(done) = current.take() {
+                finish(done, &mut report, &mut pending);
+                if options.compare_read_model && pending.len() >= READ_MODEL_BATCH {
+                    compare(pool, std::mem::take(&mut pending), &mut found, &mut report).await?;
+                }
+            }
+            current = Some(AggregateCheck::new(&event.aggregate_type, &event.aggregate_id));
+        }
+        if let Some(check) = current.as_mut() {
+            check.check(&event, &mut found);
+        }
+        report.add(std::mem::take(&mut found), options.findings_max);
+        report.events += 1;
+        if report.events % PROGRESS_EVERY == 0 {
+            on_progress(report.events);
+        }
+    }
+    drop(rows);
+    tx.commit().await?;
+    if let Some(done) = current.take() {
+        finish(done, &mut report, &mut pending);
+    }
+    if options.compare_read_model && !pending.is_empty() {
+        compare(pool, pending, &mut found, &mut report).await?;
+    }
+    report.add(found, options.findings_max);
+    on_progress(report.events);
+    Ok(report)
+}
+
+fn finish(done: AggregateCheck, report: &mut VerifyReport, pending: &mut Vec<AggregateCheck>) {
+    report.aggregates += 1;
+    report.heads.push((
+        done.aggregate_type.clone(),
+        done.aggregate_id.clone(),
+        u64::try_from(done.last_sequence).unwrap_or(0),
+        done.head(),
+    ));
+    if done.aggregate_type == "account" && done.fold_is_sound() {
+        pending.push(done);
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct ReadModelRow {
+    id: String,
+    applied: Option<i64>,
+    version: Option<i64>,
+    owner: Option<String>,
+    currency: Option<String>,
+    balance: Option<i64>,
+    status: Option<String>,
+}
+
+/// Compares re-derived accounts with the read model where the projection has applied exactly
+/// the events verified; a projection that is behind is counted, not reported.
+async fn compare(
+    pool: &PgPool,
+    checks: Vec<AggregateCheck>,
+    found: &mut Vec<Finding>,
+    report: &mut VerifyReport,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<&str> = checks.iter().map(|c| c.aggregate_id.as_str()).collect();
+    let rows: Vec<ReadModelRow> = sqlx::query_as(
+        "SELECT ids.id, v.version AS applied, a.version, a.owner, a.currency, a.balance, a.status
+         FROM UNNEST($1::text[]) AS ids(id)
+         LEFT JOIN projection_versions v
+           ON v.projection = 'accounts' AND v.aggregate_type = 'account' AND v.aggregate_id = ids.id
+         LEFT JOIN accounts a ON a.account_id = ids.id",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let rows: std::collections::HashMap<String, ReadModelRow> =
+        rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+    for check in checks {
+        let derived = &check.fold;
+        let row = rows.get(&check.aggregate_id);
+        let applied = row.and_then(|r| r.applied).unwrap_or(0);
+        if applied < derived.version {
+            report.read_models_behind += 1;
+            continue;
+        }
+        report.read_models_compared += 1;
+        let mismatch = |field: &str, derived: String, read_model: String| Finding::ReadModelMismatch {
+            aggregate_type: check.aggregate_type.clone(),
+            aggregate_id: check.aggregate_id.clone(),
+            field: field.to_owned(),
+            derived,
+            read_model,
+        };
+        if applied > derived.version {
+            found.push(mismatch("version", derived.version.to_string(), applied.to_string()));
+            continue;
+        }
+        let Some(row) = row.filter(|r| r.version.is_some()) else {
+            found.push(mismatch("row", "present".into(), "missing".into()));
+            continue;
+        };
+        let show = |v: &Option<String>| v.clone().unwrap_or_default();
+        let state = &derived.state;
+        let pairs = [
+            ("version", derived.version.to_string(), row.version.unwrap_or(0).to_string()),
+            ("balance", state.balance.to_string(), row.balance.unwrap_or(0).to_string()),
+            ("status", state.status.as_str().to_owned(), show(&row.status)),
+            ("owner", state.owner.clone(), show(&row.owner)),
+            ("currency", state.currency.clone(), show(&row.currency)),
+        ];
+        for (field, want, have) in pairs {
+            if want != have {
+                found.push(mismatch(field, want, have));
+            }
+        }
+    }
+    Ok(())
+}
