@@ -20,14 +20,8 @@ pub enum DlqCommand {
 
 #[derive(Debug, Args)]
 pub struct Target {
-    /// PostgreSQL URL of the Tally database.
-    #[arg(
-        long = "database-url",
-        env = "TALLY_DATABASE_URL",
-        default_value = "postgres://tally:tally@127.0.0.1:15432/tally",
-        hide_default_value = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: crate::database::Database,
     #[arg(long, default_value = "accounts")]
     pub projection: String,
 }
@@ -81,7 +75,7 @@ pub async fn run(command: DlqCommand, json: bool) -> anyhow::Result<bool> {
 }
 
 async fn connect(target: &Target) -> anyhow::Result<PgConnection> {
-    PgConnection::connect(&target.database_url)
+    PgConnection::connect(&target.database.url)
         .await
         .context("cannot connect to the Tally database (TALLY_DATABASE_URL)")
 }

@@ -6,9 +6,13 @@
 //! Exit status: 0 accepted (or read), 1 rejected (or the read failed), 2 could not get an answer.
 
 mod account;
+mod audit;
+mod database;
 mod dlq;
 mod output;
 mod read;
+mod progress;
+mod projections;
 mod send;
 
 use clap::{Parser, Subcommand};
@@ -39,22 +43,37 @@ enum Command {
     /// Dead letters: list, retry or drop events a projection could not apply.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Audits: verify the hash chains and derived state, take digests, export history.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Projections: status and lag, zero-downtime rebuilds.
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
 }
 
-#[tokio::main(flavor = "current_thread")]
+/// Exit status of an operator command: 0 all well, 1 something found or refused, 2 failed.
+fn operator_exit(result: anyhow::Result<bool>) -> std::process::ExitCode {
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::Account(command) => command.into_request(),
-        Command::Dlq(command) => {
-            return match dlq::run(command, cli.json).await {
-                Ok(true) => std::process::ExitCode::SUCCESS,
-                Ok(false) => std::process::ExitCode::from(1),
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    std::process::ExitCode::from(2)
-                }
-            };
+        Command::Dlq(command) => return operator_exit(dlq::run(command, cli.json).await),
+        Command::Audit(command) => {
+            return operator_exit(audit::run(command, &cli.connection, &cli.http, cli.json).await);
+        }
+        Command::Projections(command) => {
+            return operator_exit(projections::run(command, &cli.connection, cli.json).await);
         }
     };
     match request {

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::executor::{Executor, ExecutorLimits};
 use crate::ingress::Ingress;
 use crate::jobs::Jobs;
+use crate::audit_digests::DigestPublisher;
 use crate::relay::{Relay, RelayConfig};
 use crate::repository::TallyRepository;
 use crate::schema_check::{SchemaLoadError, SchemaRegistry};
@@ -112,6 +113,16 @@ impl Application {
         };
         let relay_shutdown = CancellationToken::new();
         let relay = tokio::spawn(self.relay.run(relay_shutdown.clone()));
+        let digests = tokio::spawn(
+            DigestPublisher {
+                pool: self.infra.pool.clone(),
+                jetstream: self.infra.jetstream.clone(),
+                subject: self.infra.subjects.audit_digest(),
+                stream: self.infra.streams.audit.clone(),
+                interval: Duration::from_secs(self.config.audit_digest_interval_s),
+            }
+            .run(shutdown.clone()),
+        );
         let ingress = tokio::spawn(ingress.run(self.subscription, shutdown.clone()));
         let jobs = tokio::spawn(jobs.run(shutdown.clone()));
         let ops = tokio::spawn(platform::ops_http::serve(
@@ -128,6 +139,9 @@ impl Application {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "durable commands failed"),
             Err(error) => tracing::error!(%error, "durable commands panicked"),
+        }
+        if let Err(error) = digests.await {
+            tracing::error!(%error, "audit digest publisher panicked");
         }
         // Every command has finished: let the relay publish what they committed, then stop.
         relay_shutdown.cancel();

@@ -74,4 +74,12 @@ pub struct Config {
         default_value_t = 20
     )]
     pub jobs_max_deliver: i64,
+    /// Publish an audit digest (Merkle root over the hash-chain heads) to
+    /// `<prefix>.audit.digest` this often; 0 turns digests off.
+    #[arg(
+        long = "audit-digest-interval-s",
+        env = "TALLY_AUDIT_DIGEST_INTERVAL_S",
+        default_value_t = 60
+    )]
+    pub audit_digest_interval_s: u64,
 }

@@ -9,6 +9,7 @@
 
 mod aggregate_locks;
 mod app;
+mod audit_digests;
 mod config;
 pub mod executor;
 mod handling;

@@ -16,6 +16,9 @@ use crate::runner::ApplyError;
 
 pub const NAME: &str = "accounts";
 
+/// The tables this projection owns (and a rebuild replaces).
+pub const TABLES: [&str; 3] = ["accounts", "account_entries", "currency_totals"];
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 struct AccountRow {
     account_id: String,

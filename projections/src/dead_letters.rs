@@ -6,6 +6,7 @@ use std::time::Duration;
 use domain::envelope::EventMessage;
 
 use crate::accounts;
+use crate::write_lock;
 use crate::runner::{ApplyError, Delivery, FAILURE_DELAY_MAX, Runner, error_text, nak};
 
 impl Runner {
@@ -126,6 +127,7 @@ impl Runner {
     /// `Ok(None)`: not yet possible (a parked event is still in flight); the action stays.
     async fn release(&self, aggregate_id: &str, retry: bool) -> Result<Option<usize>, ApplyError> {
         let mut tx = self.pool.begin().await?;
+        write_lock::shared(&mut tx, accounts::NAME).await?;
         let head: Option<(sqlx::types::Json<EventMessage>,)> = sqlx::query_as(
             "SELECT event FROM projection_parked
              WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2

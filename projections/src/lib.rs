@@ -8,7 +8,9 @@ pub mod accounts;
 mod app;
 mod config;
 mod dead_letters;
+pub mod rebuild;
 pub mod runner;
+mod write_lock;
 
 pub use app::{Application, StartupError};
 pub use config::Config;

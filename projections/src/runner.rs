@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts;
+use crate::write_lock;
 
 /// A delivery not acknowledged within this comes back (batches commit far sooner).
 const ACK_WAIT: Duration = Duration::from_secs(30);
@@ -214,6 +215,7 @@ impl Runner {
 
     async fn apply_batch(&self, deliveries: &[Delivery]) -> Result<(), ApplyError> {
         let mut tx = self.pool.begin().await?;
+        write_lock::shared(&mut tx, accounts::NAME).await?;
         let ids: Vec<String> = deliveries
             .iter()
             .map(|d| d.event.aggregate_id.clone())

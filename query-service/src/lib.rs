@@ -4,6 +4,7 @@
 //! `consistency`.
 
 mod accounts;
+mod audit;
 mod app;
 mod commands;
 mod config;

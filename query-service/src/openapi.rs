@@ -16,6 +16,8 @@ use utoipa::OpenApi;
         crate::accounts::entries,
         crate::accounts::totals,
         crate::commands::get,
+        crate::audit::events,
+        crate::audit::state,
         healthz,
         readyz,
         metrics,
@@ -23,6 +25,7 @@ use utoipa::OpenApi;
     tags(
         (name = "accounts", description = "Accounts, entries and totals"),
         (name = "commands", description = "Results of commands"),
+        (name = "audit", description = "Stored history with who/why and hashes; state at any point"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -15,6 +15,9 @@ pub enum ApiError {
     /// Read-your-writes wait expired (HTTP 409).
     #[error("{detail}")]
     NotYetConsistent { detail: String },
+    /// Stored history the domain cannot fold (HTTP 500): tampering or a bug, never input.
+    #[error("{detail}")]
+    Corrupt { detail: String },
     #[error("a dependency is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -48,7 +51,8 @@ pub struct Problem {
     title: &'static str,
     status: u16,
     detail: String,
-    /// `bad_request`, `not_found`, `not_yet_consistent`, `unavailable` or `internal`.
+    /// `bad_request`, `not_found`, `not_yet_consistent`, `corrupt_history`, `unavailable` or
+    /// `internal`.
     code: &'static str,
 }
 
@@ -61,6 +65,11 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 "not_yet_consistent",
                 "Read model not yet at the requested write",
+            ),
+            ApiError::Corrupt { .. } => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt_history",
+                "Stored history cannot be folded",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +84,9 @@ impl IntoResponse for ApiError {
         };
         if let ApiError::Unavailable(source) | ApiError::Internal(source) = &self {
             tracing::error!(error = %source, code, "request failed");
+        }
+        if let ApiError::Corrupt { detail } = &self {
+            tracing::error!(%detail, code, "stored history cannot be folded");
         }
         let body = Problem {
             kind: "about:blank",

@@ -27,6 +27,14 @@ pub fn build(readiness: Readiness, limits: &Limits) -> Router {
             get(crate::accounts::entries),
         )
         .route("/v1/totals", get(crate::accounts::totals))
+        .route(
+            "/v1/audit/{aggregate_type}/{aggregate_id}/events",
+            get(crate::audit::events),
+        )
+        .route(
+            "/v1/audit/{aggregate_type}/{aggregate_id}/state",
+            get(crate::audit::state),
+        )
         .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());
     platform::ops_http::router(readiness)

@@ -1,0 +1,271 @@
+//! `tally audit verify|digest|export`.
+//!
+//! `verify` reads PostgreSQL directly (an auditor's tool should not trust the services it
+//! audits); `export` asks the query-service for one aggregate's history in NDJSON or CSV.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use audit::digest::Digest;
+use audit::verify::{VerifyOptions, VerifyReport};
+use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt;
+
+use crate::database::Database;
+use crate::progress::events_bar;
+use crate::read::Http;
+use crate::send::Connection;
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every hash chain, re-derive every account with the domain's rules and compare
+    /// it with the read model. Exit status 1 on any finding.
+    Verify(VerifyArgs),
+    /// Take a digest of the store now and print it as JSON (the command-service also publishes
+    /// one to the audit stream periodically).
+    Digest(DigestArgs),
+    /// Write one aggregate's full history, with who/why and hashes, to stdout.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    database: Database,
+    /// Verify only this aggregate.
+    #[arg(long)]
+    aggregate: Option<String>,
+    #[arg(long = "aggregate-type", default_value = "account")]
+    aggregate_type: String,
+    /// Also prove that history up to this digest is unchanged: a digest JSON file, or the
+    /// sequence number of a digest in the audit stream (`<PREFIX>_AUDIT`).
+    #[arg(long)]
+    digest: Option<String>,
+    /// Findings printed at most (all are counted).
+    #[arg(long = "findings-max", default_value_t = 100)]
+    findings_max: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DigestArgs {
+    #[command(flatten)]
+    database: Database,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Ndjson,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The aggregate's id.
+    id: String,
+    #[arg(long = "aggregate-type", default_value = "account")]
+    aggregate_type: String,
+    #[arg(long, value_enum, default_value = "ndjson")]
+    format: ExportFormat,
+}
+
+/// Ok(true): nothing found.
+#[allow(clippy::print_stdout)]
+pub async fn run(
+    command: AuditCommand,
+    nats: &Connection,
+    http: &Http,
+    json: bool,
+) -> anyhow::Result<bool> {
+    match command {
+        AuditCommand::Verify(args) => verify(args, nats, json).await,
+        AuditCommand::Digest(args) => {
+            let pool = args.database.pool().await?;
+            let digest = audit::digest::take(&pool).await?;
+            println!("{}", serde_json::to_string_pretty(&digest)?);
+            Ok(true)
+        }
+        AuditCommand::Export(args) => export(args, http, nats.timeout_ms).await,
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn verify(args: VerifyArgs, nats: &Connection, json: bool) -> anyhow::Result<bool> {
+    let digest = match &args.digest {
+        Some(source) => Some(load_digest(source, nats).await?),
+        None => None,
+    };
+    let pool = args.database.pool().await?;
+    let aggregate = args
+        .aggregate
+        .clone()
+        .map(|id| (args.aggregate_type.clone(), id));
+    let total: i64 = match &aggregate {
+        Some((t, id)) => {
+            sqlx::query_scalar(
+                "SELECT count(*) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(t)
+            .bind(id)
+            .fetch_one(&pool)
+            .await?
+        }
+        None => {
+            sqlx::query_scalar("SELECT count(*) FROM events")
+                .fetch_one(&pool)
+                .await?
+        }
+    };
+    let options = VerifyOptions {
+        aggregate,
+        as_of_tx: digest.as_ref().map(|d| d.as_of_tx),
+        // Against a digest, history is checked as of then; today's read model is not.
+        compare_read_model: digest.is_none(),
+        findings_max: args.findings_max,
+    };
+    let bar = events_bar(u64::try_from(total).unwrap_or(0), "verify");
+    let started = std::time::Instant::now();
+    let mut report = audit::verify::verify(&pool, &options, |done| bar.set_position(done)).await?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(digest) = &digest {
+        for finding in audit::digest::compare(digest, &report) {
+            report.findings_total += 1;
+            report.findings.push(finding);
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "events": report.events,
+                "aggregates": report.aggregates,
+                "events_per_s": rate(report.events, elapsed),
+                "read_models_compared": report.read_models_compared,
+                "read_models_behind": report.read_models_behind,
+                "findings_total": report.findings_total,
+                "findings": report.findings,
+                "merkle_root": hex_root(&report),
+            })
+        );
+    } else {
+        print_report(&report, elapsed, digest.as_ref());
+    }
+    Ok(report.findings_total == 0)
+}
+
+fn rate(events: u64, elapsed_s: f64) -> u64 {
+    if elapsed_s > 0.0 {
+        (events as f64 / elapsed_s) as u64
+    } else {
+        0
+    }
+}
+
+fn hex_root(report: &VerifyReport) -> String {
+    report
+        .merkle_root()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[allow(clippy::print_stdout)]
+fn print_report(report: &VerifyReport, elapsed_s: f64, digest: Option<&Digest>) {
+    for finding in &report.findings {
+        println!("FINDING {finding}");
+    }
+    if report.findings_total > report.findings.len() as u64 {
+        println!(
+            "… and {} more findings",
+            report.findings_total - report.findings.len() as u64
+        );
+    }
+    println!(
+        "verified {} events of {} aggregates in {:.1}s ({} events/s); read model: {} compared, {} behind",
+        report.events,
+        report.aggregates,
+        elapsed_s,
+        rate(report.events, elapsed_s),
+        report.read_models_compared,
+        report.read_models_behind,
+    );
+    if let Some(digest) = digest {
+        println!(
+            "digest as of tx {} ({} events): {}",
+            digest.as_of_tx,
+            digest.event_count,
+            if report.findings_total == 0 {
+                "history unchanged"
+            } else {
+                "DOES NOT MATCH"
+            }
+        );
+    }
+    println!(
+        "{}",
+        if report.findings_total == 0 {
+            "OK: no findings".to_owned()
+        } else {
+            format!("FAILED: {} finding(s)", report.findings_total)
+        }
+    );
+}
+
+/// A digest from a JSON file, or from the audit stream by sequence number.
+async fn load_digest(source: &str, nats: &Connection) -> anyhow::Result<Digest> {
+    if let Ok(sequence) = source.parse::<u64>() {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(std::time::Duration::from_millis(nats.timeout_ms))
+            .connect(nats.urls.join(","))
+            .await
+            .context("cannot connect to NATS (--nats-url / TALLY_NATS_URL)")?;
+        let subjects = platform::nats::Subjects::new(&nats.prefix)?;
+        let stream_name = platform::nats::StreamNames::for_subjects(&subjects).audit;
+        let stream = async_nats::jetstream::new(client)
+            .get_stream(&stream_name)
+            .await
+            .with_context(|| format!("no stream {stream_name}"))?;
+        let message = stream
+            .get_raw_message(sequence)
+            .await
+            .with_context(|| format!("no digest at {stream_name} sequence {sequence}"))?;
+        return serde_json::from_slice(&message.payload)
+            .with_context(|| format!("{stream_name} sequence {sequence} is not a digest"));
+    }
+    let text = std::fs::read_to_string(source).with_context(|| format!("cannot read {source}"))?;
+    serde_json::from_str(&text).with_context(|| format!("{source} is not a digest"))
+}
+
+async fn export(args: ExportArgs, http: &Http, timeout_ms: u64) -> anyhow::Result<bool> {
+    let accept = match args.format {
+        ExportFormat::Ndjson => "application/x-ndjson",
+        ExportFormat::Csv => "text/csv",
+    };
+    let url = format!(
+        "{}/v1/audit/{}/{}/events",
+        http.base.trim_end_matches('/'),
+        args.aggregate_type,
+        args.id
+    );
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_millis(timeout_ms))
+        .build()?;
+    let response = client
+        .get(&url)
+        .header("Accept", accept)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the API at {}", http.base))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        bail!("{status}: {body}");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        out.write_all(&chunk.context("export interrupted")?)?;
+    }
+    out.flush()?;
+    Ok(true)
+}

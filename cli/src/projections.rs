@@ -1,0 +1,132 @@
+//! `tally projections status|rebuild`.
+
+use clap::{Args, Subcommand};
+
+use crate::database::Database;
+use crate::progress::events_bar;
+use crate::send::Connection;
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's stream position, how far behind the events stream it is, and its
+    /// dead letters.
+    Status(StatusArgs),
+    /// Rebuild a projection from the event store into shadow tables, catch up with live, then
+    /// swap atomically. The read API keeps answering throughout.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    database: Database,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    database: Database,
+    /// The projection to rebuild (`accounts`).
+    name: String,
+}
+
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+struct Status {
+    projection: String,
+    stream_sequence: i64,
+    stream_head: i64,
+    lag: i64,
+    events_applied: i64,
+    parked_aggregates: i64,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn run(command: ProjectionsCommand, nats: &Connection, json: bool) -> anyhow::Result<bool> {
+    match command {
+        ProjectionsCommand::Status(args) => {
+            let pool = args.database.pool().await?;
+            let subjects = platform::nats::Subjects::new(&nats.prefix)?;
+            let events_stream = platform::nats::StreamNames::for_subjects(&subjects).events;
+            // The relay's checkpoint is the events stream's head as far as Tally published it.
+            let rows: Vec<Status> = sqlx::query_as(
+                "SELECT p.projection, p.stream_sequence,
+                        COALESCE(r.stream_sequence, 0) AS stream_head,
+                        GREATEST(COALESCE(r.stream_sequence, 0) - p.stream_sequence, 0) AS lag,
+                        p.events_applied,
+                        (SELECT count(*) FROM projection_parked k WHERE k.projection = p.projection) AS parked_aggregates,
+                        p.updated_at
+                 FROM projection_checkpoints p
+                 LEFT JOIN relay_checkpoints r ON r.stream = $1
+                 ORDER BY p.projection",
+            )
+            .bind(&events_stream)
+            .fetch_all(&pool)
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else if rows.is_empty() {
+                println!("no projection has applied an event yet");
+            } else {
+                println!(
+                    "{:<12} {:>10} {:>10} {:>8} {:>12} {:>7}  updated",
+                    "projection", "position", "head", "lag", "applied", "parked"
+                );
+                for r in rows {
+                    println!(
+                        "{:<12} {:>10} {:>10} {:>8} {:>12} {:>7}  {}",
+                        r.projection,
+                        r.stream_sequence,
+                        r.stream_head,
+                        r.lag,
+                        r.events_applied,
+                        r.parked_aggregates,
+                        r.updated_at.to_rfc3339()
+                    );
+                }
+            }
+            Ok(true)
+        }
+        ProjectionsCommand::Rebuild(args) => {
+            let pool = args.database.pool().await?;
+            let conn = args.database.connection().await?;
+            let bar = events_bar(0, "copy");
+            let report = projections::rebuild::rebuild(&pool, conn, &args.name, |p| {
+                use projections::rebuild::Phase;
+                bar.set_message(match p.phase {
+                    Phase::Copy => "copy",
+                    Phase::CatchUp => "catch up",
+                    Phase::Swap => "swap",
+                });
+                bar.set_length(p.events_total.max(p.events_done));
+                bar.set_position(p.events_done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            let rate = if report.elapsed_s > 0.0 {
+                (report.events as f64 / report.elapsed_s) as u64
+            } else {
+                0
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "projection": args.name,
+                        "events": report.events,
+                        "elapsed_s": report.elapsed_s,
+                        "events_per_s": rate,
+                        "catch_up_passes": report.catch_up_passes,
+                        "swap_ms": report.swap_ms,
+                    })
+                );
+            } else {
+                println!(
+                    "rebuilt {} from {} events in {:.1}s ({rate} events/s, {} catch-up pass(es)); swapped in {} ms",
+                    args.name, report.events, report.elapsed_s, report.catch_up_passes, report.swap_ms
+                );
+            }
+            Ok(true)
+        }
+    }
+}

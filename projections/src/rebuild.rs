@@ -1,0 +1,381 @@
+//! Rebuilds a projection from history while the live one keeps serving, then swaps atomically.
+//!
+//! Source: the event store, not `TALLY_EVENTS` from sequence 1. The store is the record (the
+//! stream is derived from it and may be trimmed or re-derived), one indexed scan streams far
+//! faster than a consumer pulls, and the store's commit-safe horizon (`tx_id` below the
+//! snapshot's xmin) gives passes that never miss a late-committing event.
+//!
+//! 1. Shadow tables are created in schema `tally_rebuild_<projection>` (`LIKE … INCLUDING ALL`),
+//!    and the rebuild's connection puts that schema first on its search path, so the
+//!    projection's own `apply` writes them unchanged.
+//! 2. Copy: every event of a transaction below the current xmin, in `global_position` order
+//!    (per aggregate that is sequence order), folded in batches; a reader task streams the
+//!    next batch while the last one is written.
+//! 3. Catch-up passes take the events between the previous horizon and a new one, until a pass
+//!    is small.
+//! 4. Swap, in one transaction: take the projection's write lock exclusively (live batches
+//!    finish and the next ones wait), apply the last events up to a fresh horizon (which covers
+//!    everything the live worker applied, since the relay only publishes below an older one),
+//!    move the live tables out and the shadow ones in, replace the per-aggregate versions.
+//!    Readers wait for the swap's locks at most; the live worker then goes on, skipping events
+//!    the shadow already holds by the usual version check.
+
+use std::time::Instant;
+
+use domain::envelope::EventMessage;
+use futures::TryStreamExt;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::mpsc;
+
+use crate::accounts;
+use crate::runner::ApplyError;
+use crate::write_lock;
+
+/// Events folded per shadow transaction.
+const BATCH_EVENTS: usize = 10_000;
+/// A catch-up pass this small ends catching up: the rest is applied inside the swap.
+const CATCH_UP_SMALL: u64 = 5_000;
+const CATCH_UP_PASSES_MAX: u32 = 20;
+/// How long the swap waits for its locks before giving up (and leaving the live tables as
+/// they were).
+const SWAP_LOCK_TIMEOUT: &str = "10s";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("unknown projection `{0}` (known: accounts)")]
+    UnknownProjection(String),
+    #[error("a rebuild of `{0}` is already running")]
+    AlreadyRunning(String),
+    #[error(
+        "projection `{0}` has {1} dead-lettered aggregate(s); resolve them first (`tally dlq list`)"
+    )]
+    DeadLetters(String, i64),
+    #[error("event {aggregate_id}#{sequence} cannot be applied: {reason}")]
+    Poison {
+        aggregate_id: String,
+        sequence: u64,
+        reason: String,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl From<ApplyError> for RebuildError {
+    fn from(error: ApplyError) -> Self {
+        match error {
+            ApplyError::Db(e) => RebuildError::Db(e),
+            ApplyError::Poison {
+                aggregate_id,
+                sequence,
+                reason,
+            } => RebuildError::Poison {
+                aggregate_id,
+                sequence,
+                reason,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Copy,
+    CatchUp,
+    Swap,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub phase: Phase,
+    pub events_done: u64,
+    /// Events below the first horizon: the copy phase's total.
+    pub events_total: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RebuildReport {
+    pub events: u64,
+    pub catch_up_passes: u32,
+    pub elapsed_s: f64,
+    /// How long the swap transaction held the projection's write lock.
+    pub swap_ms: u128,
+}
+
+/// Rebuilds `projection` into shadow tables and swaps them in. `connect` opens the rebuild's
+/// own connection (its search path is changed); `pool` serves the streaming reads.
+pub async fn rebuild(
+    pool: &PgPool,
+    mut conn: PgConnection,
+    projection: &str,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<RebuildReport, RebuildError> {
+    if projection != accounts::NAME {
+        return Err(RebuildError::UnknownProjection(projection.to_owned()));
+    }
+    let started = Instant::now();
+    let running: bool = sqlx::query_scalar(
+        "SELECT NOT pg_try_advisory_lock(hashtextextended('tally.projection.rebuild:' || $1, 0))",
+    )
+    .bind(projection)
+    .fetch_one(&mut conn)
+    .await?;
+    if running {
+        return Err(RebuildError::AlreadyRunning(projection.to_owned()));
+    }
+    let parked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM projection_parked WHERE projection = $1")
+            .bind(projection)
+            .fetch_one(&mut conn)
+            .await?;
+    if parked > 0 {
+        return Err(RebuildError::DeadLetters(projection.to_owned(), parked));
+    }
+
+    let live: String = sqlx::query_scalar("SELECT quote_ident(current_schema())")
+        .fetch_one(&mut conn)
+        .await?;
+    let shadow = format!("tally_rebuild_{projection}");
+    let retired = format!("tally_retired_{projection}");
+    create_shadow(&mut conn, &live, &shadow).await?;
+
+    let mut horizon = current_horizon(&mut conn).await?;
+    let events_total: u64 = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'account' AND tx_id < $1::text::xid8",
+    )
+    .bind(&horizon)
+    .fetch_one(&mut conn)
+    .await?
+    .try_into()
+    .unwrap_or(0);
+    let mut progress = Progress {
+        phase: Phase::Copy,
+        events_done: 0,
+        events_total,
+    };
+    on_progress(progress);
+    copy_range(pool, &mut conn, "0", &horizon, &mut progress, &mut on_progress).await?;
+
+    progress.phase = Phase::CatchUp;
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let next = current_horizon(&mut conn).await?;
+        let before = progress.events_done;
+        copy_range(pool, &mut conn, &horizon, &next, &mut progress, &mut on_progress).await?;
+        horizon = next;
+        if progress.events_done - before < CATCH_UP_SMALL || passes >= CATCH_UP_PASSES_MAX {
+            break;
+        }
+    }
+
+    progress.phase = Phase::Swap;
+    on_progress(progress);
+    let swap_started = Instant::now();
+    let mut tx = conn.begin().await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    write_lock::exclusive(&mut tx, projection).await?;
+    let last = current_horizon(&mut tx).await?;
+    let tail = read_range(&mut tx, &horizon, &last).await?;
+    progress.events_done += tail.len() as u64;
+    apply_shadow(&mut tx, &tail).await?;
+    let mut swap = String::new();
+    for table in accounts::TABLES {
+        swap.push_str(&format!(
+            "ALTER TABLE {live}.{table} SET SCHEMA {retired}; ALTER TABLE {shadow}.{table} SET SCHEMA {live};"
+        ));
+    }
+    sqlx::raw_sql(&swap).execute(&mut *tx).await?;
+    replace_versions(&mut tx, &live, &shadow, projection).await?;
+    tx.commit().await?;
+    let swap_ms = swap_started.elapsed().as_millis();
+    sqlx::raw_sql(&format!("DROP SCHEMA {retired} CASCADE; DROP SCHEMA {shadow} CASCADE"))
+        .execute(&mut conn)
+        .await?;
+    on_progress(progress);
+    let _ = conn.close().await;
+    Ok(RebuildReport {
+        events: progress.events_done,
+        catch_up_passes: passes,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        swap_ms,
+    })
+}
+
+async fn create_shadow(
+    conn: &mut PgConnection,
+    live: &str,
+    shadow: &str,
+) -> Result<(), sqlx::Error> {
+    // A rebuild that died half way leaves its schemas behind; they hold nothing live.
+    let mut ddl = format!(
+        "DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow};
+         DROP SCHEMA IF EXISTS tally_retired_{name} CASCADE; CREATE SCHEMA tally_retired_{name};
+         CREATE TABLE {shadow}.projection_versions (LIKE {live}.projection_versions INCLUDING ALL);",
+        name = accounts::NAME
+    );
+    for table in accounts::TABLES {
+        ddl.push_str(&format!(
+            "CREATE TABLE {shadow}.{table} (LIKE {live}.{table} INCLUDING ALL);"
+        ));
+    }
+    sqlx::raw_sql(&ddl).execute(&mut *conn).await?;
+    // From here on this connection's unqualified names are the shadow tables.
+    sqlx::raw_sql(&format!("SET search_path = {shadow}, {live}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The commit-safe horizon: every transaction below it has ended, so the events below it are
+/// final, and a later horizon only adds events after them (per aggregate).
+async fn current_horizon(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        .fetch_one(conn)
+        .await
+}
+
+const RANGE_SQL: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+        global_position, recorded_at, payload, metadata
+    FROM events
+    WHERE aggregate_type = 'account' AND tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8
+    ORDER BY global_position";
+
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    global_position: i64,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    payload: serde_json::Value,
+    metadata: serde_json::Value,
+}
+
+impl From<Row> for EventMessage {
+    fn from(row: Row) -> Self {
+        EventMessage {
+            aggregate_type: row.aggregate_type,
+            aggregate_id: row.aggregate_id,
+            sequence: u64::try_from(row.sequence).unwrap_or(0),
+            event_type: row.event_type,
+            event_version: row.event_version,
+            global_position: row.global_position,
+            recorded_at: row.recorded_at,
+            payload: row.payload,
+            metadata: row.metadata,
+        }
+    }
+}
+
+async fn read_range(
+    conn: &mut PgConnection,
+    from: &str,
+    to: &str,
+) -> Result<Vec<EventMessage>, sqlx::Error> {
+    let rows: Vec<Row> = sqlx::query_as(RANGE_SQL)
+        .bind(from)
+        .bind(to)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(EventMessage::from).collect())
+}
+
+/// Streams `[from, to)` from the pool into the shadow tables on `conn`, one batch in flight.
+async fn copy_range(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    from: &str,
+    to: &str,
+    progress: &mut Progress,
+    on_progress: &mut impl FnMut(Progress),
+) -> Result<(), RebuildError> {
+    let (sender, mut batches) = mpsc::channel::<Vec<EventMessage>>(2);
+    let (pool, from, to) = (pool.clone(), from.to_owned(), to.to_owned());
+    let reader = tokio::spawn(async move {
+        let mut rows = sqlx::query_as::<_, Row>(RANGE_SQL)
+            .bind(from)
+            .bind(to)
+            .fetch(&pool);
+        let mut batch = Vec::with_capacity(BATCH_EVENTS);
+        while let Some(row) = rows.try_next().await? {
+            batch.push(EventMessage::from(row));
+            if batch.len() == BATCH_EVENTS {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
+                if sender.send(full).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = sender.send(batch).await;
+        }
+        Ok::<(), sqlx::Error>(())
+    });
+    while let Some(batch) = batches.recv().await {
+        let mut tx = conn.begin().await?;
+        apply_shadow(&mut tx, &batch).await?;
+        tx.commit().await?;
+        progress.events_done += batch.len() as u64;
+        on_progress(*progress);
+    }
+    match reader.await {
+        Ok(result) => result?,
+        Err(join) => return Err(RebuildError::Db(sqlx::Error::Protocol(join.to_string()))),
+    }
+    Ok(())
+}
+
+/// Folds `events` into the shadow tables (first on this connection's search path) and records
+/// each aggregate's last sequence in the shadow `projection_versions`.
+async fn apply_shadow(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[EventMessage],
+) -> Result<(), RebuildError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    accounts::apply(tx, events).await?;
+    let mut last: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for event in events {
+        last.insert(
+            &event.aggregate_id,
+            i64::try_from(event.sequence).unwrap_or(i64::MAX),
+        );
+    }
+    let (ids, versions): (Vec<&str>, Vec<i64>) = last.into_iter().unzip();
+    sqlx::query(
+        "INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)
+         SELECT $1, 'account', id, v FROM UNNEST($2::text[], $3::bigint[]) AS t(id, v)
+         ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version",
+    )
+    .bind(accounts::NAME)
+    .bind(&ids)
+    .bind(&versions)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn replace_versions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    live: &str,
+    shadow: &str,
+    projection: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "DELETE FROM {live}.projection_versions WHERE projection = $1"
+    ))
+    .bind(projection)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {live}.projection_versions SELECT * FROM {shadow}.projection_versions"
+    ))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
