@@ -43,7 +43,8 @@ impl AggregateCheck {
 
     pub fn check(&mut self, event: &StoredEvent, findings: &mut Vec<Finding>) {
         let expected_sequence = self.last_sequence + 1;
-        if event.sequence != expected_sequence {
+        let gap = event.sequence != expected_sequence;
+        if gap {
             findings.push(Finding::SequenceGap {
                 aggregate_type: self.aggregate_type.clone(),
                 aggregate_id: self.aggregate_id.clone(),
@@ -70,7 +71,9 @@ impl AggregateCheck {
                 self.prev_hash = expected;
             }
             Some(found) => {
-                if found != expected {
+                // After a gap the link cannot match (its predecessor is missing); the gap is
+                // the finding, reported at the missing sequence.
+                if found != expected && !gap {
                     findings.push(Finding::BrokenLink {
                         aggregate_type: self.aggregate_type.clone(),
                         aggregate_id: self.aggregate_id.clone(),

@@ -5,22 +5,10 @@ use std::process::Output;
 use domain::CommandReply;
 use tests::TestApp;
 use tests::binaries::workspace_binary;
+use tests::tally_cli::stdout;
 
 async fn tally(app: &TestApp, args: &[&str]) -> Output {
-    let mut command = tokio::process::Command::new(workspace_binary("tally"));
-    command
-        .arg(format!("--nats-url={}", app.servers.nats_url))
-        .arg(format!("--subject-prefix={}", app.subjects.prefix()))
-        .arg("--timeout-ms=10000")
-        .args(args);
-    command
-        .output()
-        .await
-        .expect("tally binary (cargo build --workspace)")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    app.tally(args).await
 }
 
 #[tokio::test]

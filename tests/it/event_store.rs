@@ -30,6 +30,7 @@ async fn postgres_es_reads_and_writes_our_events_table() {
             account_id: "acc-1".into(),
             amount: 250,
             reference: "r".into(),
+            channel: Default::default(),
         }),
         metadata.to_map(),
     )

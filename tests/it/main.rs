@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation should panic
 
+mod audit;
 mod cli;
 mod commands;
 mod config_docs;

@@ -40,7 +40,7 @@ fn step(id: &str) -> impl Strategy<Value = AccountCommand> {
     let id = id.to_owned();
     let (a, b, c, d) = (id.clone(), id.clone(), id.clone(), id);
     prop_oneof![
-        6 => (1..500i64).prop_map(move |amount| AccountCommand::Deposit(Deposit { account_id: a.clone(), amount, reference: String::new() })),
+        6 => (1..500i64).prop_map(move |amount| AccountCommand::Deposit(Deposit { account_id: a.clone(), amount, reference: String::new(), channel: Default::default() })),
         4 => (1..700i64).prop_map(move |amount| AccountCommand::Withdraw(Withdraw { account_id: b.clone(), amount, reference: String::new() })),
         1 => Just(AccountCommand::Freeze(Freeze { account_id: c.clone(), reason: "r".into() })),
         1 => Just(AccountCommand::Unfreeze(Unfreeze { account_id: d.clone() })),
@@ -139,6 +139,7 @@ async fn a_stale_or_corrupt_snapshot_is_never_trusted_over_events() {
                 account_id: "s".into(),
                 amount: 10,
                 reference: String::new(),
+                channel: Default::default(),
             })))
             .await
             .unwrap();

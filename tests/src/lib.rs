@@ -22,6 +22,7 @@ pub mod client;
 pub mod nats_server;
 pub mod postgres_server;
 pub mod servers;
+pub mod tally_cli;
 
 pub use app::TestApp;
 pub use servers::Servers;
