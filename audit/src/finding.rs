@@ -75,7 +75,10 @@ impl std::fmt::Display for Finding {
                 aggregate_type,
                 aggregate_id,
                 sequence,
-            } => write!(f, "{aggregate_type} {aggregate_id} event {sequence}: no hash"),
+            } => write!(
+                f,
+                "{aggregate_type} {aggregate_id} event {sequence}: no hash"
+            ),
             Finding::SequenceGap {
                 aggregate_type,
                 aggregate_id,
@@ -99,7 +102,10 @@ impl std::fmt::Display for Finding {
                 aggregate_id,
                 sequence,
                 reason,
-            } => write!(f, "{aggregate_type} {aggregate_id} event {sequence}: {reason}"),
+            } => write!(
+                f,
+                "{aggregate_type} {aggregate_id} event {sequence}: {reason}"
+            ),
             Finding::ReadModelMismatch {
                 aggregate_type,
                 aggregate_id,

@@ -23,10 +23,13 @@ pub struct AccountFold {
 
 impl AccountFold {
     pub fn apply(&mut self, event: &StoredEvent) -> Result<(), FoldError> {
-        let (_, payload) =
-            upcast_payload(&event.event_type, &event.event_version, event.payload.clone());
-        let parsed: AccountEvent = serde_json::from_value(payload)
-            .map_err(|e| FoldError::Unreadable(e.to_string()))?;
+        let (_, payload) = upcast_payload(
+            &event.event_type,
+            &event.event_version,
+            event.payload.clone(),
+        );
+        let parsed: AccountEvent =
+            serde_json::from_value(payload).map_err(|e| FoldError::Unreadable(e.to_string()))?;
         let payload_type = parsed.event_type();
         if payload_type != event.event_type {
             return Err(FoldError::Unreadable(format!(
@@ -48,10 +51,16 @@ impl AccountFold {
                 Err("opened twice".into())
             }
             AccountEvent::AccountOpened(_) => Ok(()),
-            _ if status == AccountStatus::Unopened => Err("event before the account was opened".into()),
-            _ if status == AccountStatus::Closed => Err("event after the account was closed".into()),
+            _ if status == AccountStatus::Unopened => {
+                Err("event before the account was opened".into())
+            }
+            _ if status == AccountStatus::Closed => {
+                Err("event after the account was closed".into())
+            }
             AccountEvent::MoneyDeposited(e) => {
-                let expected = (e.amount > 0).then(|| balance.checked_add(e.amount)).flatten();
+                let expected = (e.amount > 0)
+                    .then(|| balance.checked_add(e.amount))
+                    .flatten();
                 if expected != Some(e.balance_after) {
                     return Err(format!(
                         "deposit of {} on a balance of {balance} states balance_after {}",

@@ -7,9 +7,9 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 
+use crate::StoredEvent;
 use crate::fold::{AccountFold, FoldError};
 use crate::stored_event::COLUMNS;
-use crate::StoredEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -118,10 +118,10 @@ pub async fn account_state(
         })?;
         as_of = Some(event.occurred_at());
     }
-    if let StatePoint::Version(v) = point {
-        if fold.version != v {
-            return Ok(None);
-        }
+    if let StatePoint::Version(v) = point
+        && fold.version != v
+    {
+        return Ok(None);
     }
     Ok(as_of.map(|as_of| FoldedState {
         version: fold.version,

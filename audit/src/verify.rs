@@ -97,7 +97,10 @@ pub async fn verify(
                     compare(pool, std::mem::take(&mut pending), &mut found, &mut report).await?;
                 }
             }
-            current = Some(AggregateCheck::new(&event.aggregate_type, &event.aggregate_id));
+            current = Some(AggregateCheck::new(
+                &event.aggregate_type,
+                &event.aggregate_id,
+            ));
         }
         if let Some(check) = current.as_mut() {
             check.check(&event, &mut found);
@@ -175,15 +178,20 @@ async fn compare(
             continue;
         }
         report.read_models_compared += 1;
-        let mismatch = |field: &str, derived: String, read_model: String| Finding::ReadModelMismatch {
-            aggregate_type: check.aggregate_type.clone(),
-            aggregate_id: check.aggregate_id.clone(),
-            field: field.to_owned(),
-            derived,
-            read_model,
-        };
+        let mismatch =
+            |field: &str, derived: String, read_model: String| Finding::ReadModelMismatch {
+                aggregate_type: check.aggregate_type.clone(),
+                aggregate_id: check.aggregate_id.clone(),
+                field: field.to_owned(),
+                derived,
+                read_model,
+            };
         if applied > derived.version {
-            found.push(mismatch("version", derived.version.to_string(), applied.to_string()));
+            found.push(mismatch(
+                "version",
+                derived.version.to_string(),
+                applied.to_string(),
+            ));
             continue;
         }
         let Some(row) = row.filter(|r| r.version.is_some()) else {
@@ -193,9 +201,21 @@ async fn compare(
         let show = |v: &Option<String>| v.clone().unwrap_or_default();
         let state = &derived.state;
         let pairs = [
-            ("version", derived.version.to_string(), row.version.unwrap_or(0).to_string()),
-            ("balance", state.balance.to_string(), row.balance.unwrap_or(0).to_string()),
-            ("status", state.status.as_str().to_owned(), show(&row.status)),
+            (
+                "version",
+                derived.version.to_string(),
+                row.version.unwrap_or(0).to_string(),
+            ),
+            (
+                "balance",
+                state.balance.to_string(),
+                row.balance.unwrap_or(0).to_string(),
+            ),
+            (
+                "status",
+                state.status.as_str().to_owned(),
+                show(&row.status),
+            ),
             ("owner", state.owner.clone(), show(&row.owner)),
             ("currency", state.currency.clone(), show(&row.currency)),
         ];

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Args;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 
 #[derive(Debug, Args)]
 pub struct Database {

@@ -10,9 +10,9 @@ mod audit;
 mod database;
 mod dlq;
 mod output;
-mod read;
 mod progress;
 mod projections;
+mod read;
 mod send;
 
 use clap::{Parser, Subcommand};

@@ -42,7 +42,11 @@ struct Status {
 }
 
 #[allow(clippy::print_stdout)]
-pub async fn run(command: ProjectionsCommand, nats: &Connection, json: bool) -> anyhow::Result<bool> {
+pub async fn run(
+    command: ProjectionsCommand,
+    nats: &Connection,
+    json: bool,
+) -> anyhow::Result<bool> {
     match command {
         ProjectionsCommand::Status(args) => {
             let pool = args.database.pool().await?;
@@ -123,7 +127,11 @@ pub async fn run(command: ProjectionsCommand, nats: &Connection, json: bool) -> 
             } else {
                 println!(
                     "rebuilt {} from {} events in {:.1}s ({rate} events/s, {} catch-up pass(es)); swapped in {} ms",
-                    args.name, report.events, report.elapsed_s, report.catch_up_passes, report.swap_ms
+                    args.name,
+                    report.events,
+                    report.elapsed_s,
+                    report.catch_up_passes,
+                    report.swap_ms
                 );
             }
             Ok(true)

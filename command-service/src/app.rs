@@ -9,11 +9,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit_digests::DigestPublisher;
 use crate::config::Config;
 use crate::executor::{Executor, ExecutorLimits};
 use crate::ingress::Ingress;
 use crate::jobs::Jobs;
-use crate::audit_digests::DigestPublisher;
 use crate::relay::{Relay, RelayConfig};
 use crate::repository::TallyRepository;
 use crate::schema_check::{SchemaLoadError, SchemaRegistry};

@@ -39,7 +39,9 @@ impl DigestPublisher {
                     "audit digest published"
                 ),
                 Ok(None) => tracing::debug!("no new events since the last audit digest"),
-                Err(error) => tracing::warn!(%error, "audit digest not published; next interval retries"),
+                Err(error) => {
+                    tracing::warn!(%error, "audit digest not published; next interval retries")
+                }
             }
         }
     }
@@ -49,16 +51,13 @@ impl DigestPublisher {
         let digest = audit::digest::take(&self.pool)
             .await
             .map_err(|e| format!("taking the digest failed: {e}"))?;
-        if let Ok(stream) = self.jetstream.get_stream(&self.stream).await {
-            if let Ok(last) = stream.get_last_raw_message_by_subject(&self.subject).await {
-                if let Ok(previous) = serde_json::from_slice::<Digest>(&last.payload) {
-                    if previous.event_count == digest.event_count
-                        && previous.merkle_root == digest.merkle_root
-                    {
-                        return Ok(None);
-                    }
-                }
-            }
+        if let Ok(stream) = self.jetstream.get_stream(&self.stream).await
+            && let Ok(last) = stream.get_last_raw_message_by_subject(&self.subject).await
+            && let Ok(previous) = serde_json::from_slice::<Digest>(&last.payload)
+            && previous.event_count == digest.event_count
+            && previous.merkle_root == digest.merkle_root
+        {
+            return Ok(None);
         }
         let body = serde_json::to_vec(&digest).map_err(|e| e.to_string())?;
         let mut headers = async_nats::HeaderMap::new();

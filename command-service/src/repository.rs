@@ -137,7 +137,10 @@ impl TallyRepository {
     /// The chain hash of each new event, continuing from the stored predecessor of the first.
     /// Reading the predecessor outside the insert is safe: stored rows never change, and if
     /// another writer takes the same sequence first, the insert fails on the primary key.
-    async fn chain_hashes(&self, events: &[SerializedEvent]) -> Result<Vec<Vec<u8>>, PersistenceError> {
+    async fn chain_hashes(
+        &self,
+        events: &[SerializedEvent],
+    ) -> Result<Vec<Vec<u8>>, PersistenceError> {
         let Some(first) = events.first() else {
             return Ok(Vec::new());
         };
@@ -150,7 +153,10 @@ impl TallyRepository {
             )
             .bind(&first.aggregate_type)
             .bind(&first.aggregate_id)
-            .bind(i64::try_from(first.sequence - 1).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?)
+            .bind(
+                i64::try_from(first.sequence - 1)
+                    .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+            )
             .fetch_optional(&self.pool)
             .await
             .map_err(persistence_error)?;

@@ -167,6 +167,7 @@ pub fn merkle_root(mut level: Vec<ChainHash>) -> ChainHash {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -199,8 +200,14 @@ mod tests {
         let base = event_hash(&GENESIS, &event(&payload, &metadata, 1));
         let other_payload = json!({"MoneyDeposited": {"amount": 101, "reference": "r"}});
         let other_metadata = json!({"actor": "mallory"});
-        assert_ne!(base, event_hash(&GENESIS, &event(&other_payload, &metadata, 1)));
-        assert_ne!(base, event_hash(&GENESIS, &event(&payload, &other_metadata, 1)));
+        assert_ne!(
+            base,
+            event_hash(&GENESIS, &event(&other_payload, &metadata, 1))
+        );
+        assert_ne!(
+            base,
+            event_hash(&GENESIS, &event(&payload, &other_metadata, 1))
+        );
         assert_ne!(base, event_hash(&GENESIS, &event(&payload, &metadata, 2)));
         assert_ne!(base, event_hash(&[1; 32], &event(&payload, &metadata, 1)));
         // Field boundaries are length-prefixed, so moving a byte between fields is visible.

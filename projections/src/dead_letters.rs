@@ -6,8 +6,8 @@ use std::time::Duration;
 use domain::envelope::EventMessage;
 
 use crate::accounts;
-use crate::write_lock;
 use crate::runner::{ApplyError, Delivery, FAILURE_DELAY_MAX, Runner, error_text, nak};
+use crate::write_lock;
 
 impl Runner {
     /// An event failed on its own: nak it for another try, or, after `poison_attempts`

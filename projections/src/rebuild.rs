@@ -153,7 +153,15 @@ pub async fn rebuild(
         events_total,
     };
     on_progress(progress);
-    copy_range(pool, &mut conn, "0", &horizon, &mut progress, &mut on_progress).await?;
+    copy_range(
+        pool,
+        &mut conn,
+        "0",
+        &horizon,
+        &mut progress,
+        &mut on_progress,
+    )
+    .await?;
 
     progress.phase = Phase::CatchUp;
     let mut passes = 0;
@@ -161,7 +169,15 @@ pub async fn rebuild(
         passes += 1;
         let next = current_horizon(&mut conn).await?;
         let before = progress.events_done;
-        copy_range(pool, &mut conn, &horizon, &next, &mut progress, &mut on_progress).await?;
+        copy_range(
+            pool,
+            &mut conn,
+            &horizon,
+            &next,
+            &mut progress,
+            &mut on_progress,
+        )
+        .await?;
         horizon = next;
         if progress.events_done - before < CATCH_UP_SMALL || passes >= CATCH_UP_PASSES_MAX {
             break;
@@ -190,9 +206,11 @@ pub async fn rebuild(
     replace_versions(&mut tx, &live, &shadow, projection).await?;
     tx.commit().await?;
     let swap_ms = swap_started.elapsed().as_millis();
-    sqlx::raw_sql(&format!("DROP SCHEMA {retired} CASCADE; DROP SCHEMA {shadow} CASCADE"))
-        .execute(&mut conn)
-        .await?;
+    sqlx::raw_sql(&format!(
+        "DROP SCHEMA {retired} CASCADE; DROP SCHEMA {shadow} CASCADE"
+    ))
+    .execute(&mut conn)
+    .await?;
     on_progress(progress);
     let _ = conn.close().await;
     Ok(RebuildReport {

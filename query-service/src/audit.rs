@@ -97,7 +97,8 @@ impl AuditEvent {
             self.event_type.clone(),
             self.event_version.clone(),
             self.global_position.to_string(),
-            self.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            self.recorded_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             opt(&self.actor),
             opt(&self.command_id),
             opt(&self.correlation_id),
@@ -207,7 +208,10 @@ pub async fn events(
         return Err(not_found());
     }
     let next_cursor = (i64::try_from(rows.len()).unwrap_or(0) == limit)
-        .then(|| rows.last().map(|e| pagination::encode(&e.sequence.to_string())))
+        .then(|| {
+            rows.last()
+                .map(|e| pagination::encode(&e.sequence.to_string()))
+        })
         .flatten();
     let items = rows.into_iter().map(AuditEvent::from).collect();
     Ok(Json(Page { items, next_cursor }).into_response())

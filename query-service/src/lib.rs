@@ -4,8 +4,8 @@
 //! `consistency`.
 
 mod accounts;
-mod audit;
 mod app;
+mod audit;
 mod commands;
 mod config;
 mod consistency;

@@ -16,6 +16,7 @@ mod harness;
 mod outbox;
 mod projections;
 mod read_api;
+mod rebuild;
 mod schemathesis;
 mod service_binaries;
 mod snapshots;

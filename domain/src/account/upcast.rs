@@ -12,7 +12,9 @@ const MONEY_DEPOSITED: &str = "MoneyDeposited";
 
 // `MoneyDeposited` as stored at version 1.0, frozen here for its published schema (which must
 // not change, so doc comments here are exactly the 1.0 ones).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[schemars(rename = "MoneyDeposited")]
 pub struct MoneyDepositedV1 {
     /// Minor units.
@@ -68,11 +70,7 @@ pub fn upcast_event(mut event: SerializedEvent) -> SerializedEvent {
 
 /// Upcasts a stored payload of `event_type` at `event_version` to the current version and
 /// returns that version with it. Unknown types and current versions pass through unchanged.
-pub fn upcast_payload(
-    event_type: &str,
-    event_version: &str,
-    payload: Value,
-) -> (String, Value) {
+pub fn upcast_payload(event_type: &str, event_version: &str, payload: Value) -> (String, Value) {
     let event = upcast_event(SerializedEvent {
         aggregate_id: String::new(),
         sequence: 0,
@@ -86,6 +84,7 @@ pub fn upcast_payload(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::account::AccountEvent;
@@ -109,6 +108,9 @@ mod tests {
         let v2 = json!({"MoneyDeposited": {"amount": 5, "reference": "", "balance_after": 5, "channel": "cash"}});
         assert_eq!(upcast_payload("MoneyDeposited", "2.0", v2.clone()).1, v2);
         let w = json!({"MoneyWithdrawn": {"amount": 5, "reference": "", "balance_after": 0}});
-        assert_eq!(upcast_payload("MoneyWithdrawn", "1.0", w.clone()), ("1.0".into(), w));
+        assert_eq!(
+            upcast_payload("MoneyWithdrawn", "1.0", w.clone()),
+            ("1.0".into(), w)
+        );
     }
 }
