@@ -29,6 +29,9 @@ pub enum AccountCommand {
         amount: i64,
         #[arg(long, default_value = "")]
         reference: String,
+        /// How the money arrived: unspecified, cash, card or bank_transfer.
+        #[arg(long, default_value = "unspecified")]
+        channel: String,
         #[command(flatten)]
         options: SendOptions,
     },
@@ -171,10 +174,11 @@ impl AccountCommand {
                 target,
                 amount,
                 reference,
+                channel,
                 options,
             } => (
                 "deposit",
-                json!({"account_id": target.account_id, "amount": amount, "reference": reference}),
+                json!({"account_id": target.account_id, "amount": amount, "reference": reference, "channel": channel}),
                 options,
             ),
             AccountCommand::Withdraw {

@@ -57,7 +57,8 @@ async fn migrations_create_the_event_store() {
             "metadata",
             "global_position",
             "tx_id",
-            "recorded_at"
+            "recorded_at",
+            "hash",
         ]
     );
     let snapshots: i64 = sqlx::query_scalar(
