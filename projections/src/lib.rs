@@ -8,6 +8,7 @@ pub mod accounts;
 mod app;
 mod config;
 mod dead_letters;
+mod event_store_reader;
 pub mod rebuild;
 pub mod runner;
 mod write_lock;

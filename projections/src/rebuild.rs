@@ -28,6 +28,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use crate::accounts;
+use crate::event_store_reader::{RANGE_SQL, Row, current_horizon, read_range};
 use crate::runner::ApplyError;
 use crate::write_lock;
 
@@ -184,6 +185,15 @@ pub async fn rebuild(
         }
     }
 
+    // Fresh tables have no statistics: without these, the first queries after the swap (reads,
+    // the live worker's lookups) are planned as if the tables were empty.
+    let mut analyze = String::new();
+    for table in accounts::TABLES {
+        analyze.push_str(&format!("ANALYZE {shadow}.{table};"));
+    }
+    analyze.push_str(&format!("ANALYZE {shadow}.projection_versions;"));
+    sqlx::raw_sql(&analyze).execute(&mut conn).await?;
+
     progress.phase = Phase::Swap;
     on_progress(progress);
     let swap_started = Instant::now();
@@ -244,62 +254,6 @@ async fn create_shadow(
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-/// The commit-safe horizon: every transaction below it has ended, so the events below it are
-/// final, and a later horizon only adds events after them (per aggregate).
-async fn current_horizon(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-        .fetch_one(conn)
-        .await
-}
-
-const RANGE_SQL: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
-        global_position, recorded_at, payload, metadata
-    FROM events
-    WHERE aggregate_type = 'account' AND tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8
-    ORDER BY global_position";
-
-#[derive(Debug, sqlx::FromRow)]
-struct Row {
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    global_position: i64,
-    recorded_at: chrono::DateTime<chrono::Utc>,
-    payload: serde_json::Value,
-    metadata: serde_json::Value,
-}
-
-impl From<Row> for EventMessage {
-    fn from(row: Row) -> Self {
-        EventMessage {
-            aggregate_type: row.aggregate_type,
-            aggregate_id: row.aggregate_id,
-            sequence: u64::try_from(row.sequence).unwrap_or(0),
-            event_type: row.event_type,
-            event_version: row.event_version,
-            global_position: row.global_position,
-            recorded_at: row.recorded_at,
-            payload: row.payload,
-            metadata: row.metadata,
-        }
-    }
-}
-
-async fn read_range(
-    conn: &mut PgConnection,
-    from: &str,
-    to: &str,
-) -> Result<Vec<EventMessage>, sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(RANGE_SQL)
-        .bind(from)
-        .bind(to)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows.into_iter().map(EventMessage::from).collect())
 }
 
 /// Streams `[from, to)` from the pool into the shadow tables on `conn`, one batch in flight.

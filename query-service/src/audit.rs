@@ -45,6 +45,9 @@ pub struct AuditEvent {
     /// The payload as stored.
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
+    /// The metadata as stored (covered by the hash, so exports can be re-verified).
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
 }
 
 impl From<StoredEvent> for AuditEvent {
@@ -66,6 +69,7 @@ impl From<StoredEvent> for AuditEvent {
             event_version: e.event_version,
             global_position: e.global_position,
             payload: e.payload,
+            metadata: e.metadata,
         }
     }
 }
