@@ -158,10 +158,14 @@ async fn compare(
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<&str> = checks.iter().map(|c| c.aggregate_id.as_str()).collect();
     let rows: Vec<ReadModelRow> = sqlx::query_as(
-        "SELECT ids.id, v.version AS applied, a.version, a.owner, a.currency, a.balance, a.status
+        // The version as a scalar subquery on the full primary key: as a join, stale statistics
+        // (a table just swapped in by a rebuild) let the planner pick a prefix scan per id.
+        "SELECT ids.id,
+                (SELECT v.version FROM projection_versions v
+                 WHERE v.projection = 'accounts' AND v.aggregate_type = 'account'
+                   AND v.aggregate_id = ids.id) AS applied,
+                a.version, a.owner, a.currency, a.balance, a.status
          FROM UNNEST($1::text[]) AS ids(id)
-         LEFT JOIN projection_versions v
-           ON v.projection = 'accounts' AND v.aggregate_type = 'account' AND v.aggregate_id = ids.id
          LEFT JOIN accounts a ON a.account_id = ids.id",
     )
     .bind(&ids)
