@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use domain::hash_chain::{self, ChainedEvent};
 use serde_json::{Value, json};
+use sqlx::Connection;
 use tests::TestApp;
 use tests::client::accepted;
 use tests::tally_cli::stdout;
@@ -291,4 +292,64 @@ async fn version_1_deposits_load_project_verify_and_rebuild() {
     let rebuilt = app.tally(&["projections", "rebuild", "accounts"]).await;
     assert_eq!(rebuilt.status.code(), Some(0), "{rebuilt:?}");
     assert_eq!(read_model_rows(&app).await, live);
+}
+
+#[tokio::test]
+async fn rebuild_refuses_what_it_cannot_do_safely_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "keep", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    wait_caught_up(&app).await;
+    let before = read_model_rows(&app).await;
+    let table: i64 = sqlx::query_scalar("SELECT 'accounts'::regclass::oid::bigint")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+
+    let unknown = app.tally(&["projections", "rebuild", "nope"]).await;
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown projection `nope`"));
+
+    // Another rebuild holds the projection's rebuild lock.
+    let mut holder = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_lock(hashtextextended('tally.projection.rebuild:accounts', 0))",
+    )
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let busy = app.tally(&["projections", "rebuild", "accounts"]).await;
+    assert_eq!(busy.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("already running"),
+        "{busy:?}"
+    );
+    holder.close().await.unwrap();
+
+    // A dead-lettered account: the live model deliberately lags it.
+    sqlx::query(
+        "INSERT INTO projection_parked (projection, aggregate_type, aggregate_id, sequence, event, error, attempts)
+         VALUES ('accounts', 'account', 'keep', 2, '{}', 'test', 5)",
+    )
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let parked = app.tally(&["projections", "rebuild", "accounts"]).await;
+    assert_eq!(parked.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&parked.stderr).contains("dead-lettered"),
+        "{parked:?}"
+    );
+
+    let after: i64 = sqlx::query_scalar("SELECT 'accounts'::regclass::oid::bigint")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(table, after);
+    assert_eq!(read_model_rows(&app).await, before);
 }
