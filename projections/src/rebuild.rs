@@ -28,7 +28,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use crate::accounts;
-use crate::event_store_reader::{RANGE_SQL, Row, current_horizon, read_range};
+use crate::event_store_reader::{Row, current_horizon, range_sql, read_range};
 use crate::runner::ApplyError;
 use crate::write_lock;
 
@@ -268,7 +268,7 @@ async fn copy_range(
     let (sender, mut batches) = mpsc::channel::<Vec<EventMessage>>(2);
     let (pool, from, to) = (pool.clone(), from.to_owned(), to.to_owned());
     let reader = tokio::spawn(async move {
-        let mut rows = sqlx::query_as::<_, Row>(RANGE_SQL)
+        let mut rows = sqlx::query_as::<_, Row>(range_sql(&from))
             .bind(from)
             .bind(to)
             .fetch(&pool);
@@ -332,6 +332,9 @@ async fn apply_shadow(
     Ok(())
 }
 
+/// Makes the live `projection_versions` rows of `projection` equal the shadow's, writing only
+/// the rows that differ: this runs under the write lock, and rewriting every row of a large
+/// ledger held readers and the live worker for over a second.
 async fn replace_versions(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     live: &str,
@@ -339,13 +342,20 @@ async fn replace_versions(
     projection: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "DELETE FROM {live}.projection_versions WHERE projection = $1"
+        "DELETE FROM {live}.projection_versions l
+         WHERE l.projection = $1 AND NOT EXISTS (
+             SELECT 1 FROM {shadow}.projection_versions s
+             WHERE s.projection = l.projection AND s.aggregate_type = l.aggregate_type
+               AND s.aggregate_id = l.aggregate_id)"
     ))
     .bind(projection)
     .execute(&mut **tx)
     .await?;
     sqlx::query(&format!(
-        "INSERT INTO {live}.projection_versions SELECT * FROM {shadow}.projection_versions"
+        "INSERT INTO {live}.projection_versions AS l (projection, aggregate_type, aggregate_id, version)
+         SELECT projection, aggregate_type, aggregate_id, version FROM {shadow}.projection_versions
+         ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version
+         WHERE l.version <> EXCLUDED.version"
     ))
     .execute(&mut **tx)
     .await?;
