@@ -68,7 +68,8 @@ impl AggregateCheck {
                     aggregate_id: self.aggregate_id.clone(),
                     sequence: event.sequence,
                 });
-                self.prev_hash = expected;
+                // A writer after an unhashed row starts the chain again (`TallyRepository`).
+                self.prev_hash = hash_chain::GENESIS;
             }
             Some(found) => {
                 // After a gap the link cannot match (its predecessor is missing); the gap is

@@ -6,6 +6,7 @@
 //! command-service (digest publisher). `chain_check` and `fold` are pure; the rest reads
 //! PostgreSQL.
 
+pub mod backfill;
 pub mod chain_check;
 pub mod digest;
 pub mod finding;

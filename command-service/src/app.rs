@@ -49,6 +49,15 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
+        // Rows from before the hash chain (or from an older instance during a rolling upgrade)
+        // are chained before this instance writes after them.
+        match audit::backfill::backfill(&infra.pool).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "hashed event rows written before the hash chain"),
+            Err(error) => {
+                tracing::warn!(%error, "hash-chain backfill failed; the next start retries")
+            }
+        }
         let schemas = Arc::new(SchemaRegistry::load()?);
         let executor = Arc::new(Executor::new(
             TallyRepository::new(infra.pool.clone()),

@@ -386,3 +386,38 @@ async fn history_with_who_and_why_and_state_at_any_point() {
     assert_eq!(exported.status.code(), Some(0), "{exported:?}");
     assert_eq!(stdout(&exported), text);
 }
+
+#[tokio::test]
+async fn rows_from_before_the_chain_are_hashed_at_start_and_the_chain_goes_on() {
+    let mut app = TestApp::spawn().await;
+    account_with_deposits(&app, "old-1", &[10, 20]).await;
+    account_with_deposits(&app, "old-2", &[5]).await;
+    app.stop_command_service().await;
+    // As the release before the chain left them.
+    sqlx::query("UPDATE events SET hash = NULL")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let (code, report) = verify_json(&app, &[]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(report["findings_total"], 5, "{report}");
+    assert!(findings(&report).iter().all(|f| f.0 == "unchained"));
+
+    app.start_command_service(&[]).await;
+    let unhashed: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE hash IS NULL")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(unhashed, 0);
+    let reply = app
+        .send(
+            "account.deposit",
+            json!({"account_id": "old-1", "amount": 1}),
+        )
+        .await;
+    assert_eq!(accepted(&reply).1, 4);
+    wait_applied(&app, "old-1", &reply).await;
+    let (code, report) = verify_json(&app, &[]).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["events"], 6);
+}
