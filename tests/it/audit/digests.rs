@@ -1,0 +1,93 @@
+//! Digests: published by the command-service and taken by hand, and what they catch that the
+//! chain alone cannot.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tests::TestApp;
+
+use super::{account_with_deposits, verify_json};
+
+#[tokio::test]
+async fn a_digest_proves_history_unchanged_even_when_the_chain_is_rewritten() {
+    let mut app = TestApp::spawn().await;
+    account_with_deposits(&app, "dg-1", &[10, 20]).await;
+    account_with_deposits(&app, "dg-2", &[5]).await;
+
+    // Published by the command-service to the audit stream.
+    app.stop_command_service().await;
+    app.start_command_service(&["--audit-digest-interval-s=1"])
+        .await;
+    let mut stream = app.jetstream.get_stream(&app.streams.audit).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let sequence = loop {
+        let info = stream.info().await.unwrap();
+        if info.state.messages > 0 {
+            break info.state.last_sequence;
+        }
+        assert!(std::time::Instant::now() < deadline, "no digest published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let published: Value =
+        serde_json::from_slice(&stream.get_raw_message(sequence).await.unwrap().payload).unwrap();
+    assert_eq!(published["event_count"], 5, "{published}");
+    assert_eq!(published["aggregate_count"], 2);
+    let (code, report) = verify_json(&app, &["--digest", &sequence.to_string()]).await;
+    assert_eq!(code, Some(0), "{report}");
+
+    // Taken by hand and kept in a file, like an auditor would.
+    let digest = app.tally(&["audit", "digest"]).await;
+    assert_eq!(digest.status.code(), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("digest.json");
+    std::fs::write(&file, &digest.stdout).unwrap();
+    let file = file.to_str().unwrap();
+    let (code, _) = verify_json(&app, &["--digest", file]).await;
+    assert_eq!(code, Some(0));
+
+    // Events after the digest do not disturb it.
+    account_with_deposits(&app, "dg-3", &[1]).await;
+    let (code, _) = verify_json(&app, &["--digest", file]).await;
+    assert_eq!(code, Some(0));
+
+    // A tamperer who rewrites an event and recomputes its hash leaves a consistent chain…
+    let row: (Value, Value, Vec<u8>) = sqlx::query_as(
+        "SELECT payload, metadata, (SELECT hash FROM events WHERE aggregate_id = 'dg-1' AND sequence = 2)
+         FROM events WHERE aggregate_id = 'dg-1' AND sequence = 3",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let mut payload = row.0;
+    payload["MoneyDeposited"]["reference"] = json!("forged");
+    let prev: [u8; 32] = row.2.as_slice().try_into().unwrap();
+    let forged = domain::hash_chain::event_hash(
+        &prev,
+        &domain::hash_chain::ChainedEvent {
+            aggregate_type: "account",
+            aggregate_id: "dg-1",
+            sequence: 3,
+            event_type: "MoneyDeposited",
+            event_version: domain::account::MONEY_DEPOSITED_VERSION,
+            payload: &payload,
+            metadata: &row.1,
+        },
+    );
+    sqlx::query(
+        "UPDATE events SET payload = $1, hash = $2 WHERE aggregate_id = 'dg-1' AND sequence = 3",
+    )
+    .bind(&payload)
+    .bind(forged.to_vec())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let (code, report) = verify_json(&app, &[]).await;
+    assert_eq!(code, Some(0), "the chain alone cannot tell: {report}");
+    // …which the digests expose.
+    for digest in [file.to_owned(), sequence.to_string()] {
+        let (code, report) = verify_json(&app, &["--digest", &digest]).await;
+        assert_eq!(code, Some(1), "{report}");
+        assert_eq!(report["findings"][0]["kind"], "digest_mismatch", "{report}");
+        assert_eq!(report["findings"][0]["field"], "merkle_root");
+    }
+}
