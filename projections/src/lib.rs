@@ -11,6 +11,7 @@ mod dead_letters;
 mod event_store_reader;
 pub mod rebuild;
 pub mod runner;
+mod versions;
 mod write_lock;
 
 pub use app::{Application, StartupError};

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use crate::accounts;
 use crate::event_store_reader::{Row, current_horizon, range_sql, read_range};
 use crate::runner::ApplyError;
+use crate::versions;
 use crate::write_lock;
 
 /// Events folded per shadow transaction.
@@ -319,16 +320,8 @@ async fn apply_shadow(
         );
     }
     let (ids, versions): (Vec<&str>, Vec<i64>) = last.into_iter().unzip();
-    sqlx::query(
-        "INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)
-         SELECT $1, 'account', id, v FROM UNNEST($2::text[], $3::bigint[]) AS t(id, v)
-         ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version",
-    )
-    .bind(accounts::NAME)
-    .bind(&ids)
-    .bind(&versions)
-    .execute(&mut **tx)
-    .await?;
+    // Into the shadow `projection_versions`: first on this connection's search path.
+    versions::record(tx, accounts::NAME, &ids, &versions).await?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts;
+use crate::versions;
 use crate::write_lock;
 
 /// A delivery not acknowledged within this comes back (batches commit far sooner).
@@ -291,16 +292,7 @@ impl Runner {
                 .into_iter()
                 .map(|(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)))
                 .unzip();
-            sqlx::query(
-                "INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)
-                 SELECT $1, 'account', id, v FROM UNNEST($2::text[], $3::bigint[]) AS t(id, v)
-                 ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version",
-            )
-            .bind(accounts::NAME)
-            .bind(&ids)
-            .bind(&seqs)
-            .execute(&mut *tx)
-            .await?;
+            versions::record(&mut tx, accounts::NAME, &ids, &seqs).await?;
         }
         let last_stream_sequence = deliveries
             .iter()
