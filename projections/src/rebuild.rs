@@ -345,10 +345,16 @@ async fn replace_versions(
     .execute(&mut **tx)
     .await?;
     sqlx::query(&format!(
+        // The difference is found by a join first: an upsert of every row would lock (and so
+        // write) every existing row, even those its WHERE leaves unchanged.
         "INSERT INTO {live}.projection_versions AS l (projection, aggregate_type, aggregate_id, version)
-         SELECT projection, aggregate_type, aggregate_id, version FROM {shadow}.projection_versions
-         ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version
-         WHERE l.version <> EXCLUDED.version"
+         SELECT s.projection, s.aggregate_type, s.aggregate_id, s.version
+         FROM {shadow}.projection_versions s
+         LEFT JOIN {live}.projection_versions o
+           ON o.projection = s.projection AND o.aggregate_type = s.aggregate_type
+          AND o.aggregate_id = s.aggregate_id
+         WHERE o.version IS DISTINCT FROM s.version
+         ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version"
     ))
     .execute(&mut **tx)
     .await?;
