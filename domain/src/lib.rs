@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod money;
 pub mod reply;
 pub mod schema;
+pub mod transfer;
 pub mod validate;
 
 pub use account::{Account, AccountCommand, AccountError, AccountEvent, AccountStatus};

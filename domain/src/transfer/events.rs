@@ -1,0 +1,71 @@
+//! Transfer events: the facts of a transfer's life, stored in `events` and published on
+//! `tally.evt.transfer.<id>`.
+
+use cqrs_es::DomainEvent;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const TRANSFER_EVENT_VERSION: &str = "1.0";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferRequested {
+    pub transfer_id: Uuid,
+    pub from: String,
+    pub to: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Both accounts' currency, checked when requested.
+    pub currency: String,
+    pub reference: String,
+}
+
+/// The source account was debited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DebitRecorded {}
+
+/// The destination account was credited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CreditRecorded {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferCompleted {}
+
+/// The debit was given back to the source account after the credit failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RefundRecorded {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferFailed {
+    /// The error code of the step that failed (e.g. `insufficient_funds`, `account_closed`).
+    pub code: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TransferEvent {
+    TransferRequested(TransferRequested),
+    DebitRecorded(DebitRecorded),
+    CreditRecorded(CreditRecorded),
+    TransferCompleted(TransferCompleted),
+    RefundRecorded(RefundRecorded),
+    TransferFailed(TransferFailed),
+}
+
+impl DomainEvent for TransferEvent {
+    fn event_type(&self) -> String {
+        match self {
+            TransferEvent::TransferRequested(_) => "TransferRequested",
+            TransferEvent::DebitRecorded(_) => "DebitRecorded",
+            TransferEvent::CreditRecorded(_) => "CreditRecorded",
+            TransferEvent::TransferCompleted(_) => "TransferCompleted",
+            TransferEvent::RefundRecorded(_) => "RefundRecorded",
+            TransferEvent::TransferFailed(_) => "TransferFailed",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        TRANSFER_EVENT_VERSION.to_owned()
+    }
+}

@@ -1,0 +1,205 @@
+//! The Transfer aggregate: one movement of money between two accounts, driven step by step by
+//! the process manager (design §4). Requested -> debit recorded -> credit recorded ->
+//! completed; or failed, after a refund when the credit could not be made.
+//!
+//! Every step is idempotent: recording a step the transfer is already past writes nothing, so
+//! a process manager that repeats itself after a crash changes nothing.
+
+mod commands;
+mod error;
+mod events;
+
+pub use commands::{
+    AccountFacts, FailTransfer, RecordStep, RequestTransfer, TransferCommand, TransferFacts,
+};
+pub use error::TransferError;
+pub use events::{
+    CreditRecorded, DebitRecorded, RefundRecorded, TRANSFER_EVENT_VERSION, TransferCompleted,
+    TransferEvent, TransferFailed, TransferRequested,
+};
+
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::account::AccountStatus;
+use crate::money::Amount;
+use crate::validate;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStatus {
+    #[default]
+    Unrequested,
+    Requested,
+    Debited,
+    Completed,
+    Failed,
+}
+
+impl TransferStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferStatus::Unrequested => "unrequested",
+            TransferStatus::Requested => "requested",
+            TransferStatus::Debited => "debited",
+            TransferStatus::Completed => "completed",
+            TransferStatus::Failed => "failed",
+        }
+    }
+
+    /// Completed or failed: nothing more will happen.
+    pub fn is_settled(self) -> bool {
+        matches!(self, TransferStatus::Completed | TransferStatus::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    pub id: Option<Uuid>,
+    pub from: String,
+    pub to: String,
+    pub amount: i64,
+    pub currency: String,
+    pub status: TransferStatus,
+    pub refunded: bool,
+}
+
+impl Transfer {
+    /// Decides which events a command produces, without changing `self`.
+    pub fn decide(
+        &self,
+        command: &TransferCommand,
+        facts: &TransferFacts,
+    ) -> Result<Vec<TransferEvent>, TransferError> {
+        use TransferStatus as S;
+        let wrong = |action| TransferError::WrongState {
+            status: self.status.as_str(),
+            action,
+        };
+        match command {
+            TransferCommand::Request(c) => {
+                validate::aggregate_id("from", &c.from)?;
+                validate::aggregate_id("to", &c.to)?;
+                validate::optional_text("reference", &c.reference, validate::REFERENCE_LEN_MAX)?;
+                let amount = Amount::new(c.amount)?;
+                if self.status != S::Unrequested {
+                    return Err(TransferError::AlreadyExists);
+                }
+                if c.from == c.to {
+                    return Err(TransferError::SameAccount);
+                }
+                let from = live_account(&c.from, facts.from.as_ref())?;
+                let to = live_account(&c.to, facts.to.as_ref())?;
+                if from.currency != to.currency {
+                    return Err(TransferError::CurrencyMismatch {
+                        from: from.currency.clone(),
+                        to: to.currency.clone(),
+                    });
+                }
+                Ok(vec![TransferEvent::TransferRequested(TransferRequested {
+                    transfer_id: c.transfer_id,
+                    from: c.from.clone(),
+                    to: c.to.clone(),
+                    amount: amount.minor(),
+                    currency: from.currency.clone(),
+                    reference: c.reference.clone(),
+                })])
+            }
+            TransferCommand::RecordDebit(_) => match self.status {
+                S::Unrequested => Err(TransferError::NotFound),
+                S::Requested => Ok(vec![TransferEvent::DebitRecorded(DebitRecorded {})]),
+                S::Debited | S::Completed => Ok(vec![]),
+                // A failed transfer refunded (or never took) the money: a late debit is a bug
+                // in the caller, refused rather than recorded.
+                S::Failed if self.refunded => Ok(vec![]),
+                S::Failed => Err(wrong("record a debit")),
+            },
+            TransferCommand::RecordCredit(_) => match self.status {
+                S::Unrequested => Err(TransferError::NotFound),
+                S::Debited => Ok(vec![
+                    TransferEvent::CreditRecorded(CreditRecorded {}),
+                    TransferEvent::TransferCompleted(TransferCompleted {}),
+                ]),
+                S::Completed => Ok(vec![]),
+                S::Requested | S::Failed => Err(wrong("record a credit")),
+            },
+            TransferCommand::Fail(c) => {
+                validate::text("reason", &c.reason, validate::REASON_LEN_MAX)?;
+                let failed = TransferEvent::TransferFailed(TransferFailed {
+                    code: c.code.clone(),
+                    reason: c.reason.clone(),
+                });
+                match self.status {
+                    S::Unrequested => Err(TransferError::NotFound),
+                    S::Requested if !c.refunded => Ok(vec![failed]),
+                    S::Debited if c.refunded => Ok(vec![
+                        TransferEvent::RefundRecorded(RefundRecorded {}),
+                        failed,
+                    ]),
+                    S::Failed => Ok(vec![]),
+                    S::Requested | S::Debited | S::Completed => Err(wrong("fail")),
+                }
+            }
+        }
+    }
+}
+
+/// The account must exist and not be closed when a transfer is requested (a later closure
+/// shows up as a failed step).
+fn live_account<'a>(
+    id: &str,
+    facts: Option<&'a AccountFacts>,
+) -> Result<&'a AccountFacts, TransferError> {
+    match facts {
+        None
+        | Some(AccountFacts {
+            status: AccountStatus::Unopened,
+            ..
+        }) => Err(TransferError::AccountNotFound(id.to_owned())),
+        Some(AccountFacts {
+            status: AccountStatus::Closed,
+            ..
+        }) => Err(TransferError::AccountClosed(id.to_owned())),
+        Some(facts) => Ok(facts),
+    }
+}
+
+impl Aggregate for Transfer {
+    const TYPE: &'static str = "transfer";
+    type Command = TransferCommand;
+    type Event = TransferEvent;
+    type Error = TransferError;
+    type Services = TransferFacts;
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        services: &Self::Services,
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(&command, services)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        match event {
+            TransferEvent::TransferRequested(e) => {
+                self.id = Some(e.transfer_id);
+                self.from = e.from;
+                self.to = e.to;
+                self.amount = e.amount;
+                self.currency = e.currency;
+                self.status = TransferStatus::Requested;
+            }
+            TransferEvent::DebitRecorded(_) => self.status = TransferStatus::Debited,
+            TransferEvent::CreditRecorded(_) => {}
+            TransferEvent::TransferCompleted(_) => self.status = TransferStatus::Completed,
+            TransferEvent::RefundRecorded(_) => self.refunded = true,
+            TransferEvent::TransferFailed(_) => self.status = TransferStatus::Failed,
+        }
+    }
+}

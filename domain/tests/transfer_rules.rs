@@ -1,0 +1,232 @@
+//! The Transfer aggregate's rules and its idempotent steps, without IO.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cqrs_es::Aggregate;
+use cqrs_es::test::TestFramework;
+use domain::account::AccountStatus;
+use domain::transfer::*;
+use domain::{AMOUNT_MAX_MINOR, ErrorCode};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const ID: Uuid = Uuid::from_u128(7);
+
+fn facts(from: &str, to: &str) -> TransferFacts {
+    let account = |currency: &str| {
+        Some(AccountFacts {
+            currency: currency.into(),
+            status: AccountStatus::Open,
+        })
+    };
+    TransferFacts {
+        from: account(from),
+        to: account(to),
+    }
+}
+
+fn request(from: &str, to: &str, amount: i64) -> TransferCommand {
+    TransferCommand::Request(RequestTransfer {
+        transfer_id: ID,
+        from: from.into(),
+        to: to.into(),
+        amount,
+        reference: "rent".into(),
+    })
+}
+
+fn requested() -> TransferEvent {
+    TransferEvent::TransferRequested(TransferRequested {
+        transfer_id: ID,
+        from: "a".into(),
+        to: "b".into(),
+        amount: 500,
+        currency: "EUR".into(),
+        reference: "rent".into(),
+    })
+}
+
+fn step(command: fn(RecordStep) -> TransferCommand) -> TransferCommand {
+    command(RecordStep { transfer_id: ID })
+}
+
+fn fail(refunded: bool) -> TransferCommand {
+    TransferCommand::Fail(FailTransfer {
+        transfer_id: ID,
+        code: "account_closed".into(),
+        reason: "destination closed".into(),
+        refunded,
+    })
+}
+
+fn state(events: &[TransferEvent]) -> Transfer {
+    let mut transfer = Transfer::default();
+    for e in events {
+        transfer.apply(e.clone());
+    }
+    transfer
+}
+
+#[tokio::test]
+async fn a_request_between_two_open_accounts_of_one_currency_is_recorded() {
+    TestFramework::<Transfer>::with(facts("EUR", "EUR"))
+        .given_no_previous_events()
+        .when_async(request("a", "b", 500))
+        .await
+        .then_expect_events(vec![requested()]);
+}
+
+#[test]
+fn requests_that_cannot_be_honoured_are_refused_with_stable_codes() {
+    let fresh = Transfer::default();
+    let code = |command: TransferCommand, facts: TransferFacts| {
+        fresh.decide(&command, &facts).unwrap_err().code()
+    };
+    assert_eq!(
+        code(request("a", "a", 5), facts("EUR", "EUR")),
+        ErrorCode::SchemaViolation
+    );
+    assert_eq!(
+        code(request("a", "b", 5), facts("EUR", "USD")),
+        ErrorCode::CurrencyMismatch
+    );
+    assert_eq!(
+        code(request("a", "b", 0), facts("EUR", "EUR")),
+        ErrorCode::AmountOutOfRange
+    );
+    assert_eq!(
+        code(request("a", "b", AMOUNT_MAX_MINOR + 1), facts("EUR", "EUR")),
+        ErrorCode::AmountOutOfRange
+    );
+    let mut missing = facts("EUR", "EUR");
+    missing.to = None;
+    assert_eq!(code(request("a", "b", 5), missing), ErrorCode::NotFound);
+    let mut closed = facts("EUR", "EUR");
+    closed.from.as_mut().unwrap().status = AccountStatus::Closed;
+    assert_eq!(code(request("a", "b", 5), closed), ErrorCode::AccountClosed);
+    assert_eq!(
+        state(&[requested()])
+            .decide(&request("a", "b", 5), &facts("EUR", "EUR"))
+            .unwrap_err()
+            .code(),
+        ErrorCode::AlreadyExists
+    );
+}
+
+#[test]
+fn the_happy_path_and_its_repeats() {
+    let facts = TransferFacts::default();
+    let mut history = vec![requested()];
+    let debit = state(&history)
+        .decide(&step(TransferCommand::RecordDebit), &facts)
+        .unwrap();
+    assert_eq!(debit, vec![TransferEvent::DebitRecorded(DebitRecorded {})]);
+    history.extend(debit);
+    assert!(
+        state(&history)
+            .decide(&step(TransferCommand::RecordDebit), &facts)
+            .unwrap()
+            .is_empty()
+    );
+    let credit = state(&history)
+        .decide(&step(TransferCommand::RecordCredit), &facts)
+        .unwrap();
+    assert_eq!(credit.len(), 2);
+    history.extend(credit);
+    let done = state(&history);
+    assert_eq!(done.status, TransferStatus::Completed);
+    for repeat in [
+        step(TransferCommand::RecordDebit),
+        step(TransferCommand::RecordCredit),
+    ] {
+        assert!(done.decide(&repeat, &facts).unwrap().is_empty());
+    }
+    assert_eq!(
+        done.decide(&fail(true), &facts).unwrap_err().code(),
+        ErrorCode::Conflict
+    );
+}
+
+#[test]
+fn a_failed_credit_ends_failed_only_after_the_refund() {
+    let facts = TransferFacts::default();
+    let debited = state(&[requested(), TransferEvent::DebitRecorded(DebitRecorded {})]);
+    // Money was taken: failing without the refund is refused.
+    assert_eq!(
+        debited.decide(&fail(false), &facts).unwrap_err().code(),
+        ErrorCode::Conflict
+    );
+    let events = debited.decide(&fail(true), &facts).unwrap();
+    assert!(matches!(events[0], TransferEvent::RefundRecorded(_)));
+    assert!(matches!(events[1], TransferEvent::TransferFailed(_)));
+    let mut history = vec![requested(), TransferEvent::DebitRecorded(DebitRecorded {})];
+    history.extend(events);
+    let failed = state(&history);
+    assert_eq!(
+        (failed.status, failed.refunded),
+        (TransferStatus::Failed, true)
+    );
+    assert!(failed.decide(&fail(true), &facts).unwrap().is_empty());
+    assert_eq!(
+        failed
+            .decide(&step(TransferCommand::RecordCredit), &facts)
+            .unwrap_err()
+            .code(),
+        ErrorCode::Conflict
+    );
+}
+
+#[test]
+fn a_failed_debit_ends_failed_with_nothing_to_refund() {
+    let requested = state(&[requested()]);
+    let events = requested
+        .decide(&fail(false), &TransferFacts::default())
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(matches!(events[0], TransferEvent::TransferFailed(_)));
+    assert_eq!(
+        requested
+            .decide(&fail(true), &TransferFacts::default())
+            .unwrap_err()
+            .code(),
+        ErrorCode::Conflict,
+        "nothing was debited, so nothing can have been refunded"
+    );
+}
+
+fn any_step() -> impl Strategy<Value = TransferCommand> {
+    prop_oneof![
+        Just(step(TransferCommand::RecordDebit)),
+        Just(step(TransferCommand::RecordCredit)),
+        Just(fail(false)),
+        Just(fail(true)),
+    ]
+}
+
+proptest! {
+    /// Whatever order and however often the steps arrive (a process manager retrying after
+    /// crashes), money moves at most once each way and a settled transfer stays settled.
+    #[test]
+    fn steps_in_any_order_and_repetition_move_money_at_most_once(steps in prop::collection::vec(any_step(), 0..30)) {
+        let mut history = vec![requested()];
+        let mut settled_as = None;
+        for command in steps {
+            let transfer = state(&history);
+            if let Ok(events) = transfer.decide(&command, &TransferFacts::default()) {
+                history.extend(events);
+            }
+            let now = state(&history).status;
+            if let Some(settled) = settled_as {
+                prop_assert_eq!(now, settled);
+            } else if now.is_settled() {
+                settled_as = Some(now);
+            }
+        }
+        let count = |name: &str| history.iter().filter(|e| cqrs_es::DomainEvent::event_type(*e) == name).count();
+        prop_assert!(count("DebitRecorded") <= 1);
+        prop_assert!(count("CreditRecorded") <= 1);
+        prop_assert!(count("RefundRecorded") <= 1);
+        prop_assert!(count("CreditRecorded") + count("RefundRecorded") <= count("DebitRecorded"));
+        prop_assert!(count("TransferCompleted") + count("TransferFailed") <= 1);
+    }
+}
