@@ -28,6 +28,9 @@ pub struct Digest {
     /// Hex SHA-256 Merkle root over the chain heads (ARCHITECTURE.md, "Digests").
     pub merkle_root: String,
     pub taken_at: DateTime<Utc>,
+    /// Present when the publisher has a signing key (`TALLY_AUDIT_SIGNING_KEY_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::digest_signing::DigestSignature>,
 }
 
 /// The Merkle root over heads, sorted here by (type, id) bytes whatever order they came in.
@@ -100,12 +103,17 @@ pub async fn take(pool: &PgPool) -> Result<Digest, sqlx::Error> {
         aggregate_count: i64::try_from(heads.len()).unwrap_or(i64::MAX),
         merkle_root: hex::encode(root_of(&heads)),
         taken_at,
+        signature: None,
     })
 }
 
-/// What a verify run restricted to `digest.as_of_tx` found that contradicts the digest.
-pub fn compare(digest: &Digest, report: &VerifyReport) -> Vec<Finding> {
+/// What a verify run restricted to `digest.as_of_tx` found that contradicts the digest, and
+/// whether its signature holds (made with `pinned_key`, when given).
+pub fn compare(digest: &Digest, report: &VerifyReport, pinned_key: Option<&str>) -> Vec<Finding> {
     let mut found = Vec::new();
+    if let Err(reason) = crate::digest_signing::check(digest, pinned_key) {
+        found.push(Finding::DigestSignature { reason });
+    }
     let root = hex::encode(report.merkle_root());
     if root != digest.merkle_root {
         found.push(Finding::DigestMismatch {

@@ -50,6 +50,8 @@ pub enum Finding {
         derived: String,
         read_model: String,
     },
+    /// The digest's signature does not hold, or is not by the expected key.
+    DigestSignature { reason: String },
     /// The digest's root or count is not what the store holds up to the digest's point.
     DigestMismatch {
         field: String,
@@ -116,6 +118,7 @@ impl std::fmt::Display for Finding {
                 f,
                 "{aggregate_type} {aggregate_id}: read model {field} is {read_model}, events say {derived}"
             ),
+            Finding::DigestSignature { reason } => write!(f, "digest signature: {reason}"),
             Finding::DigestMismatch {
                 field,
                 digest,

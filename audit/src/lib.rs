@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod chain_check;
 pub mod digest;
+pub mod digest_signing;
 pub mod finding;
 pub mod fold;
 pub mod history;

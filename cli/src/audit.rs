@@ -26,6 +26,9 @@ pub enum AuditCommand {
     Digest(DigestArgs),
     /// Write one aggregate's full history, with who/why and hashes, to stdout.
     Export(ExportArgs),
+    /// Print a new ed25519 key pair for signing digests, as JSON: keep `secret_key` in a file
+    /// for `TALLY_AUDIT_SIGNING_KEY_FILE`, give `public_key` to auditors.
+    Keygen,
 }
 
 #[derive(Debug, Args)]
@@ -41,6 +44,9 @@ pub struct VerifyArgs {
     /// sequence number of a digest in the audit stream (`<PREFIX>_AUDIT`).
     #[arg(long)]
     digest: Option<String>,
+    /// With `--digest`: require the digest to be signed by this ed25519 public key (hex).
+    #[arg(long = "public-key", requires = "digest")]
+    public_key: Option<String>,
     /// Findings printed at most (all are counted).
     #[arg(long = "findings-max", default_value_t = 100)]
     findings_max: usize,
@@ -50,6 +56,9 @@ pub struct VerifyArgs {
 pub struct DigestArgs {
     #[command(flatten)]
     database: Database,
+    /// Sign the digest with the ed25519 secret key in this file.
+    #[arg(long = "signing-key-file")]
+    signing_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -79,12 +88,28 @@ pub async fn run(
     match command {
         AuditCommand::Verify(args) => verify(args, nats, json).await,
         AuditCommand::Digest(args) => {
+            let key = args
+                .signing_key_file
+                .as_deref()
+                .map(audit::digest_signing::load_signing_key)
+                .transpose()?;
             let pool = args.database.pool().await?;
-            let digest = audit::digest::take(&pool).await?;
+            let mut digest = audit::digest::take(&pool).await?;
+            if let Some(key) = &key {
+                audit::digest_signing::sign(&mut digest, key);
+            }
             println!("{}", serde_json::to_string_pretty(&digest)?);
             Ok(true)
         }
         AuditCommand::Export(args) => export(args, http, nats.timeout_ms).await,
+        AuditCommand::Keygen => {
+            let (secret_key, public_key) = audit::digest_signing::generate_key();
+            println!(
+                "{}",
+                serde_json::json!({"algorithm": "ed25519", "secret_key": secret_key, "public_key": public_key})
+            );
+            Ok(true)
+        }
     }
 }
 
@@ -128,7 +153,7 @@ async fn verify(args: VerifyArgs, nats: &Connection, json: bool) -> anyhow::Resu
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(digest) = &digest {
-        for finding in audit::digest::compare(digest, &report) {
+        for finding in audit::digest::compare(digest, &report, args.public_key.as_deref()) {
             report.findings_total += 1;
             report.findings.push(finding);
         }
@@ -191,9 +216,16 @@ fn print_report(report: &VerifyReport, elapsed_s: f64, digest: Option<&Digest>) 
     );
     if let Some(digest) = digest {
         println!(
-            "digest as of tx {} ({} events): {}",
+            "digest as of tx {} ({} events, {}): {}",
             digest.as_of_tx,
             digest.event_count,
+            digest
+                .signature
+                .as_ref()
+                .map_or("unsigned".to_owned(), |s| format!(
+                    "signed by {}",
+                    s.public_key
+                )),
             if report.findings_total == 0 {
                 "history unchanged"
             } else {

@@ -32,6 +32,8 @@ pub enum StartupError {
     Subscribe(#[from] async_nats::SubscribeError),
     #[error(transparent)]
     Bind(#[from] platform::ops_http::BindError),
+    #[error(transparent)]
+    SigningKey(#[from] audit::digest_signing::KeyError),
 }
 
 #[derive(Debug)]
@@ -43,6 +45,7 @@ pub struct Application {
     schemas: Arc<SchemaRegistry>,
     relay: Relay,
     subscription: async_nats::Subscriber,
+    digest_key: Option<ed25519_dalek::SigningKey>,
     config: Config,
 }
 
@@ -58,6 +61,11 @@ impl Application {
                 tracing::warn!(%error, "hash-chain backfill failed; the next start retries")
             }
         }
+        let digest_key = config
+            .audit_signing_key_file
+            .as_deref()
+            .map(audit::digest_signing::load_signing_key)
+            .transpose()?;
         let schemas = Arc::new(SchemaRegistry::load()?);
         let executor = Arc::new(Executor::new(
             TallyRepository::new(infra.pool.clone()),
@@ -87,6 +95,7 @@ impl Application {
             schemas,
             relay,
             subscription,
+            digest_key,
             config,
         })
     }
@@ -129,6 +138,7 @@ impl Application {
                 subject: self.infra.subjects.audit_digest(),
                 stream: self.infra.streams.audit.clone(),
                 interval: Duration::from_secs(self.config.audit_digest_interval_s),
+                signing_key: self.digest_key,
             }
             .run(shutdown.clone()),
         );

@@ -19,6 +19,7 @@ pub struct DigestPublisher {
     pub subject: String,
     pub stream: String,
     pub interval: Duration,
+    pub signing_key: Option<ed25519_dalek::SigningKey>,
 }
 
 impl DigestPublisher {
@@ -48,7 +49,7 @@ impl DigestPublisher {
 
     /// Takes a digest and publishes it unless it equals the last one. Returns what it published.
     pub async fn publish_once(&self) -> Result<Option<Digest>, String> {
-        let digest = audit::digest::take(&self.pool)
+        let mut digest = audit::digest::take(&self.pool)
             .await
             .map_err(|e| format!("taking the digest failed: {e}"))?;
         if let Ok(stream) = self.jetstream.get_stream(&self.stream).await
@@ -58,6 +59,9 @@ impl DigestPublisher {
             && previous.merkle_root == digest.merkle_root
         {
             return Ok(None);
+        }
+        if let Some(key) = &self.signing_key {
+            audit::digest_signing::sign(&mut digest, key);
         }
         let body = serde_json::to_vec(&digest).map_err(|e| e.to_string())?;
         let mut headers = async_nats::HeaderMap::new();

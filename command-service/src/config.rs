@@ -82,4 +82,8 @@ pub struct Config {
         default_value_t = 60
     )]
     pub audit_digest_interval_s: u64,
+    /// A file holding an ed25519 secret key (64 hex digits, e.g. from `tally audit keygen`):
+    /// digests are then signed with it. Unset: digests are published unsigned.
+    #[arg(long = "audit-signing-key-file", env = "TALLY_AUDIT_SIGNING_KEY_FILE")]
+    pub audit_signing_key_file: Option<std::path::PathBuf>,
 }

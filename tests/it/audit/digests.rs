@@ -91,3 +91,67 @@ async fn a_digest_proves_history_unchanged_even_when_the_chain_is_rewritten() {
         assert_eq!(report["findings"][0]["field"], "merkle_root");
     }
 }
+
+#[tokio::test]
+async fn signed_digests_prove_who_took_them() {
+    let mut app = TestApp::spawn().await;
+    account_with_deposits(&app, "sg-1", &[10]).await;
+    let keys: Value =
+        serde_json::from_slice(&app.tally(&["audit", "keygen"]).await.stdout).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("digest.key");
+    std::fs::write(&key_file, keys["secret_key"].as_str().unwrap()).unwrap();
+    let key_file = key_file.to_str().unwrap().to_owned();
+    let public = keys["public_key"].as_str().unwrap();
+
+    app.stop_command_service().await;
+    app.start_command_service(&[
+        "--audit-digest-interval-s=1",
+        &format!("--audit-signing-key-file={key_file}"),
+    ])
+    .await;
+    let mut stream = app.jetstream.get_stream(&app.streams.audit).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let sequence = loop {
+        let info = stream.info().await.unwrap();
+        if info.state.messages > 0 {
+            break info.state.last_sequence.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no digest published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (code, report) = verify_json(&app, &["--digest", &sequence, "--public-key", public]).await;
+    assert_eq!(code, Some(0), "{report}");
+    let others: Value =
+        serde_json::from_slice(&app.tally(&["audit", "keygen"]).await.stdout).unwrap();
+    let other = others["public_key"].as_str().unwrap();
+    let (code, report) = verify_json(&app, &["--digest", &sequence, "--public-key", other]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        report["findings"][0]["kind"], "digest_signature",
+        "{report}"
+    );
+
+    // A signed digest file whose numbers were edited no longer verifies.
+    let taken = app
+        .tally(&["audit", "digest", "--signing-key-file", &key_file])
+        .await;
+    let mut digest: Value = serde_json::from_slice(&taken.stdout).unwrap();
+    assert_eq!(digest["signature"]["public_key"], public);
+    let file = dir.path().join("digest.json");
+    std::fs::write(&file, serde_json::to_vec(&digest).unwrap()).unwrap();
+    let file = file.to_str().unwrap();
+    let (code, report) = verify_json(&app, &["--digest", file, "--public-key", public]).await;
+    assert_eq!(code, Some(0), "{report}");
+    digest["event_count"] = json!(1);
+    std::fs::write(file, serde_json::to_vec(&digest).unwrap()).unwrap();
+    let (code, report) = verify_json(&app, &["--digest", file]).await;
+    assert_eq!(code, Some(1));
+    let kinds: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"digest_signature"), "{report}");
+}
