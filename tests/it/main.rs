@@ -17,6 +17,7 @@ mod outbox;
 mod projections;
 mod read_api;
 mod rebuild;
+mod rebuild_crash;
 mod schemathesis;
 mod service_binaries;
 mod snapshots;
