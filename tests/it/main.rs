@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation should panic
 
 mod audit;
+mod canonical_json;
 mod cli;
 mod commands;
 mod config_docs;
