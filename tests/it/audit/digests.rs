@@ -8,6 +8,22 @@ use tests::TestApp;
 
 use super::{account_with_deposits, verify_json};
 
+/// Waits for the command-service's first digest in the audit stream: (sequence, digest).
+async fn first_published_digest(app: &TestApp) -> (u64, Value) {
+    let mut stream = app.jetstream.get_stream(&app.streams.audit).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let info = stream.info().await.unwrap();
+        if info.state.messages > 0 {
+            let sequence = info.state.last_sequence;
+            let message = stream.get_raw_message(sequence).await.unwrap();
+            return (sequence, serde_json::from_slice(&message.payload).unwrap());
+        }
+        assert!(std::time::Instant::now() < deadline, "no digest published");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_digest_proves_history_unchanged_even_when_the_chain_is_rewritten() {
     let mut app = TestApp::spawn().await;
@@ -18,18 +34,7 @@ async fn a_digest_proves_history_unchanged_even_when_the_chain_is_rewritten() {
     app.stop_command_service().await;
     app.start_command_service(&["--audit-digest-interval-s=1"])
         .await;
-    let mut stream = app.jetstream.get_stream(&app.streams.audit).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let sequence = loop {
-        let info = stream.info().await.unwrap();
-        if info.state.messages > 0 {
-            break info.state.last_sequence;
-        }
-        assert!(std::time::Instant::now() < deadline, "no digest published");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let published: Value =
-        serde_json::from_slice(&stream.get_raw_message(sequence).await.unwrap().payload).unwrap();
+    let (sequence, published) = first_published_digest(&app).await;
     assert_eq!(published["event_count"], 5, "{published}");
     assert_eq!(published["aggregate_count"], 2);
     let (code, report) = verify_json(&app, &["--digest", &sequence.to_string()]).await;
@@ -110,16 +115,8 @@ async fn signed_digests_prove_who_took_them() {
         &format!("--audit-signing-key-file={key_file}"),
     ])
     .await;
-    let mut stream = app.jetstream.get_stream(&app.streams.audit).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let sequence = loop {
-        let info = stream.info().await.unwrap();
-        if info.state.messages > 0 {
-            break info.state.last_sequence.to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "no digest published");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (sequence, _) = first_published_digest(&app).await;
+    let sequence = sequence.to_string();
     let (code, report) = verify_json(&app, &["--digest", &sequence, "--public-key", public]).await;
     assert_eq!(code, Some(0), "{report}");
     let others: Value =
