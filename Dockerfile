@@ -6,8 +6,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p command-service -p projections -p query-service --bins \
-    && mkdir -p /out && cp target/release/command-service target/release/projections target/release/query-service /out/
+    cargo build --release --locked -p command-service -p projections -p process-manager -p query-service --bins \
+    && mkdir -p /out && cp target/release/command-service target/release/projections target/release/process-manager target/release/query-service /out/
 
 FROM debian:bookworm-slim AS runtime
 ARG SERVICE

@@ -94,7 +94,83 @@ impl AccountFold {
             AccountEvent::AccountClosed(_) if balance != 0 => {
                 Err(format!("closed with a balance of {balance}"))
             }
+            AccountEvent::AccountClosed(_) if !self.state.transfers_in_flight.is_empty() => {
+                Err("closed with transfers in flight".into())
+            }
+            AccountEvent::TransferDebited(e) => {
+                if status != AccountStatus::Open {
+                    return Err("transfer debited from a frozen account".into());
+                }
+                if self.state.transfers_in_flight.contains(&e.transfer_id) {
+                    return Err(format!("transfer {} debited twice", e.transfer_id));
+                }
+                let expected = (e.amount > 0)
+                    .then(|| balance.checked_sub(e.amount))
+                    .flatten()
+                    .filter(|b| *b >= 0);
+                movement(
+                    "transfer debit",
+                    e.amount,
+                    balance,
+                    expected,
+                    e.balance_after,
+                )
+            }
+            AccountEvent::TransferCredited(e) => {
+                let expected = (e.amount > 0)
+                    .then(|| balance.checked_add(e.amount))
+                    .flatten();
+                movement(
+                    "transfer credit",
+                    e.amount,
+                    balance,
+                    expected,
+                    e.balance_after,
+                )
+            }
+            AccountEvent::TransferRefunded(e) => {
+                if !self.state.transfers_in_flight.contains(&e.transfer_id) {
+                    return Err(format!(
+                        "refund of transfer {} that was not in flight",
+                        e.transfer_id
+                    ));
+                }
+                let expected = (e.amount > 0)
+                    .then(|| balance.checked_add(e.amount))
+                    .flatten();
+                movement(
+                    "transfer refund",
+                    e.amount,
+                    balance,
+                    expected,
+                    e.balance_after,
+                )
+            }
+            AccountEvent::TransferSettled(e)
+                if !self.state.transfers_in_flight.contains(&e.transfer_id) =>
+            {
+                Err(format!(
+                    "settle of transfer {} that was not in flight",
+                    e.transfer_id
+                ))
+            }
             _ => Ok(()),
         }
     }
+}
+
+/// A stated `balance_after` must be what the rules give.
+fn movement(
+    what: &str,
+    amount: i64,
+    balance: i64,
+    expected: Option<i64>,
+    stated: i64,
+) -> Result<(), String> {
+    if expected == Some(stated) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} of {amount} on a balance of {balance} states balance_after {stated}"
+    ))
 }

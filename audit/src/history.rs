@@ -41,6 +41,26 @@ pub async fn events_page(
     .await
 }
 
+/// Most events one flow lookup returns: a transfer has about a dozen.
+pub const CORRELATED_MAX: i64 = 1_000;
+
+/// The events of one flow across aggregates (e.g. a transfer and its steps on both accounts),
+/// in insertion order, at most [`CORRELATED_MAX`].
+pub async fn correlated_events(
+    pool: &PgPool,
+    correlation_id: uuid::Uuid,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM events
+         WHERE metadata ->> 'correlation_id' = $1
+         ORDER BY global_position LIMIT $2"
+    ))
+    .bind(correlation_id.to_string())
+    .bind(CORRELATED_MAX)
+    .fetch_all(pool)
+    .await
+}
+
 /// Every event of one aggregate, oldest first, streamed (exports of long histories).
 pub fn events_stream(
     pool: PgPool,

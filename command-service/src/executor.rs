@@ -6,12 +6,16 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventStore};
-use domain::{Account, CommandReply, ErrorCode, EventMetadata};
+use domain::account::AccountServices;
+use domain::transfer::{AccountFacts, Transfer, TransferCommand, TransferFacts};
+use domain::{Account, AccountCommand, AccountStatus, CommandReply, ErrorCode, EventMetadata};
 use rand::Rng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::aggregate_locks::AggregateLocks;
-use crate::incoming::IncomingCommand;
+use crate::incoming::{Command, IncomingCommand};
 use crate::rejection::Rejection;
 use crate::repository::{self, TallyRepository};
 use crate::snapshots;
@@ -47,9 +51,28 @@ pub struct ExecutorLimits {
     pub snapshot_every: u64,
 }
 
+/// What the executor needs of an aggregate besides cqrs-es's trait: its snapshots are JSON, and
+/// its refusals become wire rejections.
+pub trait Executable: Aggregate + Clone + Serialize + DeserializeOwned {
+    fn rejection(error: &Self::Error) -> Rejection;
+}
+
+impl Executable for Account {
+    fn rejection(error: &Self::Error) -> Rejection {
+        Rejection::from(error)
+    }
+}
+
+impl Executable for Transfer {
+    fn rejection(error: &Self::Error) -> Rejection {
+        Rejection::from(error)
+    }
+}
+
 pub struct Executor {
     repo: TallyRepository,
-    store: PersistedEventStore<TallyRepository, Account>,
+    accounts: PersistedEventStore<TallyRepository, Account>,
+    transfers: PersistedEventStore<TallyRepository, Transfer>,
     locks: AggregateLocks,
     limits: ExecutorLimits,
 }
@@ -70,8 +93,9 @@ enum Attempt {
 impl Executor {
     pub fn new(repo: TallyRepository, limits: ExecutorLimits) -> Self {
         Executor {
-            store: PersistedEventStore::new_event_store(repo.clone())
+            accounts: PersistedEventStore::new_event_store(repo.clone())
                 .with_upcasters(domain::account::upcast::account_upcasters()),
+            transfers: PersistedEventStore::new_event_store(repo.clone()),
             repo,
             locks: AggregateLocks::default(),
             limits,
@@ -83,7 +107,7 @@ impl Executor {
     }
 
     /// Runs `incoming` exactly once per command id: a repeated id gets the first reply.
-    #[tracing::instrument(skip_all, fields(command_id = %incoming.command_id, aggregate_id = incoming.aggregate_id(), command = incoming.command.name()))]
+    #[tracing::instrument(skip_all, fields(command_id = %incoming.command_id, aggregate_id = %incoming.aggregate_id(), command = incoming.command.name()))]
     pub async fn execute(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
         if let Some(reply) = self
             .repo
@@ -103,7 +127,19 @@ impl Executor {
             ))
             .await;
         for attempt in 0..=self.limits.conflict_retries_max {
-            match self.attempt(&incoming).await? {
+            let outcome = match &incoming.command {
+                Command::Account(command) => {
+                    let services = self.account_services(command).await?;
+                    self.attempt(&self.accounts, &incoming, command.clone(), services)
+                        .await?
+                }
+                Command::Transfer(command) => {
+                    let facts = self.transfer_facts(command).await?;
+                    self.attempt(&self.transfers, &incoming, command.clone(), facts)
+                        .await?
+                }
+            };
+            match outcome {
                 Attempt::Done(reply) => return Ok(reply),
                 Attempt::Conflict => {
                     // Lost a race with another instance, or with a concurrent duplicate of this
@@ -123,76 +159,126 @@ impl Executor {
         }
         let rejection = Rejection::new(
             ErrorCode::Conflict,
-            "the account is under heavy concurrent use; retry with the same command id",
+            format!(
+                "the {} is under heavy concurrent use; retry with the same command id",
+                incoming.aggregate_type()
+            ),
         );
         // Not logged: contention is transient, so a retry with the same id may succeed.
         Ok(rejection.into_reply(incoming.command_id))
     }
 
-    async fn attempt(&self, incoming: &IncomingCommand) -> Result<Attempt, ExecuteError> {
-        let mut context = self.load(incoming.aggregate_id()).await?;
+    /// What an account command needs to know: for a transfer step, the transfer as recorded.
+    async fn account_services(
+        &self,
+        command: &AccountCommand,
+    ) -> Result<AccountServices, ExecuteError> {
+        let Some(transfer_id) = command.transfer_id() else {
+            return Ok(AccountServices::default());
+        };
+        let transfer = self.load::<Transfer>(&transfer_id.to_string()).await?;
+        Ok(AccountServices {
+            transfer: Some(transfer.aggregate),
+        })
+    }
+
+    /// What a transfer request needs to know: both accounts' currency and status.
+    async fn transfer_facts(
+        &self,
+        command: &TransferCommand,
+    ) -> Result<TransferFacts, ExecuteError> {
+        let TransferCommand::Request(request) = command else {
+            return Ok(TransferFacts::default());
+        };
+        let facts = |account: Account| {
+            (account.status != AccountStatus::Unopened).then_some(AccountFacts {
+                currency: account.currency,
+                status: account.status,
+            })
+        };
+        Ok(TransferFacts {
+            from: facts(self.load::<Account>(&request.from).await?.aggregate),
+            to: facts(self.load::<Account>(&request.to).await?.aggregate),
+        })
+    }
+
+    async fn attempt<A: Executable>(
+        &self,
+        store: &PersistedEventStore<TallyRepository, A>,
+        incoming: &IncomingCommand,
+        command: A::Command,
+        services: A::Services,
+    ) -> Result<Attempt, ExecuteError> {
+        let aggregate_id = incoming.aggregate_id();
+        let mut context = self.load::<A>(&aggregate_id).await?;
         let version_before = context.current_sequence;
         if let Some(expected) = incoming.expected_version
             && u64::try_from(version_before).ok() != Some(expected)
         {
             let rejection = Rejection::new(
                 ErrorCode::Conflict,
-                format!("expected version {expected}, but the account is at {version_before}"),
+                format!(
+                    "expected version {expected}, but the {} is at {version_before}",
+                    A::TYPE
+                ),
             )
             .with_details(serde_json::json!({"expected": expected, "actual": version_before}));
             return self.reject(incoming, rejection).await.map(Attempt::Done);
         }
 
-        let sink = EventSink::<Account>::default();
-        let handled = context
-            .aggregate
-            .handle(incoming.command.clone(), &(), &sink)
-            .await;
+        let sink = EventSink::<A>::default();
+        let handled = context.aggregate.handle(command, &services, &sink).await;
         if let Err(error) = handled {
             return self
-                .reject(incoming, Rejection::from(&error))
+                .reject(incoming, A::rejection(&error))
                 .await
                 .map(Attempt::Done);
         }
         let events = sink.collect().await;
         let state_after = context.aggregate.clone();
         let metadata = metadata(incoming).to_map();
-        match self.store.commit(events, context, metadata).await {
+        let accepted = |version: usize| -> Result<Attempt, ExecuteError> {
+            let version =
+                u64::try_from(version).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
+            Ok(Attempt::Done(repository::accepted_reply(
+                incoming.command_id,
+                A::TYPE,
+                &aggregate_id,
+                version,
+            )))
+        };
+        match store.commit(events, context, metadata).await {
             Ok(committed) => {
                 let version = committed.last().map_or(version_before, |e| e.sequence);
-                self.maybe_snapshot(
-                    incoming.aggregate_id(),
-                    version_before,
-                    version,
-                    &state_after,
-                )
-                .await;
-                let version =
-                    u64::try_from(version).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
-                Ok(Attempt::Done(repository::accepted_reply(
-                    incoming.command_id,
-                    incoming.aggregate_type(),
-                    incoming.aggregate_id(),
-                    version,
-                )))
+                self.maybe_snapshot(&aggregate_id, version_before, version, &state_after)
+                    .await;
+                accepted(version)
             }
             Err(AggregateError::AggregateConflict) => Ok(Attempt::Conflict),
+            Err(AggregateError::UnexpectedError(error))
+                if error.is::<repository::StepAlreadyApplied>() =>
+            {
+                // The same transfer step under another command id got there first: this one
+                // changes nothing, which is what a repeated step must do.
+                tracing::debug!("transfer step already applied");
+                accepted(version_before)
+            }
             Err(AggregateError::DatabaseConnectionError(e)) => Err(ExecuteError::Unavailable(e)),
-            Err(other) => Err(ExecuteError::Internal(Box::new(other))),
+            Err(other) => Err(ExecuteError::Internal(other.to_string().into())),
         }
     }
 
     /// The aggregate as of its last event: from our snapshot plus the events after it.
-    pub async fn load(
+    pub async fn load<A: Executable>(
         &self,
         aggregate_id: &str,
-    ) -> Result<EventStoreAggregateContext<Account>, ExecuteError> {
-        let snapshot = snapshots::load::<Account>(self.repo.pool(), aggregate_id)
+    ) -> Result<EventStoreAggregateContext<A>, ExecuteError> {
+        let snapshot = snapshots::load::<A>(self.repo.pool(), aggregate_id)
             .await
             .map_err(from_sqlx)?;
         let (aggregate, current_sequence) = match snapshot {
             Some(s) => (s.state, s.last_sequence),
-            None => (Account::default(), 0),
+            None => (A::default(), 0),
         };
         let mut context = EventStoreAggregateContext {
             aggregate_id: aggregate_id.to_owned(),
@@ -200,7 +286,7 @@ impl Executor {
             current_sequence,
             current_snapshot: None,
         };
-        let events = cqrs_es::persist::PersistedEventRepository::get_last_events::<Account>(
+        let events = cqrs_es::persist::PersistedEventRepository::get_last_events::<A>(
             &self.repo,
             aggregate_id,
             current_sequence,
@@ -212,7 +298,7 @@ impl Executor {
         })?;
         for event in events {
             let event = domain::account::upcast::upcast_event(event);
-            let envelope = cqrs_es::EventEnvelope::<Account>::try_from(event)
+            let envelope = cqrs_es::EventEnvelope::<A>::try_from(event)
                 .map_err(|e| ExecuteError::Internal(Box::new(e)))?;
             context.current_sequence = envelope.sequence;
             context.aggregate.apply(envelope.payload);
@@ -230,19 +316,19 @@ impl Executor {
             .log_rejection(
                 incoming.command_id,
                 incoming.aggregate_type(),
-                incoming.aggregate_id(),
+                &incoming.aggregate_id(),
                 &reply,
             )
             .await
             .map_err(from_sqlx)
     }
 
-    async fn maybe_snapshot(
+    async fn maybe_snapshot<A: Executable>(
         &self,
         aggregate_id: &str,
         before: usize,
         after: usize,
-        state: &Account,
+        state: &A,
     ) {
         if !snapshots::due(before, after, self.limits.snapshot_every) {
             return;
@@ -261,6 +347,12 @@ pub fn metadata(incoming: &IncomingCommand) -> EventMetadata {
         incoming.actor.clone(),
         chrono::Utc::now(),
     );
+    if let Some(correlation_id) = incoming.correlation_id {
+        metadata.correlation_id = correlation_id;
+    }
+    if let Some(causation_id) = incoming.causation_id {
+        metadata.causation_id = causation_id;
+    }
     metadata.trace_id = incoming.trace_id.clone();
     metadata.traceparent = incoming.traceparent.clone();
     metadata

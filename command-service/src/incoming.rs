@@ -5,6 +5,7 @@ use async_nats::HeaderMap;
 use domain::ErrorCode;
 use domain::account::AccountCommand;
 use domain::metadata::ANONYMOUS_ACTOR;
+use domain::transfer::TransferCommand;
 use uuid::Uuid;
 
 use crate::rejection::Rejection;
@@ -16,12 +17,57 @@ pub const BODY_MAX_BYTES: usize = 64 * 1024;
 pub const HEADER_COMMAND_ID: &str = "Tally-Command-Id";
 pub const HEADER_EXPECTED_VERSION: &str = "Tally-Expected-Version";
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// The business flow a command belongs to (a process manager sets the transfer id).
+pub const HEADER_CORRELATION_ID: &str = "Tally-Correlation-Id";
+/// What caused the command (a process manager sets the event it reacted to).
+pub const HEADER_CAUSATION_ID: &str = "Tally-Causation-Id";
+
+/// A parsed command for one of the aggregates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Account(AccountCommand),
+    Transfer(TransferCommand),
+}
+
+impl Command {
+    pub fn aggregate_type(&self) -> &'static str {
+        match self {
+            Command::Account(_) => "account",
+            Command::Transfer(_) => "transfer",
+        }
+    }
+
+    pub fn aggregate_id(&self) -> String {
+        match self {
+            Command::Account(c) => c.account_id().to_owned(),
+            Command::Transfer(c) => c.transfer_id().to_string(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Account(c) => c.name(),
+            Command::Transfer(c) => c.name(),
+        }
+    }
+
+    /// The flow a command belongs to when its sender does not say: a transfer's id.
+    fn default_correlation(&self) -> Option<Uuid> {
+        match self {
+            Command::Account(c) => c.transfer_id(),
+            Command::Transfer(c) => Some(c.transfer_id()),
+        }
+    }
+}
 
 /// A command ready for the executor.
 #[derive(Debug, Clone)]
 pub struct IncomingCommand {
     pub command_id: Uuid,
-    pub command: AccountCommand,
+    pub command: Command,
+    /// Defaults to the command id (a client's command is its own flow and cause).
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
     pub actor: String,
     pub trace_id: Option<String>,
     /// The client's `traceparent`, kept whole when well formed.
@@ -30,12 +76,26 @@ pub struct IncomingCommand {
 }
 
 impl IncomingCommand {
-    pub fn aggregate_type(&self) -> &'static str {
-        "account"
+    /// A command with no headers: the client is its own correlation and cause.
+    pub fn new(command_id: Uuid, command: Command) -> Self {
+        IncomingCommand {
+            command_id,
+            command,
+            correlation_id: None,
+            causation_id: None,
+            actor: ANONYMOUS_ACTOR.to_owned(),
+            trace_id: None,
+            traceparent: None,
+            expected_version: None,
+        }
     }
 
-    pub fn aggregate_id(&self) -> &str {
-        self.command.account_id()
+    pub fn aggregate_type(&self) -> &'static str {
+        self.command.aggregate_type()
+    }
+
+    pub fn aggregate_id(&self) -> String {
+        self.command.aggregate_id()
     }
 }
 
@@ -102,8 +162,11 @@ pub fn parse(
         )
     })?;
     schemas.check(aggregate, name, &value)?;
-    let command = AccountCommand::from_json(name, value)
-        .map_err(|e| Rejection::new(ErrorCode::SchemaViolation, e.to_string()))?;
+    let command = match aggregate {
+        "transfer" => TransferCommand::from_json(name, value).map(Command::Transfer),
+        _ => AccountCommand::from_json(name, value).map(Command::Account),
+    }
+    .map_err(|e| Rejection::new(ErrorCode::SchemaViolation, e.to_string()))?;
     let expected_version = match headers.and_then(|h| h.get(HEADER_EXPECTED_VERSION)) {
         None => None,
         Some(raw) => Some(raw.as_str().trim().parse::<u64>().map_err(|_| {
@@ -113,8 +176,12 @@ pub fn parse(
             )
         })?),
     };
+    let correlation_id =
+        uuid_header(headers, HEADER_CORRELATION_ID)?.or(command.default_correlation());
     Ok(IncomingCommand {
         command_id,
+        correlation_id,
+        causation_id: uuid_header(headers, HEADER_CAUSATION_ID)?,
         command,
         actor: ANONYMOUS_ACTOR.to_owned(),
         trace_id: headers.and_then(trace_id),
@@ -123,6 +190,20 @@ pub fn parse(
             .and_then(|h| h.get(HEADER_TRACEPARENT))
             .map(|v| v.as_str().to_owned()),
         expected_version,
+    })
+}
+
+/// An optional UUID header; present but malformed is an error, never ignored.
+fn uuid_header(headers: Option<&HeaderMap>, name: &str) -> Result<Option<Uuid>, Rejection> {
+    let Some(raw) = headers.and_then(|h| h.get(name)) else {
+        return Ok(None);
+    };
+    Uuid::parse_str(raw.as_str().trim()).map(Some).map_err(|_| {
+        Rejection::new(
+            ErrorCode::SchemaViolation,
+            format!("header {name} must be a UUID, got `{}`", raw.as_str()),
+        )
+        .with_details(serde_json::json!({"header": name}))
     })
 }
 

@@ -142,9 +142,16 @@ impl Jobs {
             .map(|i| (i.stream_sequence, i.delivered))
             .unwrap_or((0, 1));
         let fallback = executor::derived_command_id(&self.streams.commands, stream_sequence);
-        let (reply, aggregate_id, transient) =
+        let (reply, target, transient) =
             match incoming::command_id(message.headers.as_ref(), fallback) {
-                Err(rejection) => (rejection.into_reply(fallback), String::new(), false),
+                Err(rejection) => (
+                    rejection.into_reply(fallback),
+                    (
+                        aggregate_type_of(&message.subject, self.subjects.prefix()),
+                        String::new(),
+                    ),
+                    false,
+                ),
                 Ok(command_id) => {
                     let parsed = match incoming::split_subject(
                         &message.subject,
@@ -165,12 +172,19 @@ impl Jobs {
                         ),
                     };
                     match parsed {
-                        Err(rejection) => (rejection.into_reply(command_id), String::new(), false),
+                        Err(rejection) => (
+                            rejection.into_reply(command_id),
+                            (
+                                aggregate_type_of(&message.subject, self.subjects.prefix()),
+                                String::new(),
+                            ),
+                            false,
+                        ),
                         Ok(command) => {
-                            let aggregate_id = command.aggregate_id().to_owned();
+                            let target = (command.aggregate_type(), command.aggregate_id());
                             let outcome =
                                 handling::run(&self.executor, command, self.deadline).await;
-                            (outcome.reply, aggregate_id, outcome.transient)
+                            (outcome.reply, target, outcome.transient)
                         }
                     }
                 }
@@ -190,7 +204,7 @@ impl Jobs {
             && let Err(error) = self
                 .executor
                 .repository()
-                .log_rejection(command_id, "account", &aggregate_id, &reply)
+                .log_rejection(command_id, target.0, &target.1, &reply)
                 .await
         {
             tracing::warn!(%error, %command_id, "rejection of a durable command not recorded; retrying later");
@@ -245,5 +259,13 @@ mod tests {
         assert_eq!(a, lane_of(br#"{"amount":7,"account_id":"acc-1"}"#));
         assert!(a < super::LANES);
         assert_eq!(lane_of(b"not json"), lane_of(b"{}"));
+    }
+}
+
+/// The aggregate type a durable subject names, for recording a rejection that never parsed.
+fn aggregate_type_of(subject: &str, prefix: &str) -> &'static str {
+    match incoming::split_subject(subject, prefix, "jobs") {
+        Some(("transfer", _)) => "transfer",
+        _ => "account",
     }
 }

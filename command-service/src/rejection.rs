@@ -1,5 +1,6 @@
 //! A refusal on its way to the client: stable code, message, details.
 
+use domain::transfer::TransferError;
 use domain::{AccountError, CommandReply, ErrorCode};
 use serde_json::json;
 use uuid::Uuid;
@@ -50,6 +51,15 @@ impl From<&AccountError> for Rejection {
             code: error.code(),
             message: error.to_string(),
             details: error.details(),
+        }
+    }
+}
+
+impl From<&TransferError> for Rejection {
+    fn from(error: &TransferError) -> Self {
+        match error {
+            TransferError::Invalid(inner) => Rejection::from(inner),
+            other => Rejection::new(other.code(), other.to_string()),
         }
     }
 }

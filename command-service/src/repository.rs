@@ -32,10 +32,23 @@ pub fn accepted_reply(
 }
 
 /// Opaque to clients: the query-service waits until the read model has applied this version of
-/// this aggregate.
+/// this aggregate. A transfer's token waits for more: until the transfer is settled (completed
+/// or failed), which is what its sender wants to know.
 pub fn consistency_token(aggregate_type: &str, aggregate_id: &str, version: u64) -> String {
+    if aggregate_type == domain::transfer::Transfer::TYPE {
+        return format!("{aggregate_type}:{aggregate_id}:settled");
+    }
     format!("{aggregate_type}:{aggregate_id}:{version}")
 }
+
+/// The index that allows one debit, credit, refund and settle per (account, transfer)
+/// (migration 0006).
+const TRANSFER_STEP_INDEX: &str = "events_transfer_step";
+
+/// A transfer step was already applied to the account under another command id.
+#[derive(Debug, thiserror::Error)]
+#[error("this transfer step was already applied to the account")]
+pub struct StepAlreadyApplied;
 
 /// SQL state of a unique violation: a lost optimistic-concurrency race (events primary key) or
 /// a concurrent duplicate of the same command id (command log primary key).
@@ -57,6 +70,11 @@ impl std::fmt::Debug for TallyRepository {
 /// database is a connection error (the client is told `unavailable`).
 pub fn persistence_error(error: sqlx::Error) -> PersistenceError {
     if let Some(code) = error.as_database_error().and_then(|db| db.code()) {
+        if code == UNIQUE_VIOLATION
+            && error.as_database_error().and_then(|db| db.constraint()) == Some(TRANSFER_STEP_INDEX)
+        {
+            return PersistenceError::UnknownError(Box::new(StepAlreadyApplied));
+        }
         if code == UNIQUE_VIOLATION {
             return PersistenceError::OptimisticLockError;
         }

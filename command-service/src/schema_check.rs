@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::rejection::Rejection;
 
 /// The schemas, embedded at build time (the drift test keeps them equal to the Rust types).
-const COMMAND_SCHEMAS: [(&str, &str, &str); 6] = [
+const COMMAND_SCHEMAS: [(&str, &str, &str); 16] = [
     (
         "account",
         "open",
@@ -40,6 +40,56 @@ const COMMAND_SCHEMAS: [(&str, &str, &str); 6] = [
         "account",
         "close",
         include_str!("../../schemas/commands/account.close.json"),
+    ),
+    (
+        "account",
+        "debit",
+        include_str!("../../schemas/commands/account.debit.json"),
+    ),
+    (
+        "account",
+        "credit",
+        include_str!("../../schemas/commands/account.credit.json"),
+    ),
+    (
+        "account",
+        "refund",
+        include_str!("../../schemas/commands/account.refund.json"),
+    ),
+    (
+        "account",
+        "settle",
+        include_str!("../../schemas/commands/account.settle.json"),
+    ),
+    (
+        "transfer",
+        "request",
+        include_str!("../../schemas/commands/transfer.request.json"),
+    ),
+    (
+        "transfer",
+        "record_debit",
+        include_str!("../../schemas/commands/transfer.record_debit.json"),
+    ),
+    (
+        "transfer",
+        "record_credit",
+        include_str!("../../schemas/commands/transfer.record_credit.json"),
+    ),
+    (
+        "transfer",
+        "complete",
+        include_str!("../../schemas/commands/transfer.complete.json"),
+    ),
+    (
+        "transfer",
+        "fail",
+        include_str!("../../schemas/commands/transfer.fail.json"),
+    ),
+    (
+        "transfer",
+        "record_refund",
+        include_str!("../../schemas/commands/transfer.record_refund.json"),
     ),
 ];
 

@@ -11,7 +11,8 @@ use sqlx::PgPool;
 
 /// Bumped whenever an aggregate's state layout changes: older snapshots are then ignored and
 /// the state is rebuilt from events.
-pub const STATE_VERSION: i32 = 1;
+/// 2: accounts gained `transfers_in_flight`.
+pub const STATE_VERSION: i32 = 2;
 
 #[derive(Debug)]
 pub struct Snapshot<A> {

@@ -11,6 +11,20 @@ pub fn event_message_id(aggregate_type: &str, aggregate_id: &str, sequence: u64)
     format!("{aggregate_type}:{aggregate_id}:{sequence}")
 }
 
+/// An event's UUID, derived from its identity (aggregate and sequence), so every reader names
+/// it the same way: what a process manager records as the `causation_id` of the command it
+/// sends in reaction.
+pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: u64) -> uuid::Uuid {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!(
+            "tally:event:{}",
+            event_message_id(aggregate_type, aggregate_id, sequence)
+        )
+        .as_bytes(),
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventMessage {
     pub aggregate_type: String,

@@ -7,11 +7,16 @@ use schemars::{JsonSchema, generate::SchemaSettings};
 
 use crate::account::{
     AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, Close, Deposit, Freeze,
-    MoneyDeposited, MoneyWithdrawn, OpenAccount, Unfreeze, Withdraw,
+    MoneyDeposited, MoneyWithdrawn, OpenAccount, TransferCredited, TransferDebited,
+    TransferRefunded, TransferSettled, TransferStep, Unfreeze, Withdraw,
 };
 use crate::envelope::EventMessage;
 use crate::metadata::EventMetadata;
 use crate::reply::CommandReply;
+use crate::transfer::{
+    CreditFailed, CreditRecorded, DebitRecorded, FailTransfer, RecordStep, RefundRecorded,
+    RequestTransfer, TransferCompleted, TransferFailed, TransferRequested,
+};
 
 /// One generated schema file: its path under `schemas/` and its exact contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +55,16 @@ pub fn all() -> Vec<SchemaFile> {
         render::<Freeze>(&command_schema_path("account", "freeze")),
         render::<Unfreeze>(&command_schema_path("account", "unfreeze")),
         render::<Close>(&command_schema_path("account", "close")),
+        render::<TransferStep>(&command_schema_path("account", "debit")),
+        render::<TransferStep>(&command_schema_path("account", "credit")),
+        render::<TransferStep>(&command_schema_path("account", "refund")),
+        render::<TransferStep>(&command_schema_path("account", "settle")),
+        render::<RequestTransfer>(&command_schema_path("transfer", "request")),
+        render::<RecordStep>(&command_schema_path("transfer", "record_debit")),
+        render::<RecordStep>(&command_schema_path("transfer", "record_credit")),
+        render::<RecordStep>(&command_schema_path("transfer", "complete")),
+        render::<FailTransfer>(&command_schema_path("transfer", "fail")),
+        render::<RecordStep>(&command_schema_path("transfer", "record_refund")),
         render::<AccountOpened>("events/account.AccountOpened.v1.json"),
         // Kept: rows written before 2.0 still hold this shape.
         render::<crate::account::upcast::MoneyDepositedV1>("events/account.MoneyDeposited.v1.json"),
@@ -58,6 +73,17 @@ pub fn all() -> Vec<SchemaFile> {
         render::<AccountFrozen>("events/account.AccountFrozen.v1.json"),
         render::<AccountUnfrozen>("events/account.AccountUnfrozen.v1.json"),
         render::<AccountClosed>("events/account.AccountClosed.v1.json"),
+        render::<TransferDebited>("events/account.TransferDebited.v1.json"),
+        render::<TransferCredited>("events/account.TransferCredited.v1.json"),
+        render::<TransferRefunded>("events/account.TransferRefunded.v1.json"),
+        render::<TransferSettled>("events/account.TransferSettled.v1.json"),
+        render::<TransferRequested>("events/transfer.TransferRequested.v1.json"),
+        render::<DebitRecorded>("events/transfer.DebitRecorded.v1.json"),
+        render::<CreditRecorded>("events/transfer.CreditRecorded.v1.json"),
+        render::<TransferCompleted>("events/transfer.TransferCompleted.v1.json"),
+        render::<CreditFailed>("events/transfer.CreditFailed.v1.json"),
+        render::<RefundRecorded>("events/transfer.RefundRecorded.v1.json"),
+        render::<TransferFailed>("events/transfer.TransferFailed.v1.json"),
         render::<EventMetadata>("events/metadata.v1.json"),
         render::<EventMessage>("events/envelope.v1.json"),
         render::<CommandReply>("replies/command-reply.json"),
@@ -69,7 +95,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_account_command_has_a_schema() {
+    fn every_command_and_event_has_a_schema() {
         let files = all();
         for name in crate::account::ACCOUNT_COMMAND_NAMES {
             let path = command_schema_path("account", name);
@@ -78,6 +104,14 @@ mod tests {
         for event in crate::account::ACCOUNT_EVENT_TYPES {
             let major = if event == "MoneyDeposited" { 2 } else { 1 };
             let path = format!("events/account.{event}.v{major}.json");
+            assert!(files.iter().any(|f| f.path == path), "{path} missing");
+        }
+        for name in crate::transfer::TRANSFER_COMMAND_NAMES {
+            let path = command_schema_path("transfer", name);
+            assert!(files.iter().any(|f| f.path == path), "{path} missing");
+        }
+        for event in crate::transfer::TRANSFER_EVENT_TYPES {
+            let path = format!("events/transfer.{event}.v1.json");
             assert!(files.iter().any(|f| f.path == path), "{path} missing");
         }
     }

@@ -87,7 +87,7 @@ fn history(extra: Vec<AccountEvent>) -> Vec<AccountEvent> {
 }
 
 async fn expect_error(given: Vec<AccountEvent>, command: AccountCommand, expected: AccountError) {
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given(given)
         .when_async(command)
         .await
@@ -96,7 +96,7 @@ async fn expect_error(given: Vec<AccountEvent>, command: AccountCommand, expecte
 
 #[tokio::test]
 async fn open_creates_the_account() {
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given_no_previous_events()
         .when_async(open_cmd())
         .await
@@ -136,7 +136,7 @@ async fn open_validates_its_fields() {
             "currency",
         ),
     ] {
-        let result = Fw::with(())
+        let result = Fw::with(AccountServices::default())
             .given_no_previous_events()
             .when_async(AccountCommand::Open(command))
             .await
@@ -150,7 +150,7 @@ async fn open_validates_its_fields() {
 
 #[tokio::test]
 async fn deposit_adds_to_the_balance() {
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given(history(vec![deposited(100, 100)]))
         .when_async(deposit(50))
         .await
@@ -184,7 +184,7 @@ async fn amounts_must_be_positive_and_at_most_10_pow_15() {
         .await;
     }
     // The bound itself is allowed.
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given(opened())
         .when_async(deposit(AMOUNT_MAX_MINOR))
         .await
@@ -212,7 +212,7 @@ async fn balance_overflow_is_refused_not_wrapped() {
 
 #[tokio::test]
 async fn withdraw_takes_from_the_balance() {
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given(history(vec![deposited(100, 100)]))
         .when_async(withdraw(100))
         .await
@@ -238,7 +238,7 @@ async fn withdraw_beyond_balance_is_insufficient_funds() {
 
 #[tokio::test]
 async fn frozen_accounts_take_deposits() {
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given(history(vec![frozen()]))
         .when_async(deposit(5))
         .await
@@ -262,7 +262,7 @@ async fn frozen_accounts_refuse_withdrawals() {
 
 #[tokio::test]
 async fn unfreeze_restores_withdrawals() {
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given(history(vec![
             deposited(100, 100),
             frozen(),
@@ -290,7 +290,7 @@ async fn freeze_and_unfreeze_must_change_something() {
 
 #[tokio::test]
 async fn freeze_needs_a_reason() {
-    let result = Fw::with(())
+    let result = Fw::with(AccountServices::default())
         .given(opened())
         .when_async(AccountCommand::Freeze(Freeze {
             account_id: ID.into(),
@@ -315,7 +315,7 @@ async fn close_only_at_zero_balance() {
         AccountError::BalanceNotZero { balance: 1 },
     )
     .await;
-    Fw::with(())
+    Fw::with(AccountServices::default())
         .given(opened())
         .when_async(close())
         .await
@@ -342,7 +342,7 @@ async fn closed_accounts_accept_nothing() {
 
 #[tokio::test]
 async fn reference_is_limited() {
-    let result = Fw::with(())
+    let result = Fw::with(AccountServices::default())
         .given(opened())
         .when_async(AccountCommand::Deposit(Deposit {
             account_id: ID.into(),

@@ -50,12 +50,11 @@ fn step(command: fn(RecordStep) -> TransferCommand) -> TransferCommand {
     command(RecordStep { transfer_id: ID })
 }
 
-fn fail(refunded: bool) -> TransferCommand {
+fn fail() -> TransferCommand {
     TransferCommand::Fail(FailTransfer {
         transfer_id: ID,
         code: "account_closed".into(),
         reason: "destination closed".into(),
-        refunded,
     })
 }
 
@@ -113,63 +112,93 @@ fn requests_that_cannot_be_honoured_are_refused_with_stable_codes() {
     );
 }
 
+/// Applies what `command` decides to `history`, which must be accepted.
+fn run(history: &mut Vec<TransferEvent>, command: TransferCommand) -> Vec<TransferEvent> {
+    let events = state(history)
+        .decide(&command, &TransferFacts::default())
+        .unwrap();
+    history.extend(events.clone());
+    events
+}
+
 #[test]
 fn the_happy_path_and_its_repeats() {
-    let facts = TransferFacts::default();
     let mut history = vec![requested()];
-    let debit = state(&history)
-        .decide(&step(TransferCommand::RecordDebit), &facts)
-        .unwrap();
-    assert_eq!(debit, vec![TransferEvent::DebitRecorded(DebitRecorded {})]);
-    history.extend(debit);
-    assert!(
-        state(&history)
-            .decide(&step(TransferCommand::RecordDebit), &facts)
-            .unwrap()
-            .is_empty()
+    let debit = run(&mut history, step(TransferCommand::RecordDebit));
+    assert_eq!(
+        debit,
+        vec![TransferEvent::DebitRecorded(DebitRecorded {
+            from: "a".into(),
+            to: "b".into()
+        })]
     );
-    let credit = state(&history)
-        .decide(&step(TransferCommand::RecordCredit), &facts)
-        .unwrap();
-    assert_eq!(credit.len(), 2);
-    history.extend(credit);
+    assert!(run(&mut history, step(TransferCommand::RecordDebit)).is_empty());
+    assert_eq!(
+        run(&mut history, step(TransferCommand::RecordCredit)),
+        vec![TransferEvent::CreditRecorded(CreditRecorded {
+            from: "a".into(),
+            to: "b".into()
+        })]
+    );
+    assert_eq!(state(&history).status, TransferStatus::Credited);
+    assert_eq!(
+        run(&mut history, step(TransferCommand::Complete)),
+        vec![TransferEvent::TransferCompleted(TransferCompleted {})]
+    );
     let done = state(&history);
     assert_eq!(done.status, TransferStatus::Completed);
     for repeat in [
         step(TransferCommand::RecordDebit),
         step(TransferCommand::RecordCredit),
+        step(TransferCommand::Complete),
     ] {
-        assert!(done.decide(&repeat, &facts).unwrap().is_empty());
+        assert!(
+            done.decide(&repeat, &TransferFacts::default())
+                .unwrap()
+                .is_empty()
+        );
     }
-    assert_eq!(
-        done.decide(&fail(true), &facts).unwrap_err().code(),
-        ErrorCode::Conflict
-    );
+    for late in [fail(), step(TransferCommand::RecordRefund)] {
+        assert_eq!(
+            done.decide(&late, &TransferFacts::default())
+                .unwrap_err()
+                .code(),
+            ErrorCode::Conflict
+        );
+    }
 }
 
 #[test]
-fn a_failed_credit_ends_failed_only_after_the_refund() {
-    let facts = TransferFacts::default();
-    let debited = state(&[requested(), TransferEvent::DebitRecorded(DebitRecorded {})]);
-    // Money was taken: failing without the refund is refused.
+fn a_refused_credit_ends_failed_only_after_the_refund() {
+    let mut history = vec![requested()];
+    run(&mut history, step(TransferCommand::RecordDebit));
+    let failing = run(&mut history, fail());
+    assert!(matches!(failing[..], [TransferEvent::CreditFailed(_)]));
+    let refunding = state(&history);
+    assert_eq!(refunding.status, TransferStatus::Refunding);
+    assert!(!refunding.status.is_settled(), "the money is still out");
+    assert!(run(&mut history, fail()).is_empty());
+    let refund = run(&mut history, step(TransferCommand::RecordRefund));
+    assert!(matches!(refund[0], TransferEvent::RefundRecorded(_)));
     assert_eq!(
-        debited.decide(&fail(false), &facts).unwrap_err().code(),
-        ErrorCode::Conflict
+        refund[1],
+        TransferEvent::TransferFailed(TransferFailed {
+            code: "account_closed".into(),
+            reason: "destination closed".into()
+        })
     );
-    let events = debited.decide(&fail(true), &facts).unwrap();
-    assert!(matches!(events[0], TransferEvent::RefundRecorded(_)));
-    assert!(matches!(events[1], TransferEvent::TransferFailed(_)));
-    let mut history = vec![requested(), TransferEvent::DebitRecorded(DebitRecorded {})];
-    history.extend(events);
     let failed = state(&history);
     assert_eq!(
         (failed.status, failed.refunded),
         (TransferStatus::Failed, true)
     );
-    assert!(failed.decide(&fail(true), &facts).unwrap().is_empty());
+    assert!(run(&mut history, step(TransferCommand::RecordRefund)).is_empty());
     assert_eq!(
         failed
-            .decide(&step(TransferCommand::RecordCredit), &facts)
+            .decide(
+                &step(TransferCommand::RecordCredit),
+                &TransferFacts::default()
+            )
             .unwrap_err()
             .code(),
         ErrorCode::Conflict
@@ -177,20 +206,42 @@ fn a_failed_credit_ends_failed_only_after_the_refund() {
 }
 
 #[test]
-fn a_failed_debit_ends_failed_with_nothing_to_refund() {
-    let requested = state(&[requested()]);
-    let events = requested
-        .decide(&fail(false), &TransferFacts::default())
-        .unwrap();
-    assert_eq!(events.len(), 1);
-    assert!(matches!(events[0], TransferEvent::TransferFailed(_)));
+fn a_refused_debit_ends_failed_with_nothing_to_refund() {
+    let mut history = vec![requested()];
+    let events = run(&mut history, fail());
+    assert!(matches!(events[..], [TransferEvent::TransferFailed(_)]));
+    let failed = state(&history);
     assert_eq!(
-        requested
-            .decide(&fail(true), &TransferFacts::default())
+        (failed.status, failed.debited),
+        (TransferStatus::Failed, false)
+    );
+    for late in [
+        step(TransferCommand::RecordDebit),
+        step(TransferCommand::RecordRefund),
+    ] {
+        assert_eq!(
+            failed
+                .decide(&late, &TransferFacts::default())
+                .unwrap_err()
+                .code(),
+            ErrorCode::Conflict,
+            "nothing was debited, so nothing can be recorded or refunded"
+        );
+    }
+}
+
+#[test]
+fn steps_of_a_transfer_never_requested_are_not_found() {
+    let fresh = Transfer::default();
+    assert_eq!(
+        fresh
+            .decide(
+                &step(TransferCommand::RecordDebit),
+                &TransferFacts::default()
+            )
             .unwrap_err()
             .code(),
-        ErrorCode::Conflict,
-        "nothing was debited, so nothing can have been refunded"
+        ErrorCode::NotFound
     );
 }
 
@@ -198,8 +249,9 @@ fn any_step() -> impl Strategy<Value = TransferCommand> {
     prop_oneof![
         Just(step(TransferCommand::RecordDebit)),
         Just(step(TransferCommand::RecordCredit)),
-        Just(fail(false)),
-        Just(fail(true)),
+        Just(step(TransferCommand::Complete)),
+        Just(step(TransferCommand::RecordRefund)),
+        Just(fail()),
     ]
 }
 
@@ -228,5 +280,10 @@ proptest! {
         prop_assert!(count("RefundRecorded") <= 1);
         prop_assert!(count("CreditRecorded") + count("RefundRecorded") <= count("DebitRecorded"));
         prop_assert!(count("TransferCompleted") + count("TransferFailed") <= 1);
+        // Completed means credited; failed after a debit means refunded.
+        prop_assert!(count("TransferCompleted") <= count("CreditRecorded"));
+        if count("TransferFailed") == 1 {
+            prop_assert_eq!(count("RefundRecorded"), count("DebitRecorded"));
+        }
     }
 }

@@ -41,6 +41,8 @@ struct Entry {
     balance_after: i64,
     recorded_at: DateTime<Utc>,
     command_id: uuid::Uuid,
+    /// The transfer whose step made this entry.
+    transfer_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -109,42 +111,69 @@ pub async fn apply(
             .and_then(|s| uuid::Uuid::parse_str(s).ok())
             .unwrap_or_default();
         let delta = deltas.entry(row.currency.clone()).or_default();
-        match payload {
-            AccountEvent::AccountOpened(_) => {}
+        // (direction, amount, reference, balance after, transfer) of a money movement.
+        let movement = match payload {
+            AccountEvent::AccountOpened(_) => None,
             AccountEvent::MoneyDeposited(e) => {
-                row.balance = e.balance_after;
-                delta.balance += i128::from(e.amount);
-                entries.push(Entry {
-                    account_id: event.aggregate_id.clone(),
-                    sequence,
-                    direction: "credit",
-                    amount: e.amount,
-                    reference: e.reference,
-                    balance_after: e.balance_after,
-                    recorded_at: event.recorded_at,
-                    command_id,
-                });
+                Some(("credit", e.amount, e.reference, e.balance_after, None))
             }
             AccountEvent::MoneyWithdrawn(e) => {
-                row.balance = e.balance_after;
-                delta.balance -= i128::from(e.amount);
-                entries.push(Entry {
-                    account_id: event.aggregate_id.clone(),
-                    sequence,
-                    direction: "debit",
-                    amount: e.amount,
-                    reference: e.reference,
-                    balance_after: e.balance_after,
-                    recorded_at: event.recorded_at,
-                    command_id,
-                });
+                Some(("debit", e.amount, e.reference, e.balance_after, None))
             }
-            AccountEvent::AccountFrozen(_) => row.status = "frozen".into(),
-            AccountEvent::AccountUnfrozen(_) => row.status = "open".into(),
+            AccountEvent::TransferDebited(e) => Some((
+                "debit",
+                e.amount,
+                format!("transfer to {}", e.to),
+                e.balance_after,
+                Some(e.transfer_id),
+            )),
+            AccountEvent::TransferCredited(e) => Some((
+                "credit",
+                e.amount,
+                format!("transfer from {}", e.from),
+                e.balance_after,
+                Some(e.transfer_id),
+            )),
+            AccountEvent::TransferRefunded(e) => Some((
+                "credit",
+                e.amount,
+                "refund of a failed transfer".to_owned(),
+                e.balance_after,
+                Some(e.transfer_id),
+            )),
+            AccountEvent::TransferSettled(_) => None,
+            AccountEvent::AccountFrozen(_) => {
+                row.status = "frozen".into();
+                None
+            }
+            AccountEvent::AccountUnfrozen(_) => {
+                row.status = "open".into();
+                None
+            }
             AccountEvent::AccountClosed(_) => {
                 row.status = "closed".into();
                 delta.open_accounts -= 1;
+                None
             }
+        };
+        if let Some((direction, amount, reference, balance_after, transfer_id)) = movement {
+            row.balance = balance_after;
+            delta.balance += if direction == "credit" {
+                i128::from(amount)
+            } else {
+                -i128::from(amount)
+            };
+            entries.push(Entry {
+                account_id: event.aggregate_id.clone(),
+                sequence,
+                direction,
+                amount,
+                reference,
+                balance_after,
+                recorded_at: event.recorded_at,
+                command_id,
+                transfer_id,
+            });
         }
         row.version = sequence;
         row.updated_at = event.recorded_at;
@@ -222,6 +251,7 @@ async fn write_entries(
         Vec::new(),
         Vec::new(),
         Vec::new(),
+        Vec::new(),
     );
     for e in entries {
         c.0.push(e.account_id);
@@ -232,11 +262,12 @@ async fn write_entries(
         c.5.push(e.balance_after);
         c.6.push(e.recorded_at);
         c.7.push(e.command_id);
+        c.8.push(e.transfer_id);
     }
     // The per-aggregate version check already excludes duplicates; DO NOTHING is a second guard.
     sqlx::query(
-        "INSERT INTO account_entries (account_id, sequence, direction, amount, reference, balance_after, recorded_at, command_id)
-         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::uuid[])
+        "INSERT INTO account_entries (account_id, sequence, direction, amount, reference, balance_after, recorded_at, command_id, transfer_id)
+         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::uuid[], $9::uuid[])
          ON CONFLICT DO NOTHING",
     )
     .bind(c.0)
@@ -247,6 +278,7 @@ async fn write_entries(
     .bind(c.5)
     .bind(c.6)
     .bind(c.7)
+    .bind(c.8)
     .execute(&mut **tx)
     .await?;
     Ok(())

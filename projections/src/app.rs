@@ -23,7 +23,7 @@ pub struct Application {
     infra: Infra,
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
-    runner: crate::runner::Runner,
+    runners: Vec<crate::runner::Runner>,
     lag_max: u64,
 }
 
@@ -31,22 +31,30 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
         let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
-        let runner = crate::runner::Runner {
-            pool: infra.pool.clone(),
-            jetstream: infra.jetstream.clone(),
-            stream: infra.streams.events.clone(),
-            filter_subject: format!("{}.evt.account.>", infra.subjects.prefix()),
-            dead_letter_subject: infra.subjects.dead_letter(crate::accounts::NAME),
-            config: crate::runner::RunnerConfig {
-                batch_max: config.batch_max.max(1),
-                poison_attempts: config.poison_attempts.max(1),
-            },
-        };
+        let runners = crate::Projection::ALL
+            .into_iter()
+            .map(|projection| crate::runner::Runner {
+                pool: infra.pool.clone(),
+                jetstream: infra.jetstream.clone(),
+                stream: infra.streams.events.clone(),
+                projection,
+                filter_subject: format!(
+                    "{}.evt.{}.>",
+                    infra.subjects.prefix(),
+                    projection.aggregate_type()
+                ),
+                dead_letter_subject: infra.subjects.dead_letter(projection.name()),
+                config: crate::runner::RunnerConfig {
+                    batch_max: config.batch_max.max(1),
+                    poison_attempts: config.poison_attempts.max(1),
+                },
+            })
+            .collect();
         Ok(Application {
             infra,
             ops_listener,
             ops_addr,
-            runner,
+            runners,
             lag_max: config.ready_projection_lag_max,
         })
     }
@@ -62,13 +70,19 @@ impl Application {
             self.infra
                 .readiness_with_lag(crate::accounts::NAME, self.lag_max),
         );
-        let runner = tokio::spawn(self.runner.run(shutdown.clone()));
+        let runners: Vec<_> = self
+            .runners
+            .into_iter()
+            .map(|runner| tokio::spawn(runner.run(shutdown.clone())))
+            .collect();
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
         platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
-        match runner.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "projection could not start"),
-            Err(error) => tracing::error!(%error, "projection panicked"),
+        for runner in runners {
+            match runner.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(%error, "projection could not start"),
+                Err(error) => tracing::error!(%error, "projection panicked"),
+            }
         }
         // Flush what the client buffered before the process exits.
         if let Err(error) = self.infra.nats.drain().await {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use domain::envelope::EventMessage;
 
-use crate::accounts;
 use crate::runner::{ApplyError, Delivery, FAILURE_DELAY_MAX, Runner, error_text, nak};
 use crate::write_lock;
 
@@ -15,7 +14,7 @@ impl Runner {
     pub(crate) async fn failed(&self, d: &Delivery, error: &ApplyError) -> Result<(), sqlx::Error> {
         let attempts = d.message.info().map(|i| i.delivered).unwrap_or(1);
         tracing::error!(
-            projection = accounts::NAME,
+            projection = self.projection.name(),
             aggregate_id = %d.event.aggregate_id,
             sequence = d.event.sequence,
             attempts,
@@ -34,14 +33,14 @@ impl Runner {
             "Nats-Msg-Id",
             format!(
                 "{}:{}:{}:{}",
-                accounts::NAME,
+                self.projection.name(),
                 d.event.aggregate_type,
                 d.event.aggregate_id,
                 d.event.sequence
             )
             .as_str(),
         );
-        headers.insert("Tally-Projection", accounts::NAME);
+        headers.insert("Tally-Projection", self.projection.name());
         headers.insert("Tally-Aggregate-Id", d.event.aggregate_id.as_str());
         headers.insert("Tally-Sequence", d.event.sequence.to_string().as_str());
         headers.insert(
@@ -70,7 +69,7 @@ impl Runner {
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (projection, aggregate_type, aggregate_id) DO NOTHING",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(&d.event.aggregate_type)
         .bind(&d.event.aggregate_id)
         .bind(i64::try_from(d.event.sequence).unwrap_or(i64::MAX))
@@ -95,9 +94,9 @@ impl Runner {
     pub(crate) async fn carry_out_actions(&self) -> Result<(), sqlx::Error> {
         let requested: Vec<(String, String)> = sqlx::query_as(
             "SELECT aggregate_id, action FROM projection_parked
-             WHERE projection = $1 AND aggregate_type = 'account' AND action IS NOT NULL",
+             WHERE projection = $1 AND action IS NOT NULL",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .fetch_all(&self.pool)
         .await?;
         for (aggregate_id, action) in requested {
@@ -111,9 +110,9 @@ impl Runner {
                     tracing::warn!(aggregate_id, action, error = %reason, "parked aggregate stays parked");
                     sqlx::query(
                         "UPDATE projection_parked SET action = NULL, error = $3, attempts = attempts + 1
-                         WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2",
+                         WHERE projection = $1 AND aggregate_id = $2",
                     )
-                    .bind(accounts::NAME)
+                    .bind(self.projection.name())
                     .bind(&aggregate_id)
                     .bind(&reason)
                     .execute(&self.pool)
@@ -127,13 +126,13 @@ impl Runner {
     /// `Ok(None)`: not yet possible (a parked event is still in flight); the action stays.
     async fn release(&self, aggregate_id: &str, retry: bool) -> Result<Option<usize>, ApplyError> {
         let mut tx = self.pool.begin().await?;
-        write_lock::shared(&mut tx, accounts::NAME).await?;
+        write_lock::shared(&mut tx, self.projection.name()).await?;
         let head: Option<(sqlx::types::Json<EventMessage>,)> = sqlx::query_as(
             "SELECT event FROM projection_parked
-             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2
+             WHERE projection = $1 AND aggregate_id = $2
              FOR UPDATE",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(aggregate_id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -142,18 +141,18 @@ impl Runner {
         };
         let parked: Vec<sqlx::types::Json<EventMessage>> = sqlx::query_scalar(
             "SELECT event FROM projection_parked_events
-             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2
+             WHERE projection = $1 AND aggregate_id = $2
              ORDER BY sequence",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(aggregate_id)
         .fetch_all(&mut *tx)
         .await?;
         let version: i64 = sqlx::query_scalar(
             "SELECT COALESCE((SELECT version FROM projection_versions
-              WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2 FOR UPDATE), 0)",
+              WHERE projection = $1 AND aggregate_id = $2 FOR UPDATE), 0)",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(aggregate_id)
         .fetch_one(&mut *tx)
         .await?;
@@ -194,16 +193,17 @@ impl Runner {
         }
         let last = run.last().map_or(expected - 1, |e| e.sequence);
         if !run.is_empty() {
-            accounts::apply(&mut tx, &run).await?;
+            self.projection.apply(&mut tx, &run).await?;
         }
         sqlx::query(
             "INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)
-             VALUES ($1, 'account', $2, $3)
+             VALUES ($1, $4, $2, $3)
              ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(aggregate_id)
         .bind(i64::try_from(last).unwrap_or(i64::MAX))
+        .bind(self.projection.aggregate_type())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -214,16 +214,16 @@ impl Runner {
                  events_dropped = projection_checkpoints.events_dropped + EXCLUDED.events_dropped,
                  updated_at = now()",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(i64::try_from(run.len()).unwrap_or(i64::MAX))
         .bind(i64::from(!retry))
         .execute(&mut *tx)
         .await?;
         for table in ["projection_parked_events", "projection_parked"] {
             sqlx::query(&format!(
-                "DELETE FROM {table} WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = $2"
+                "DELETE FROM {table} WHERE projection = $1 AND aggregate_id = $2"
             ))
-            .bind(accounts::NAME)
+            .bind(self.projection.name())
             .bind(aggregate_id)
             .execute(&mut *tx)
             .await?;

@@ -17,7 +17,7 @@ pub const ALL_BELOW_SQL: &str =
     "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
         global_position, recorded_at, payload, metadata
     FROM events
-    WHERE aggregate_type = 'account' AND tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8
+    WHERE aggregate_type = $3 AND tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8
     ORDER BY global_position";
 
 /// The (usually few) events between two horizons: found through the `tx_id` index first, then
@@ -28,7 +28,7 @@ pub const BETWEEN_SQL: &str = "WITH tail AS MATERIALIZED (
         SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
             global_position, recorded_at, payload, metadata
         FROM events
-        WHERE tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8 AND aggregate_type = 'account')
+        WHERE tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8 AND aggregate_type = $3)
     SELECT * FROM tail ORDER BY global_position";
 
 /// The query for `[from, to)`: a full copy starts at horizon 0.
@@ -71,12 +71,14 @@ impl From<Row> for EventMessage {
 
 pub async fn read_range(
     conn: &mut PgConnection,
+    aggregate_type: &str,
     from: &str,
     to: &str,
 ) -> Result<Vec<EventMessage>, sqlx::Error> {
     let rows: Vec<Row> = sqlx::query_as(range_sql(from))
         .bind(from)
         .bind(to)
+        .bind(aggregate_type)
         .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().map(EventMessage::from).collect())

@@ -2,17 +2,21 @@
 //! each projection's checkpoint in the same transaction as its rows (design §1, §5).
 //!
 //! `runner` is the consumer loop (batches, per-aggregate sequence checks, acks after commit);
-//! `accounts` is the read model it maintains (`accounts`, `account_entries`, `currency_totals`).
+//! `projection` names the read models it maintains: `accounts` (`accounts`, `account_entries`,
+//! `currency_totals`) and `transfers`.
 
 pub mod accounts;
 mod app;
 mod config;
 mod dead_letters;
 mod event_store_reader;
+mod projection;
 pub mod rebuild;
 pub mod runner;
+pub mod transfers;
 mod versions;
 mod write_lock;
 
 pub use app::{Application, StartupError};
 pub use config::Config;
+pub use projection::Projection;

@@ -27,7 +27,7 @@ use futures::TryStreamExt;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
-use crate::accounts;
+use crate::Projection;
 use crate::event_store_reader::{Row, current_horizon, range_sql, read_range};
 use crate::runner::ApplyError;
 use crate::versions;
@@ -44,7 +44,7 @@ const SWAP_LOCK_TIMEOUT: &str = "10s";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("unknown projection `{0}` (known: accounts)")]
+    #[error("unknown projection `{0}` (known: accounts, transfers)")]
     UnknownProjection(String),
     #[error("a rebuild of `{0}` is already running")]
     AlreadyRunning(String),
@@ -111,9 +111,9 @@ pub async fn rebuild(
     projection: &str,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<RebuildReport, RebuildError> {
-    if projection != accounts::NAME {
+    let Some(kind) = Projection::by_name(projection) else {
         return Err(RebuildError::UnknownProjection(projection.to_owned()));
-    }
+    };
     let started = Instant::now();
     let running: bool = sqlx::query_scalar(
         "SELECT NOT pg_try_advisory_lock(hashtextextended('tally.projection.rebuild:' || $1, 0))",
@@ -138,13 +138,14 @@ pub async fn rebuild(
         .await?;
     let shadow = format!("tally_rebuild_{projection}");
     let retired = format!("tally_retired_{projection}");
-    create_shadow(&mut conn, &live, &shadow).await?;
+    create_shadow(&mut conn, kind, &live, &shadow).await?;
 
     let mut horizon = current_horizon(&mut conn).await?;
     let events_total: u64 = sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM events WHERE aggregate_type = 'account' AND tx_id < $1::text::xid8",
+        "SELECT count(*) FROM events WHERE aggregate_type = $2 AND tx_id < $1::text::xid8",
     )
     .bind(&horizon)
+    .bind(kind.aggregate_type())
     .fetch_one(&mut conn)
     .await?
     .try_into()
@@ -158,6 +159,7 @@ pub async fn rebuild(
     copy_range(
         pool,
         &mut conn,
+        kind,
         "0",
         &horizon,
         &mut progress,
@@ -174,6 +176,7 @@ pub async fn rebuild(
         copy_range(
             pool,
             &mut conn,
+            kind,
             &horizon,
             &next,
             &mut progress,
@@ -189,7 +192,7 @@ pub async fn rebuild(
     // Fresh tables have no statistics: without these, the first queries after the swap (reads,
     // the live worker's lookups) are planned as if the tables were empty.
     let mut analyze = String::new();
-    for table in accounts::TABLES {
+    for table in kind.tables() {
         analyze.push_str(&format!("ANALYZE {shadow}.{table};"));
     }
     analyze.push_str(&format!("ANALYZE {shadow}.projection_versions;"));
@@ -204,11 +207,11 @@ pub async fn rebuild(
         .await?;
     write_lock::exclusive(&mut tx, projection).await?;
     let last = current_horizon(&mut tx).await?;
-    let tail = read_range(&mut tx, &horizon, &last).await?;
+    let tail = read_range(&mut tx, kind.aggregate_type(), &horizon, &last).await?;
     progress.events_done += tail.len() as u64;
-    apply_shadow(&mut tx, &tail).await?;
+    apply_shadow(&mut tx, kind, &tail).await?;
     let mut swap = String::new();
-    for table in accounts::TABLES {
+    for table in kind.tables() {
         swap.push_str(&format!(
             "ALTER TABLE {live}.{table} SET SCHEMA {retired}; ALTER TABLE {shadow}.{table} SET SCHEMA {live};"
         ));
@@ -234,6 +237,7 @@ pub async fn rebuild(
 
 async fn create_shadow(
     conn: &mut PgConnection,
+    kind: Projection,
     live: &str,
     shadow: &str,
 ) -> Result<(), sqlx::Error> {
@@ -242,9 +246,9 @@ async fn create_shadow(
         "DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow};
          DROP SCHEMA IF EXISTS tally_retired_{name} CASCADE; CREATE SCHEMA tally_retired_{name};
          CREATE TABLE {shadow}.projection_versions (LIKE {live}.projection_versions INCLUDING ALL);",
-        name = accounts::NAME
+        name = kind.name()
     );
-    for table in accounts::TABLES {
+    for table in kind.tables() {
         ddl.push_str(&format!(
             "CREATE TABLE {shadow}.{table} (LIKE {live}.{table} INCLUDING ALL);"
         ));
@@ -261,6 +265,7 @@ async fn create_shadow(
 async fn copy_range(
     pool: &PgPool,
     conn: &mut PgConnection,
+    kind: Projection,
     from: &str,
     to: &str,
     progress: &mut Progress,
@@ -272,6 +277,7 @@ async fn copy_range(
         let mut rows = sqlx::query_as::<_, Row>(range_sql(&from))
             .bind(from)
             .bind(to)
+            .bind(kind.aggregate_type())
             .fetch(&pool);
         let mut batch = Vec::with_capacity(BATCH_EVENTS);
         while let Some(row) = rows.try_next().await? {
@@ -290,7 +296,7 @@ async fn copy_range(
     });
     while let Some(batch) = batches.recv().await {
         let mut tx = conn.begin().await?;
-        apply_shadow(&mut tx, &batch).await?;
+        apply_shadow(&mut tx, kind, &batch).await?;
         tx.commit().await?;
         progress.events_done += batch.len() as u64;
         on_progress(*progress);
@@ -306,12 +312,13 @@ async fn copy_range(
 /// each aggregate's last sequence in the shadow `projection_versions`.
 async fn apply_shadow(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    kind: Projection,
     events: &[EventMessage],
 ) -> Result<(), RebuildError> {
     if events.is_empty() {
         return Ok(());
     }
-    accounts::apply(tx, events).await?;
+    kind.apply(tx, events).await?;
     let mut last: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
     for event in events {
         last.insert(
@@ -321,7 +328,7 @@ async fn apply_shadow(
     }
     let (ids, versions): (Vec<&str>, Vec<i64>) = last.into_iter().unzip();
     // Into the shadow `projection_versions`: first on this connection's search path.
-    versions::record(tx, accounts::NAME, &ids, &versions).await?;
+    versions::record(tx, kind, &ids, &versions).await?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::accounts;
+use crate::Projection;
 use crate::versions;
 use crate::write_lock;
 
@@ -66,9 +66,10 @@ pub struct Runner {
     pub pool: PgPool,
     pub jetstream: jetstream::Context,
     pub stream: String,
-    /// `<prefix>.evt.account.>`
+    pub projection: Projection,
+    /// `<prefix>.evt.<aggregate type>.>`
     pub filter_subject: String,
-    /// `<prefix>.dlq.accounts`
+    /// `<prefix>.dlq.<projection>`
     pub dead_letter_subject: String,
     pub config: RunnerConfig,
 }
@@ -86,7 +87,7 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?
             .create_consumer(pull::Config {
-                durable_name: Some(format!("projection-{}", accounts::NAME)),
+                durable_name: Some(format!("projection-{}", self.projection.name())),
                 filter_subject: self.filter_subject.clone(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
@@ -160,12 +161,15 @@ impl Runner {
         drop(messages);
         if let Ok(stream) = self.jetstream.get_stream(&self.stream).await
             && let Err(error) = stream
-                .unpin_consumer(&format!("projection-{}", accounts::NAME), PRIORITY_GROUP)
+                .unpin_consumer(
+                    &format!("projection-{}", self.projection.name()),
+                    PRIORITY_GROUP,
+                )
                 .await
         {
             tracing::debug!(%error, "unpin on shutdown failed; the pin expires by itself");
         }
-        tracing::info!(projection = accounts::NAME, "projection stopped");
+        tracing::info!(projection = self.projection.name(), "projection stopped");
         Ok(())
     }
 
@@ -216,17 +220,17 @@ impl Runner {
 
     async fn apply_batch(&self, deliveries: &[Delivery]) -> Result<(), ApplyError> {
         let mut tx = self.pool.begin().await?;
-        write_lock::shared(&mut tx, accounts::NAME).await?;
+        write_lock::shared(&mut tx, self.projection.name()).await?;
         let ids: Vec<String> = deliveries
             .iter()
             .map(|d| d.event.aggregate_id.clone())
             .collect();
         let current: Vec<(String, i64)> = sqlx::query_as(
             "SELECT aggregate_id, version FROM projection_versions
-             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = ANY($2)
+             WHERE projection = $1 AND aggregate_id = ANY($2)
              FOR UPDATE",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
@@ -238,10 +242,10 @@ impl Runner {
         // releasing one (which locks it FOR UPDATE) finishes before we decide.
         let parked: std::collections::HashSet<String> = sqlx::query_scalar(
             "SELECT aggregate_id FROM projection_parked
-             WHERE projection = $1 AND aggregate_type = 'account' AND aggregate_id = ANY($2)
+             WHERE projection = $1 AND aggregate_id = ANY($2)
              FOR SHARE",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?
@@ -271,7 +275,7 @@ impl Runner {
                 "INSERT INTO projection_parked_events (projection, aggregate_type, aggregate_id, sequence, event)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
             )
-            .bind(accounts::NAME)
+            .bind(self.projection.name())
             .bind(&event.aggregate_type)
             .bind(&event.aggregate_id)
             .bind(i64::try_from(event.sequence).unwrap_or(i64::MAX))
@@ -280,7 +284,7 @@ impl Runner {
             .await?;
         }
         if !apply.is_empty() {
-            accounts::apply(&mut tx, &apply).await?;
+            self.projection.apply(&mut tx, &apply).await?;
             let changed: HashMap<&str, u64> = apply
                 .iter()
                 .map(|e| (e.aggregate_id.as_str(), versions[&e.aggregate_id]))
@@ -292,7 +296,7 @@ impl Runner {
                 .into_iter()
                 .map(|(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)))
                 .unzip();
-            versions::record(&mut tx, accounts::NAME, &ids, &seqs).await?;
+            versions::record(&mut tx, self.projection, &ids, &seqs).await?;
         }
         let last_stream_sequence = deliveries
             .iter()
@@ -307,7 +311,7 @@ impl Runner {
                  events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
                  updated_at = now()",
         )
-        .bind(accounts::NAME)
+        .bind(self.projection.name())
         .bind(i64::try_from(last_stream_sequence).unwrap_or(i64::MAX))
         .bind(i64::try_from(apply.len()).unwrap_or(i64::MAX))
         .execute(&mut *tx)

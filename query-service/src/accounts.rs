@@ -26,8 +26,6 @@ pub struct ConsistencyHeaders {
     tally_wait_ms: Option<u64>,
 }
 
-const PROJECTION: &str = "accounts";
-
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AccountView {
     pub account_id: String,
@@ -79,13 +77,7 @@ pub async fn get(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    consistency::wait(
-        &pool,
-        PROJECTION,
-        &headers,
-        query.consistency_token.as_deref(),
-    )
-    .await?;
+    consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
     let account: AccountView = sqlx::query_as(
         "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
          FROM accounts WHERE account_id = $1",
@@ -141,13 +133,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Page<AccountView>>, ApiError> {
     let Query(query) = query?;
-    consistency::wait(
-        &pool,
-        PROJECTION,
-        &headers,
-        query.consistency_token.as_deref(),
-    )
-    .await?;
+    consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
     let limit = pagination::limit(query.limit)?;
     if let Some(status) = &query.status
         && !["open", "frozen", "closed"].contains(&status.as_str())
@@ -186,7 +172,7 @@ pub async fn list(
 }
 
 /// Trims the one extra row fetched to learn whether another page exists; returns the last kept.
-fn page_end<T>(rows: &mut Vec<T>, limit: i64) -> Option<&T> {
+pub(crate) fn page_end<T>(rows: &mut Vec<T>, limit: i64) -> Option<&T> {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     if rows.len() > limit {
         rows.truncate(limit);
@@ -206,6 +192,9 @@ pub struct EntryView {
     pub balance_after: i64,
     pub recorded_at: DateTime<Utc>,
     pub command_id: uuid::Uuid,
+    /// The transfer whose step made this entry (`GET /v1/transfers/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -242,13 +231,7 @@ pub async fn entries(
     headers: HeaderMap,
 ) -> Result<Json<Page<EntryView>>, ApiError> {
     let Query(query) = query?;
-    consistency::wait(
-        &pool,
-        PROJECTION,
-        &headers,
-        query.consistency_token.as_deref(),
-    )
-    .await?;
+    consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
     let limit = pagination::limit(query.limit)?;
     let after: Option<i64> = match query
         .cursor
@@ -272,7 +255,8 @@ pub async fn entries(
         });
     }
     let mut rows: Vec<EntryView> = sqlx::query_as(
-        "SELECT sequence, direction, amount, reference, balance_after, recorded_at, command_id
+        "SELECT sequence, direction, amount, reference, balance_after, recorded_at, command_id,
+                transfer_id
          FROM account_entries
          WHERE account_id = $1
            AND ($2::timestamptz IS NULL OR recorded_at >= $2)

@@ -21,7 +21,16 @@ const POLL: Duration = Duration::from_millis(5);
 pub struct Token {
     pub aggregate_type: String,
     pub aggregate_id: String,
-    pub version: i64,
+    pub target: Target,
+}
+
+/// What the read model must have reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// This version of the aggregate.
+    Version(i64),
+    /// The transfer completed or failed (a transfer request's token).
+    Settled,
 }
 
 pub fn parse(raw: &str) -> Result<Token, ApiError> {
@@ -29,25 +38,83 @@ pub fn parse(raw: &str) -> Result<Token, ApiError> {
         detail: "consistency token is not one a command reply issued".into(),
     };
     let mut parts = raw.rsplitn(2, ':');
-    let version = parts
-        .next()
-        .and_then(|v| v.parse::<i64>().ok())
-        .ok_or_else(invalid)?;
+    let target = match parts.next() {
+        Some("settled") => Target::Settled,
+        other => Target::Version(
+            other
+                .and_then(|v| v.parse::<i64>().ok())
+                .ok_or_else(invalid)?,
+        ),
+    };
     let (aggregate_type, aggregate_id) = parts
         .next()
         .and_then(|rest| rest.split_once(':'))
         .ok_or_else(invalid)?;
+    let known = matches!(
+        (aggregate_type, target),
+        ("account", Target::Version(_)) | ("transfer", _)
+    );
+    if !known {
+        return Err(invalid());
+    }
     Ok(Token {
         aggregate_type: aggregate_type.to_owned(),
         aggregate_id: aggregate_id.to_owned(),
-        version,
+        target,
     })
 }
 
-/// Waits until the projection has applied the write named by the request's token, if any.
+/// The projection that serves an aggregate type's read model.
+fn projection_of(aggregate_type: &str) -> &'static str {
+    if aggregate_type == "transfer" {
+        "transfers"
+    } else {
+        "accounts"
+    }
+}
+
+/// Whether the read model has reached `token`, and where it is (for the error message).
+async fn reached(pool: &PgPool, token: &Token) -> Result<(bool, String), sqlx::Error> {
+    match token.target {
+        Target::Version(version) => {
+            let applied: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM projection_versions
+                 WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
+            )
+            .bind(projection_of(&token.aggregate_type))
+            .bind(&token.aggregate_type)
+            .bind(&token.aggregate_id)
+            .fetch_optional(pool)
+            .await?;
+            Ok((
+                applied.is_some_and(|v| v >= version),
+                format!("version {} (it is at {})", version, applied.unwrap_or(0)),
+            ))
+        }
+        Target::Settled => {
+            let Ok(id) = uuid::Uuid::parse_str(&token.aggregate_id) else {
+                return Ok((false, "a settled transfer (no such transfer)".into()));
+            };
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM transfers WHERE transfer_id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?;
+            let settled = matches!(status.as_deref(), Some("completed" | "failed"));
+            Ok((
+                settled,
+                format!(
+                    "a settled transfer (it is {})",
+                    status.as_deref().unwrap_or("not yet visible")
+                ),
+            ))
+        }
+    }
+}
+
+/// Waits until the read model has applied the write named by the request's token, if any.
 pub async fn wait(
     pool: &PgPool,
-    projection: &str,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<(), ApiError> {
@@ -72,26 +139,15 @@ pub async fn wait(
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     loop {
-        let applied: Option<i64> = sqlx::query_scalar(
-            "SELECT version FROM projection_versions
-             WHERE projection = $1 AND aggregate_type = $2 AND aggregate_id = $3",
-        )
-        .bind(projection)
-        .bind(&token.aggregate_type)
-        .bind(&token.aggregate_id)
-        .fetch_optional(pool)
-        .await?;
-        if applied.is_some_and(|v| v >= token.version) {
+        let (done, position) = reached(pool, &token).await?;
+        if done {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ApiError::NotYetConsistent {
                 detail: format!(
-                    "the read model has not applied version {} of {} {} within {wait_ms} ms (it is at {}); retry, or raise {HEADER_WAIT} (max {WAIT_MAX_MS})",
-                    token.version,
-                    token.aggregate_type,
-                    token.aggregate_id,
-                    applied.unwrap_or(0)
+                    "the read model has not reached {position} of {} {} within {wait_ms} ms; retry, or raise {HEADER_WAIT} (max {WAIT_MAX_MS})",
+                    token.aggregate_type, token.aggregate_id,
                 ),
             });
         }
@@ -110,10 +166,17 @@ mod tests {
             Some(Token {
                 aggregate_type: "account".into(),
                 aggregate_id: "acc-1".into(),
-                version: 7
+                target: Target::Version(7)
             })
+        );
+        let transfer = "transfer:0190b6a4-0000-7000-8000-000000000001:settled";
+        assert_eq!(
+            parse(transfer).map(|t| t.target).ok(),
+            Some(Target::Settled)
         );
         assert!(parse("garbage").is_err());
         assert!(parse("account:acc:x").is_err());
+        assert!(parse("account:acc:settled").is_err());
+        assert!(parse("ledger:x:1").is_err());
     }
 }

@@ -1,11 +1,12 @@
 //! The HTTP API (axum) over the read models, plus the audit endpoints (design §6). It serves
-//! `/v1/accounts`, `/v1/accounts/{id}`, `/v1/accounts/{id}/entries`, `/v1/totals`,
-//! `/v1/commands/{command_id}`, `/healthz` and `/readyz`; read-your-writes waits live in
-//! `consistency`.
+//! `/v1/accounts`, `/v1/accounts/{id}`, `/v1/accounts/{id}/entries`,
+//! `/v1/accounts/{id}/transfers`, `/v1/transfers/{id}`, `/v1/totals`, `/v1/commands/{id}`, the
+//! audit endpoints, `/healthz` and `/readyz`; read-your-writes waits live in `consistency`.
 
 mod accounts;
 mod app;
 mod audit;
+mod audit_flows;
 mod commands;
 mod config;
 mod consistency;
@@ -13,6 +14,7 @@ pub mod openapi;
 mod pagination;
 mod problem;
 mod router;
+mod transfers;
 
 pub use app::{Application, StartupError};
 pub use config::Config;

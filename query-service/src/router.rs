@@ -26,7 +26,16 @@ pub fn build(readiness: Readiness, limits: &Limits) -> Router {
             "/v1/accounts/{account_id}/entries",
             get(crate::accounts::entries),
         )
+        .route(
+            "/v1/accounts/{account_id}/transfers",
+            get(crate::transfers::of_account),
+        )
+        .route("/v1/transfers/{transfer_id}", get(crate::transfers::get))
         .route("/v1/totals", get(crate::accounts::totals))
+        .route(
+            "/v1/audit/correlations/{correlation_id}/events",
+            get(crate::audit_flows::events),
+        )
         .route(
             "/v1/audit/{aggregate_type}/{aggregate_id}/events",
             get(crate::audit::events),

@@ -11,7 +11,7 @@ use tests::TestApp;
 #[tokio::test]
 async fn postgres_es_reads_and_writes_our_events_table() {
     let app = TestApp::spawn().await;
-    let cqrs = postgres_es::postgres_cqrs::<Account>(app.db.clone(), vec![], ());
+    let cqrs = postgres_es::postgres_cqrs::<Account>(app.db.clone(), vec![], Default::default());
     let metadata = EventMetadata::for_command(uuid::Uuid::new_v4(), "tester", chrono_now());
     cqrs.execute_with_metadata(
         "acc-1",

@@ -23,3 +23,4 @@ mod schemathesis;
 mod service_binaries;
 mod snapshots;
 mod startup;
+mod transfers;

@@ -2,7 +2,7 @@
 //! replay gives, for any history; and why cqrs-es 0.5's own snapshot mode is not used.
 
 use command_service::executor::{Executor, ExecutorLimits};
-use command_service::incoming::IncomingCommand;
+use command_service::incoming::{Command, IncomingCommand};
 use command_service::repository::TallyRepository;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, EventStore};
@@ -27,12 +27,8 @@ async fn fresh_pool() -> PgPool {
 
 fn incoming(command: AccountCommand) -> IncomingCommand {
     IncomingCommand {
-        command_id: uuid::Uuid::new_v4(),
-        command,
         actor: "prop".into(),
-        trace_id: None,
-        traceparent: None,
-        expected_version: None,
+        ..IncomingCommand::new(uuid::Uuid::new_v4(), Command::Account(command))
     }
 }
 
@@ -80,7 +76,7 @@ fn snapshot_loaded_state_equals_full_replay() {
                     accepted += 1;
                 }
             }
-            let from_snapshot = executor.load(&id).await.unwrap();
+            let from_snapshot = executor.load::<Account>(&id).await.unwrap();
             let full = replay.load_aggregate(&id).await.unwrap();
             prop_assert_eq!(&from_snapshot.aggregate, &full.aggregate);
             prop_assert_eq!(from_snapshot.current_sequence, full.current_sequence);
@@ -149,7 +145,7 @@ async fn a_stale_or_corrupt_snapshot_is_never_trusted_over_events() {
         .execute(&pool)
         .await
         .unwrap();
-    let loaded = executor.load("s").await.unwrap();
+    let loaded = executor.load::<Account>("s").await.unwrap();
     assert_eq!(loaded.aggregate.balance, 30);
     assert_eq!(loaded.current_sequence, 4);
 }

@@ -1,4 +1,4 @@
-//! `TestApp`: the three services running in-process against this test's own database and
+//! `TestApp`: the four services running in-process against this test's own database and
 //! subject prefix, on the shared real servers.
 
 use std::net::SocketAddr;
@@ -85,10 +85,11 @@ pub struct TestApp {
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
     command_service: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
     projections: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
+    process_manager: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
 }
 
 impl TestApp {
-    /// Starts command-service, projections and query-service in this process.
+    /// Starts command-service, projections, process-manager and query-service in this process.
     pub async fn spawn() -> TestApp {
         crate::init_test_logging();
         let servers = Servers::get();
@@ -153,6 +154,12 @@ impl TestApp {
         let projections_token = shutdown.child_token();
         let projections_task = tokio::spawn(projections.run(projections_token.clone()));
 
+        let process_manager = Self::start_process_manager_with(
+            &args("process-manager", "--ops-addr=127.0.0.1:0"),
+            &shutdown,
+        )
+        .await;
+
         let query =
             query_service::Config::try_parse_from(args("query-service", "--http-addr=127.0.0.1:0"))
                 .expect("query-service config");
@@ -188,6 +195,41 @@ impl TestApp {
             tasks,
             command_service: Some(command_service),
             projections: Some((projections_token, projections_task)),
+            process_manager: Some(process_manager),
+        }
+    }
+
+    async fn start_process_manager_with(
+        args: &[String],
+        parent: &CancellationToken,
+    ) -> (CancellationToken, JoinHandle<std::io::Result<()>>) {
+        let config = process_manager::Config::try_parse_from(args).expect("process-manager config");
+        let app = process_manager::Application::build(config)
+            .await
+            .expect("process-manager starts");
+        let token = parent.child_token();
+        let task = tokio::spawn(app.run(token.clone()));
+        (token, task)
+    }
+
+    /// Starts the in-process process manager again.
+    pub async fn start_process_manager(&mut self) {
+        assert!(self.process_manager.is_none(), "already running");
+        let args: Vec<String> = std::iter::once("process-manager".to_owned())
+            .chain(self.service_flags())
+            .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
+            .collect();
+        self.process_manager = Some(Self::start_process_manager_with(&args, &self.shutdown).await);
+    }
+
+    /// Stops the in-process process manager gracefully (as SIGTERM would).
+    pub async fn stop_process_manager(&mut self) {
+        if let Some((token, task)) = self.process_manager.take() {
+            token.cancel();
+            let result = tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("process-manager stops within 20 s");
+            result.expect("no panic").expect("clean stop");
         }
     }
 
@@ -273,9 +315,11 @@ impl TestApp {
         let mut results = Vec::new();
         let command = self.command_service.take().map(|(_, task)| task);
         let projections = self.projections.take().map(|(_, task)| task);
+        let process_manager = self.process_manager.take().map(|(_, task)| task);
         for task in command
             .into_iter()
             .chain(projections)
+            .chain(process_manager)
             .chain(self.tasks.drain(..))
         {
             match tokio::time::timeout(Duration::from_secs(15), task).await {

@@ -3,6 +3,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use super::events::DepositChannel;
 use crate::money::AMOUNT_MAX_MINOR;
@@ -84,6 +85,17 @@ pub struct Close {
     pub account_id: String,
 }
 
+/// One step of a transfer on this account, sent by the process manager (`debit`, `credit`,
+/// `refund`, `settle`). The amount and the other account are the transfer's own, never the
+/// sender's: a step the transfer's state does not call for is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferStep {
+    #[schemars(length(min = 1, max = ID_LEN_MAX), pattern(ID_PATTERN))]
+    pub account_id: String,
+    pub transfer_id: Uuid,
+}
+
 /// Every command the Account aggregate handles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountCommand {
@@ -93,11 +105,21 @@ pub enum AccountCommand {
     Freeze(Freeze),
     Unfreeze(Unfreeze),
     Close(Close),
+    /// Takes the transfer's amount from its source account and holds it as in flight.
+    Debit(TransferStep),
+    /// Gives the transfer's amount to its destination account.
+    Credit(TransferStep),
+    /// Gives a debited amount back to the source after the credit was refused.
+    Refund(TransferStep),
+    /// Releases the source's hold once the destination has been credited.
+    Settle(TransferStep),
 }
 
 /// Command names as they appear in subjects (`tally.cmd.account.<name>`).
-pub const ACCOUNT_COMMAND_NAMES: [&str; 6] =
-    ["open", "deposit", "withdraw", "freeze", "unfreeze", "close"];
+pub const ACCOUNT_COMMAND_NAMES: [&str; 10] = [
+    "open", "deposit", "withdraw", "freeze", "unfreeze", "close", "debit", "credit", "refund",
+    "settle",
+];
 
 /// Why a body could not become a command.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +139,21 @@ impl AccountCommand {
             AccountCommand::Freeze(_) => "freeze",
             AccountCommand::Unfreeze(_) => "unfreeze",
             AccountCommand::Close(_) => "close",
+            AccountCommand::Debit(_) => "debit",
+            AccountCommand::Credit(_) => "credit",
+            AccountCommand::Refund(_) => "refund",
+            AccountCommand::Settle(_) => "settle",
+        }
+    }
+
+    /// The transfer a step command belongs to.
+    pub fn transfer_id(&self) -> Option<Uuid> {
+        match self {
+            AccountCommand::Debit(c)
+            | AccountCommand::Credit(c)
+            | AccountCommand::Refund(c)
+            | AccountCommand::Settle(c) => Some(c.transfer_id),
+            _ => None,
         }
     }
 
@@ -129,6 +166,10 @@ impl AccountCommand {
             AccountCommand::Freeze(c) => &c.account_id,
             AccountCommand::Unfreeze(c) => &c.account_id,
             AccountCommand::Close(c) => &c.account_id,
+            AccountCommand::Debit(c)
+            | AccountCommand::Credit(c)
+            | AccountCommand::Refund(c)
+            | AccountCommand::Settle(c) => &c.account_id,
         }
     }
 
@@ -144,6 +185,10 @@ impl AccountCommand {
             "freeze" => AccountCommand::Freeze(parse(body)?),
             "unfreeze" => AccountCommand::Unfreeze(parse(body)?),
             "close" => AccountCommand::Close(parse(body)?),
+            "debit" => AccountCommand::Debit(parse(body)?),
+            "credit" => AccountCommand::Credit(parse(body)?),
+            "refund" => AccountCommand::Refund(parse(body)?),
+            "settle" => AccountCommand::Settle(parse(body)?),
             other => return Err(DecodeError::UnknownCommand(other.to_owned())),
         })
     }
@@ -157,6 +202,10 @@ impl AccountCommand {
             AccountCommand::Freeze(c) => serde_json::to_value(c),
             AccountCommand::Unfreeze(c) => serde_json::to_value(c),
             AccountCommand::Close(c) => serde_json::to_value(c),
+            AccountCommand::Debit(c)
+            | AccountCommand::Credit(c)
+            | AccountCommand::Refund(c)
+            | AccountCommand::Settle(c) => serde_json::to_value(c),
         };
         // Plain structs of strings and integers always serialize.
         value.unwrap_or(serde_json::Value::Null)

@@ -29,6 +29,12 @@ pub enum AccountError {
     NotFrozen,
     #[error("account can only be closed at a zero balance; balance is {balance}")]
     BalanceNotZero { balance: i64 },
+    #[error("{count} transfers from this account are still in flight")]
+    TransfersInFlight { count: usize },
+    #[error("transfer does not exist")]
+    TransferNotFound,
+    #[error("transfer does not call for this step: {reason}")]
+    StepNotDue { reason: String },
 }
 
 impl AccountError {
@@ -51,9 +57,12 @@ impl AccountError {
             AccountError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
             AccountError::Frozen => ErrorCode::AccountFrozen,
             AccountError::Closed => ErrorCode::AccountClosed,
+            AccountError::TransferNotFound => ErrorCode::NotFound,
             AccountError::AlreadyFrozen
             | AccountError::NotFrozen
-            | AccountError::BalanceNotZero { .. } => ErrorCode::Conflict,
+            | AccountError::BalanceNotZero { .. }
+            | AccountError::TransfersInFlight { .. }
+            | AccountError::StepNotDue { .. } => ErrorCode::Conflict,
         }
     }
 
@@ -73,12 +82,15 @@ impl AccountError {
                 json!({ "balance": balance, "requested": requested })
             }
             AccountError::BalanceNotZero { balance } => json!({ "balance": balance }),
+            AccountError::TransfersInFlight { count } => json!({ "transfers_in_flight": count }),
+            AccountError::StepNotDue { reason } => json!({ "reason": reason }),
             AccountError::NotFound
             | AccountError::AlreadyExists
             | AccountError::Frozen
             | AccountError::Closed
             | AccountError::AlreadyFrozen
-            | AccountError::NotFrozen => json!({}),
+            | AccountError::NotFrozen
+            | AccountError::TransferNotFound => json!({}),
         }
     }
 }

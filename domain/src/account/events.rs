@@ -5,6 +5,7 @@
 use cqrs_es::DomainEvent;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// Version of the account events' payloads as written today, except [`MoneyDeposited`].
 pub const ACCOUNT_EVENT_VERSION: &str = "1.0";
@@ -63,6 +64,42 @@ pub struct AccountUnfrozen {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AccountClosed {}
 
+/// The transfer's amount left this account; it stays in flight until settled or refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferDebited {
+    pub transfer_id: Uuid,
+    /// The destination account.
+    pub to: String,
+    /// Minor units.
+    pub amount: i64,
+    pub balance_after: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferCredited {
+    pub transfer_id: Uuid,
+    /// The source account.
+    pub from: String,
+    /// Minor units.
+    pub amount: i64,
+    pub balance_after: i64,
+}
+
+/// The destination refused the credit: the debited amount came back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferRefunded {
+    pub transfer_id: Uuid,
+    /// Minor units.
+    pub amount: i64,
+    pub balance_after: i64,
+}
+
+/// The destination was credited: the transfer no longer holds this account open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TransferSettled {
+    pub transfer_id: Uuid,
+}
+
 /// Stored as `{"<EventType>": {payload}}` (serde's external tagging), as postgres-es writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AccountEvent {
@@ -72,16 +109,24 @@ pub enum AccountEvent {
     AccountFrozen(AccountFrozen),
     AccountUnfrozen(AccountUnfrozen),
     AccountClosed(AccountClosed),
+    TransferDebited(TransferDebited),
+    TransferCredited(TransferCredited),
+    TransferRefunded(TransferRefunded),
+    TransferSettled(TransferSettled),
 }
 
 /// Event type names as stored in `events.event_type`.
-pub const ACCOUNT_EVENT_TYPES: [&str; 6] = [
+pub const ACCOUNT_EVENT_TYPES: [&str; 10] = [
     "AccountOpened",
     "MoneyDeposited",
     "MoneyWithdrawn",
     "AccountFrozen",
     "AccountUnfrozen",
     "AccountClosed",
+    "TransferDebited",
+    "TransferCredited",
+    "TransferRefunded",
+    "TransferSettled",
 ];
 
 impl DomainEvent for AccountEvent {
@@ -93,6 +138,10 @@ impl DomainEvent for AccountEvent {
             AccountEvent::AccountFrozen(_) => "AccountFrozen",
             AccountEvent::AccountUnfrozen(_) => "AccountUnfrozen",
             AccountEvent::AccountClosed(_) => "AccountClosed",
+            AccountEvent::TransferDebited(_) => "TransferDebited",
+            AccountEvent::TransferCredited(_) => "TransferCredited",
+            AccountEvent::TransferRefunded(_) => "TransferRefunded",
+            AccountEvent::TransferSettled(_) => "TransferSettled",
         };
         name.to_owned()
     }

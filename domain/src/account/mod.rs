@@ -11,20 +11,24 @@ pub mod upcast;
 
 pub use commands::{
     ACCOUNT_COMMAND_NAMES, AccountCommand, Close, DecodeError, Deposit, Freeze, OpenAccount,
-    Unfreeze, Withdraw,
+    TransferStep, Unfreeze, Withdraw,
 };
 pub use error::AccountError;
 pub use events::{
     ACCOUNT_EVENT_TYPES, ACCOUNT_EVENT_VERSION, AccountClosed, AccountEvent, AccountFrozen,
     AccountOpened, AccountUnfrozen, DepositChannel, MONEY_DEPOSITED_VERSION, MoneyDeposited,
-    MoneyWithdrawn,
+    MoneyWithdrawn, TransferCredited, TransferDebited, TransferRefunded, TransferSettled,
 };
+
+use std::collections::BTreeSet;
 
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::money::{self, Amount};
+use crate::transfer::{Transfer, TransferStatus};
 use crate::validate;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,14 +61,33 @@ pub struct Account {
     /// Minor units; never negative.
     pub balance: i64,
     pub status: AccountStatus,
+    /// Transfers debited from this account and neither settled nor refunded. While any is
+    /// open the account cannot close, so a refund always has somewhere to go.
+    #[serde(default)]
+    pub transfers_in_flight: BTreeSet<Uuid>,
+}
+
+/// What a transfer step needs to know besides the account: the transfer as recorded, looked
+/// up by the command-service and passed in as data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountServices {
+    pub transfer: Option<Transfer>,
 }
 
 impl Account {
-    /// Decides which events a command produces, without changing `self`.
-    ///
+    /// Decides which events a command produces, without changing `self`. Transfer steps are
+    /// refused here: they need [`Account::decide_with`] and the transfer.
+    pub fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        self.decide_with(command, &AccountServices::default())
+    }
+
     /// This is the whole of the business logic, synchronous and pure, so property tests can
     /// drive it directly; [`Aggregate::handle`] only forwards its result to cqrs-es.
-    pub fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+    pub fn decide_with(
+        &self,
+        command: &AccountCommand,
+        services: &AccountServices,
+    ) -> Result<Vec<AccountEvent>, AccountError> {
         validate::aggregate_id("account_id", command.account_id())?;
         match command {
             AccountCommand::Open(c) => {
@@ -128,6 +151,11 @@ impl Account {
                 if self.status == AccountStatus::Frozen {
                     return Err(AccountError::Frozen);
                 }
+                if !self.transfers_in_flight.is_empty() {
+                    return Err(AccountError::TransfersInFlight {
+                        count: self.transfers_in_flight.len(),
+                    });
+                }
                 if self.balance != 0 {
                     return Err(AccountError::BalanceNotZero {
                         balance: self.balance,
@@ -135,7 +163,87 @@ impl Account {
                 }
                 Ok(vec![AccountEvent::AccountClosed(AccountClosed {})])
             }
+            AccountCommand::Debit(c) => {
+                if self.transfers_in_flight.contains(&c.transfer_id) {
+                    return Ok(vec![]); // already debited
+                }
+                let transfer = self.transfer_step(services, TransferStatus::Requested, "debit")?;
+                if transfer.from != self.id {
+                    return Err(not_due("this account is not the transfer's source"));
+                }
+                self.require_live()?;
+                if self.status == AccountStatus::Frozen {
+                    return Err(AccountError::Frozen);
+                }
+                let balance_after = money::debit(self.balance, Amount::new(transfer.amount)?)?;
+                Ok(vec![AccountEvent::TransferDebited(TransferDebited {
+                    transfer_id: c.transfer_id,
+                    to: transfer.to.clone(),
+                    amount: transfer.amount,
+                    balance_after,
+                })])
+            }
+            AccountCommand::Credit(c) => {
+                let transfer = self.transfer_step(services, TransferStatus::Debited, "credit")?;
+                if transfer.to != self.id {
+                    return Err(not_due("this account is not the transfer's destination"));
+                }
+                // Frozen accounts take deposits, and so credits.
+                self.require_live()?;
+                let balance_after = money::credit(self.balance, Amount::new(transfer.amount)?)?;
+                Ok(vec![AccountEvent::TransferCredited(TransferCredited {
+                    transfer_id: c.transfer_id,
+                    from: transfer.from.clone(),
+                    amount: transfer.amount,
+                    balance_after,
+                })])
+            }
+            AccountCommand::Refund(c) | AccountCommand::Settle(c) => {
+                let refund = matches!(command, AccountCommand::Refund(_));
+                if !self.transfers_in_flight.contains(&c.transfer_id) {
+                    return Ok(vec![]); // already settled or refunded
+                }
+                let (due, action) = if refund {
+                    (TransferStatus::Refunding, "refund")
+                } else {
+                    (TransferStatus::Credited, "settle")
+                };
+                let transfer = self.transfer_step(services, due, action)?;
+                if !refund {
+                    return Ok(vec![AccountEvent::TransferSettled(TransferSettled {
+                        transfer_id: c.transfer_id,
+                    })]);
+                }
+                // An in-flight transfer keeps the account from closing, so it is live here.
+                let balance_after = money::credit(self.balance, Amount::new(transfer.amount)?)?;
+                Ok(vec![AccountEvent::TransferRefunded(TransferRefunded {
+                    transfer_id: c.transfer_id,
+                    amount: transfer.amount,
+                    balance_after,
+                })])
+            }
         }
+    }
+
+    /// The transfer of a step, which must be in the state that calls for that step.
+    fn transfer_step<'a>(
+        &self,
+        services: &'a AccountServices,
+        due: TransferStatus,
+        action: &str,
+    ) -> Result<&'a Transfer, AccountError> {
+        let transfer = services
+            .transfer
+            .as_ref()
+            .filter(|t| t.status != TransferStatus::Unrequested)
+            .ok_or(AccountError::TransferNotFound)?;
+        if transfer.status != due {
+            return Err(not_due(format!(
+                "the transfer is {}; cannot {action}",
+                transfer.status.as_str()
+            )));
+        }
+        Ok(transfer)
     }
 
     /// Opened and not closed.
@@ -153,15 +261,15 @@ impl Aggregate for Account {
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
-    type Services = ();
+    type Services = AccountServices;
 
     async fn handle(
         &mut self,
         command: Self::Command,
-        _services: &Self::Services,
+        services: &Self::Services,
         sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
-        for event in self.decide(&command)? {
+        for event in self.decide_with(&command, services)? {
             sink.write(event, self).await;
         }
         Ok(())
@@ -183,6 +291,24 @@ impl Aggregate for Account {
             AccountEvent::AccountFrozen(_) => self.status = AccountStatus::Frozen,
             AccountEvent::AccountUnfrozen(_) => self.status = AccountStatus::Open,
             AccountEvent::AccountClosed(_) => self.status = AccountStatus::Closed,
+            AccountEvent::TransferDebited(e) => {
+                self.balance = e.balance_after;
+                self.transfers_in_flight.insert(e.transfer_id);
+            }
+            AccountEvent::TransferCredited(e) => self.balance = e.balance_after,
+            AccountEvent::TransferRefunded(e) => {
+                self.balance = e.balance_after;
+                self.transfers_in_flight.remove(&e.transfer_id);
+            }
+            AccountEvent::TransferSettled(e) => {
+                self.transfers_in_flight.remove(&e.transfer_id);
+            }
         }
+    }
+}
+
+fn not_due(reason: impl Into<String>) -> AccountError {
+    AccountError::StepNotDue {
+        reason: reason.into(),
     }
 }

@@ -5,9 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::account::AccountStatus;
+use crate::account::{AccountStatus, DecodeError};
 use crate::money::AMOUNT_MAX_MINOR;
-use crate::validate::{ID_LEN_MAX, ID_PATTERN, REFERENCE_LEN_MAX};
+use crate::validate::{ID_LEN_MAX, ID_PATTERN, REASON_LEN_MAX, REFERENCE_LEN_MAX};
 
 /// Move money between two accounts of the same currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -34,16 +34,17 @@ pub struct RecordStep {
     pub transfer_id: Uuid,
 }
 
-/// A step failed: the transfer ends as failed, after the refund when money had been taken.
+/// An account refused a step: before the debit the transfer fails at once; after it, the
+/// transfer waits for the refund of the source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailTransfer {
     pub transfer_id: Uuid,
+    /// The error code the account refused with.
+    #[schemars(length(min = 1, max = REASON_LEN_MAX))]
     pub code: String,
+    #[schemars(length(min = 1, max = REASON_LEN_MAX))]
     pub reason: String,
-    /// The source account was refunded (required when the debit had been recorded).
-    #[serde(default)]
-    pub refunded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,16 +52,73 @@ pub enum TransferCommand {
     Request(RequestTransfer),
     RecordDebit(RecordStep),
     RecordCredit(RecordStep),
+    Complete(RecordStep),
     Fail(FailTransfer),
+    RecordRefund(RecordStep),
 }
+
+/// Command names as they appear in subjects (`tally.cmd.transfer.<name>`). Only `request` is
+/// for clients; the rest are the process manager's.
+pub const TRANSFER_COMMAND_NAMES: [&str; 6] = [
+    "request",
+    "record_debit",
+    "record_credit",
+    "complete",
+    "fail",
+    "record_refund",
+];
 
 impl TransferCommand {
     pub fn transfer_id(&self) -> Uuid {
         match self {
             TransferCommand::Request(c) => c.transfer_id,
-            TransferCommand::RecordDebit(c) | TransferCommand::RecordCredit(c) => c.transfer_id,
+            TransferCommand::RecordDebit(c)
+            | TransferCommand::RecordCredit(c)
+            | TransferCommand::Complete(c)
+            | TransferCommand::RecordRefund(c) => c.transfer_id,
             TransferCommand::Fail(c) => c.transfer_id,
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransferCommand::Request(_) => "request",
+            TransferCommand::RecordDebit(_) => "record_debit",
+            TransferCommand::RecordCredit(_) => "record_credit",
+            TransferCommand::Complete(_) => "complete",
+            TransferCommand::Fail(_) => "fail",
+            TransferCommand::RecordRefund(_) => "record_refund",
+        }
+    }
+
+    /// Builds a command from its subject name and an already schema-checked JSON body.
+    pub fn from_json(name: &str, body: serde_json::Value) -> Result<Self, DecodeError> {
+        fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, DecodeError> {
+            serde_json::from_value(v).map_err(DecodeError::Body)
+        }
+        Ok(match name {
+            "request" => TransferCommand::Request(parse(body)?),
+            "record_debit" => TransferCommand::RecordDebit(parse(body)?),
+            "record_credit" => TransferCommand::RecordCredit(parse(body)?),
+            "complete" => TransferCommand::Complete(parse(body)?),
+            "fail" => TransferCommand::Fail(parse(body)?),
+            "record_refund" => TransferCommand::RecordRefund(parse(body)?),
+            other => return Err(DecodeError::UnknownCommand(other.to_owned())),
+        })
+    }
+
+    /// The body as a client would send it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let value = match self {
+            TransferCommand::Request(c) => serde_json::to_value(c),
+            TransferCommand::RecordDebit(c)
+            | TransferCommand::RecordCredit(c)
+            | TransferCommand::Complete(c)
+            | TransferCommand::RecordRefund(c) => serde_json::to_value(c),
+            TransferCommand::Fail(c) => serde_json::to_value(c),
+        };
+        // Plain structs of strings and integers always serialize.
+        value.unwrap_or(serde_json::Value::Null)
     }
 }
 

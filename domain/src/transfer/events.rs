@@ -20,16 +20,33 @@ pub struct TransferRequested {
     pub reference: String,
 }
 
-/// The source account was debited.
+/// The source account was debited. Step events name both accounts, so a consumer (the process
+/// manager) knows where the next step goes without reading the transfer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct DebitRecorded {}
+pub struct DebitRecorded {
+    pub from: String,
+    pub to: String,
+}
 
 /// The destination account was credited.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct CreditRecorded {}
+pub struct CreditRecorded {
+    pub from: String,
+    pub to: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TransferCompleted {}
+
+/// The destination refused the credit: the transfer will fail once the source is refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CreditFailed {
+    pub from: String,
+    pub to: String,
+    /// The error code the destination account refused with (e.g. `account_closed`).
+    pub code: String,
+    pub reason: String,
+}
 
 /// The debit was given back to the source account after the credit failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -37,10 +54,21 @@ pub struct RefundRecorded {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TransferFailed {
-    /// The error code of the step that failed (e.g. `insufficient_funds`, `account_closed`).
+    /// The error code of the step that was refused (e.g. `insufficient_funds`).
     pub code: String,
     pub reason: String,
 }
+
+/// Event type names as stored in `events.event_type`.
+pub const TRANSFER_EVENT_TYPES: [&str; 7] = [
+    "TransferRequested",
+    "DebitRecorded",
+    "CreditRecorded",
+    "TransferCompleted",
+    "CreditFailed",
+    "RefundRecorded",
+    "TransferFailed",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum TransferEvent {
@@ -48,6 +76,7 @@ pub enum TransferEvent {
     DebitRecorded(DebitRecorded),
     CreditRecorded(CreditRecorded),
     TransferCompleted(TransferCompleted),
+    CreditFailed(CreditFailed),
     RefundRecorded(RefundRecorded),
     TransferFailed(TransferFailed),
 }
@@ -59,6 +88,7 @@ impl DomainEvent for TransferEvent {
             TransferEvent::DebitRecorded(_) => "DebitRecorded",
             TransferEvent::CreditRecorded(_) => "CreditRecorded",
             TransferEvent::TransferCompleted(_) => "TransferCompleted",
+            TransferEvent::CreditFailed(_) => "CreditFailed",
             TransferEvent::RefundRecorded(_) => "RefundRecorded",
             TransferEvent::TransferFailed(_) => "TransferFailed",
         }

@@ -1,6 +1,7 @@
 //! The Transfer aggregate: one movement of money between two accounts, driven step by step by
-//! the process manager (design §4). Requested -> debit recorded -> credit recorded ->
-//! completed; or failed, after a refund when the credit could not be made.
+//! the process manager (design §4): requested -> debited -> credited -> completed; or failed,
+//! either when the debit is refused (nothing moved) or after the refund when the credit is
+//! refused (requested -> debited -> refunding -> failed).
 //!
 //! Every step is idempotent: recording a step the transfer is already past writes nothing, so
 //! a process manager that repeats itself after a crash changes nothing.
@@ -10,12 +11,13 @@ mod error;
 mod events;
 
 pub use commands::{
-    AccountFacts, FailTransfer, RecordStep, RequestTransfer, TransferCommand, TransferFacts,
+    AccountFacts, FailTransfer, RecordStep, RequestTransfer, TRANSFER_COMMAND_NAMES,
+    TransferCommand, TransferFacts,
 };
 pub use error::TransferError;
 pub use events::{
-    CreditRecorded, DebitRecorded, RefundRecorded, TRANSFER_EVENT_VERSION, TransferCompleted,
-    TransferEvent, TransferFailed, TransferRequested,
+    CreditFailed, CreditRecorded, DebitRecorded, RefundRecorded, TRANSFER_EVENT_TYPES,
+    TRANSFER_EVENT_VERSION, TransferCompleted, TransferEvent, TransferFailed, TransferRequested,
 };
 
 use cqrs_es::Aggregate;
@@ -32,8 +34,14 @@ use crate::validate;
 pub enum TransferStatus {
     #[default]
     Unrequested,
+    /// Waiting for the debit of the source account.
     Requested,
+    /// The source was debited; waiting for the credit of the destination.
     Debited,
+    /// The destination was credited; waiting for the source to settle its hold.
+    Credited,
+    /// The credit could not be made; waiting for the refund of the source.
+    Refunding,
     Completed,
     Failed,
 }
@@ -44,6 +52,8 @@ impl TransferStatus {
             TransferStatus::Unrequested => "unrequested",
             TransferStatus::Requested => "requested",
             TransferStatus::Debited => "debited",
+            TransferStatus::Credited => "credited",
+            TransferStatus::Refunding => "refunding",
             TransferStatus::Completed => "completed",
             TransferStatus::Failed => "failed",
         }
@@ -63,7 +73,11 @@ pub struct Transfer {
     pub amount: i64,
     pub currency: String,
     pub status: TransferStatus,
+    /// The source account was debited (whatever happened next).
+    pub debited: bool,
     pub refunded: bool,
+    /// Why the transfer failed or is failing: the refused step's error code and message.
+    pub failure: Option<(String, String)>,
 }
 
 impl Transfer {
@@ -78,6 +92,9 @@ impl Transfer {
             status: self.status.as_str(),
             action,
         };
+        if self.status == S::Unrequested && !matches!(command, TransferCommand::Request(_)) {
+            return Err(TransferError::NotFound);
+        }
         match command {
             TransferCommand::Request(c) => {
                 validate::aggregate_id("from", &c.from)?;
@@ -108,40 +125,57 @@ impl Transfer {
                 })])
             }
             TransferCommand::RecordDebit(_) => match self.status {
-                S::Unrequested => Err(TransferError::NotFound),
-                S::Requested => Ok(vec![TransferEvent::DebitRecorded(DebitRecorded {})]),
-                S::Debited | S::Completed => Ok(vec![]),
-                // A failed transfer refunded (or never took) the money: a late debit is a bug
-                // in the caller, refused rather than recorded.
-                S::Failed if self.refunded => Ok(vec![]),
-                S::Failed => Err(wrong("record a debit")),
+                S::Requested => Ok(vec![TransferEvent::DebitRecorded(DebitRecorded {
+                    from: self.from.clone(),
+                    to: self.to.clone(),
+                })]),
+                _ if self.debited => Ok(vec![]),
+                // Failed before any debit: a late debit is a bug in the caller, refused rather
+                // than recorded (the account refuses it too).
+                _ => Err(wrong("record a debit")),
             },
             TransferCommand::RecordCredit(_) => match self.status {
-                S::Unrequested => Err(TransferError::NotFound),
-                S::Debited => Ok(vec![
-                    TransferEvent::CreditRecorded(CreditRecorded {}),
-                    TransferEvent::TransferCompleted(TransferCompleted {}),
-                ]),
+                S::Debited => Ok(vec![TransferEvent::CreditRecorded(CreditRecorded {
+                    from: self.from.clone(),
+                    to: self.to.clone(),
+                })]),
+                S::Credited | S::Completed => Ok(vec![]),
+                _ => Err(wrong("record a credit")),
+            },
+            TransferCommand::Complete(_) => match self.status {
+                S::Credited => Ok(vec![TransferEvent::TransferCompleted(TransferCompleted {})]),
                 S::Completed => Ok(vec![]),
-                S::Requested | S::Failed => Err(wrong("record a credit")),
+                _ => Err(wrong("complete")),
             },
             TransferCommand::Fail(c) => {
+                validate::text("code", &c.code, validate::REASON_LEN_MAX)?;
                 validate::text("reason", &c.reason, validate::REASON_LEN_MAX)?;
-                let failed = TransferEvent::TransferFailed(TransferFailed {
-                    code: c.code.clone(),
-                    reason: c.reason.clone(),
-                });
                 match self.status {
-                    S::Unrequested => Err(TransferError::NotFound),
-                    S::Requested if !c.refunded => Ok(vec![failed]),
-                    S::Debited if c.refunded => Ok(vec![
-                        TransferEvent::RefundRecorded(RefundRecorded {}),
-                        failed,
-                    ]),
-                    S::Failed => Ok(vec![]),
-                    S::Requested | S::Debited | S::Completed => Err(wrong("fail")),
+                    S::Requested => Ok(vec![TransferEvent::TransferFailed(TransferFailed {
+                        code: c.code.clone(),
+                        reason: c.reason.clone(),
+                    })]),
+                    S::Debited => Ok(vec![TransferEvent::CreditFailed(CreditFailed {
+                        from: self.from.clone(),
+                        to: self.to.clone(),
+                        code: c.code.clone(),
+                        reason: c.reason.clone(),
+                    })]),
+                    S::Refunding | S::Failed => Ok(vec![]),
+                    _ => Err(wrong("fail")),
                 }
             }
+            TransferCommand::RecordRefund(_) => match self.status {
+                S::Refunding => {
+                    let (code, reason) = self.failure.clone().unwrap_or_default();
+                    Ok(vec![
+                        TransferEvent::RefundRecorded(RefundRecorded {}),
+                        TransferEvent::TransferFailed(TransferFailed { code, reason }),
+                    ])
+                }
+                S::Failed if self.refunded => Ok(vec![]),
+                _ => Err(wrong("record a refund")),
+            },
         }
     }
 }
@@ -195,11 +229,21 @@ impl Aggregate for Transfer {
                 self.currency = e.currency;
                 self.status = TransferStatus::Requested;
             }
-            TransferEvent::DebitRecorded(_) => self.status = TransferStatus::Debited,
-            TransferEvent::CreditRecorded(_) => {}
+            TransferEvent::DebitRecorded(_) => {
+                self.debited = true;
+                self.status = TransferStatus::Debited;
+            }
+            TransferEvent::CreditRecorded(_) => self.status = TransferStatus::Credited,
             TransferEvent::TransferCompleted(_) => self.status = TransferStatus::Completed,
+            TransferEvent::CreditFailed(e) => {
+                self.failure = Some((e.code, e.reason));
+                self.status = TransferStatus::Refunding;
+            }
             TransferEvent::RefundRecorded(_) => self.refunded = true,
-            TransferEvent::TransferFailed(_) => self.status = TransferStatus::Failed,
+            TransferEvent::TransferFailed(e) => {
+                self.failure = Some((e.code, e.reason));
+                self.status = TransferStatus::Failed;
+            }
         }
     }
 }

@@ -1,0 +1,77 @@
+//! Start-up and the run loop: `Application::build(config)`, then `app.run(shutdown)`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use platform::infra::{Infra, InfraError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::command_client::CommandClient;
+use crate::config::Config;
+use crate::worker::Worker;
+
+const SERVICE: &str = "process-manager";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+    #[error(transparent)]
+    Bind(#[from] platform::ops_http::BindError),
+}
+
+#[derive(Debug)]
+pub struct Application {
+    infra: Infra,
+    ops_listener: TcpListener,
+    ops_addr: SocketAddr,
+    worker: Worker,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
+        let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
+        let worker = Worker {
+            jetstream: infra.jetstream.clone(),
+            events_stream: infra.streams.events.clone(),
+            filter_subject: format!("{}.evt.transfer.>", infra.subjects.prefix()),
+            commands: CommandClient {
+                nats: infra.nats.clone(),
+                subjects: infra.subjects.clone(),
+                timeout: Duration::from_millis(config.command_timeout_ms.max(1)),
+            },
+            in_flight_max: config.in_flight_max.max(1),
+        };
+        Ok(Application {
+            infra,
+            ops_listener,
+            ops_addr,
+            worker,
+        })
+    }
+
+    /// Where `/healthz` and `/readyz` are served.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    /// Runs until `shutdown` is cancelled, then finishes the events in hand and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let router = platform::ops_http::router(self.infra.readiness());
+        let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
+        platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
+        match worker.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "process manager could not start"),
+            Err(error) => tracing::error!(%error, "process manager panicked"),
+        }
+        if let Err(error) = self.infra.nats.drain().await {
+            tracing::warn!(%error, "NATS drain failed");
+        }
+        tracing::info!(service = SERVICE, "stopped");
+        Ok(())
+    }
+}

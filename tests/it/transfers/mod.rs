@@ -1,0 +1,99 @@
+//! Transfers end to end: the process manager drives each one through the normal command path,
+//! against the real servers.
+
+mod chaos;
+mod flows;
+
+use domain::CommandReply;
+use serde_json::{Value, json};
+use tests::TestApp;
+use tests::client::accepted;
+use uuid::Uuid;
+
+/// Opens `id` in `currency` and deposits `balance` into it.
+pub async fn open(app: &TestApp, id: &str, currency: &str, balance: i64) {
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": id, "owner": "o", "currency": currency}),
+        )
+        .await,
+    );
+    if balance > 0 {
+        accepted(
+            &app.send(
+                "account.deposit",
+                json!({"account_id": id, "amount": balance}),
+            )
+            .await,
+        );
+    }
+}
+
+pub async fn request(app: &TestApp, id: Uuid, from: &str, to: &str, amount: i64) -> CommandReply {
+    app.send(
+        "transfer.request",
+        json!({"transfer_id": id, "from": from, "to": to, "amount": amount, "reference": "test"}),
+    )
+    .await
+}
+
+/// The transfer once settled, read with its request's consistency token.
+pub async fn settled(app: &TestApp, reply: &CommandReply) -> Value {
+    let CommandReply::Accepted {
+        aggregate_id,
+        consistency_token,
+        ..
+    } = reply
+    else {
+        panic!("not accepted: {reply:?}");
+    };
+    let response = app
+        .http
+        .get(format!("{}/v1/transfers/{aggregate_id}", app.http_base))
+        .header("Tally-Consistency-Token", consistency_token)
+        .header("Tally-Wait-Ms", "5000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "transfer {aggregate_id} not settled"
+    );
+    response.json().await.unwrap()
+}
+
+/// An account's balance in the read model, after `token` (if given) was applied.
+pub async fn balance(app: &TestApp, account: &str) -> i64 {
+    let account: Value = app
+        .http_get(&format!("/v1/accounts/{account}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    account["balance"].as_i64().unwrap()
+}
+
+/// Waits until the accounts projection has caught up with `account`'s last event.
+pub async fn caught_up(app: &TestApp, account: &str) {
+    let version: i64 = sqlx::query_scalar(
+        "SELECT max(sequence) FROM events WHERE aggregate_type = 'account' AND aggregate_id = $1",
+    )
+    .bind(account)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    let response = app
+        .http
+        .get(format!("{}/v1/accounts/{account}", app.http_base))
+        .header(
+            "Tally-Consistency-Token",
+            format!("account:{account}:{version}"),
+        )
+        .header("Tally-Wait-Ms", "5000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
