@@ -14,6 +14,7 @@ mod progress;
 mod projections;
 mod read;
 mod send;
+mod transfer;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,9 @@ enum Command {
     /// Account commands: open, deposit, withdraw, freeze, unfreeze, close.
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Transfers between accounts: send, show, list.
+    #[command(subcommand)]
+    Transfer(transfer::TransferCommand),
     /// Dead letters: list, retry or drop events a projection could not apply.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -68,6 +72,9 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::Account(command) => command.into_request(),
+        Command::Transfer(command) => {
+            return transfer::run(command, &cli.connection, &cli.http, cli.json).await;
+        }
         Command::Dlq(command) => return operator_exit(dlq::run(command, cli.json).await),
         Command::Audit(command) => {
             return operator_exit(audit::run(command, &cli.connection, &cli.http, cli.json).await);

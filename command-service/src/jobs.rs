@@ -249,6 +249,14 @@ fn lane_of(payload: &[u8]) -> usize {
     usize::try_from(hash % LANES as u64).unwrap_or(0)
 }
 
+/// The aggregate type a durable subject names, for recording a rejection that never parsed.
+fn aggregate_type_of(subject: &str, prefix: &str) -> &'static str {
+    match incoming::split_subject(subject, prefix, "jobs") {
+        Some(("transfer", _)) => "transfer",
+        _ => "account",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::lane_of;
@@ -259,13 +267,5 @@ mod tests {
         assert_eq!(a, lane_of(br#"{"amount":7,"account_id":"acc-1"}"#));
         assert!(a < super::LANES);
         assert_eq!(lane_of(b"not json"), lane_of(b"{}"));
-    }
-}
-
-/// The aggregate type a durable subject names, for recording a rejection that never parsed.
-fn aggregate_type_of(subject: &str, prefix: &str) -> &'static str {
-    match incoming::split_subject(subject, prefix, "jobs") {
-        Some(("transfer", _)) => "transfer",
-        _ => "account",
     }
 }

@@ -2,6 +2,7 @@
 //! against the real servers.
 
 mod chaos;
+mod cli;
 mod flows;
 
 use domain::CommandReply;

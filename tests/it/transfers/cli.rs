@@ -1,0 +1,74 @@
+//! `tally transfer send|show|list`, run the way a person runs them.
+
+use uuid::Uuid;
+
+use tests::TestApp;
+use tests::tally_cli::stdout;
+
+use super::open;
+
+#[tokio::test]
+async fn send_waits_for_the_outcome_and_show_and_list_find_it() {
+    let app = TestApp::spawn().await;
+    open(&app, "cli-a", "EUR", 1_000).await;
+    open(&app, "cli-b", "EUR", 0).await;
+    let id = Uuid::now_v7().to_string();
+    let sent = app
+        .tally(&[
+            "transfer",
+            "send",
+            "--from",
+            "cli-a",
+            "--to",
+            "cli-b",
+            "--amount",
+            "250",
+            "--transfer-id",
+            &id,
+        ])
+        .await;
+    assert_eq!(sent.status.code(), Some(0), "{sent:?}");
+    assert!(
+        stdout(&sent).contains(&format!("{id} completed")),
+        "{}",
+        stdout(&sent)
+    );
+
+    let shown = app.tally(&["transfer", "show", &id, "--json"]).await;
+    assert_eq!(shown.status.code(), Some(0), "{shown:?}");
+    let body: serde_json::Value = serde_json::from_str(stdout(&shown).trim()).unwrap();
+    assert_eq!(body["amount"], 250);
+    assert_eq!(body["status"], "completed");
+
+    let listed = app
+        .tally(&["transfer", "list", "--id", "cli-b", "--direction", "in"])
+        .await;
+    assert!(stdout(&listed).contains(&id), "{}", stdout(&listed));
+
+    // Refused for want of funds: the transfer fails, the exit status says so.
+    let failed = app
+        .tally(&[
+            "transfer", "send", "--from", "cli-b", "--to", "cli-a", "--amount", "251",
+        ])
+        .await;
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(stdout(&failed).contains("failed"), "{}", stdout(&failed));
+    assert!(
+        stdout(&failed).contains("insufficient_funds"),
+        "{}",
+        stdout(&failed)
+    );
+
+    // Refused outright (same account): nothing requested.
+    let refused = app
+        .tally(&[
+            "transfer", "send", "--from", "cli-a", "--to", "cli-a", "--amount", "1",
+        ])
+        .await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stdout(&refused).contains("rejected"),
+        "{}",
+        stdout(&refused)
+    );
+}
