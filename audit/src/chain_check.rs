@@ -87,7 +87,26 @@ impl AggregateCheck {
             }
         }
 
-        if self.fold_broken || self.aggregate_type != "account" {
+        if self.fold_broken {
+            return;
+        }
+        if self.aggregate_type == "transfer" {
+            // Transfers' rules are checked across aggregates (`transfer_ledger`); here, only
+            // that each event is one.
+            if let Err(error) =
+                serde_json::from_value::<domain::transfer::TransferEvent>(event.payload.clone())
+            {
+                self.fold_broken = true;
+                findings.push(Finding::Unreadable {
+                    aggregate_type: self.aggregate_type.clone(),
+                    aggregate_id: self.aggregate_id.clone(),
+                    sequence: event.sequence,
+                    error: error.to_string(),
+                });
+            }
+            return;
+        }
+        if self.aggregate_type != "account" {
             return;
         }
         if let Err(error) = self.fold.apply(event) {

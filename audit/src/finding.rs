@@ -50,6 +50,9 @@ pub enum Finding {
         derived: String,
         read_model: String,
     },
+    /// A transfer's movements do not add up across its accounts (money credited that was never
+    /// debited, credited and refunded, a different amount or account than requested…).
+    TransferImbalance { transfer_id: String, reason: String },
     /// The digest's signature does not hold, or is not by the expected key.
     DigestSignature { reason: String },
     /// The digest's root or count is not what the store holds up to the digest's point.
@@ -118,6 +121,10 @@ impl std::fmt::Display for Finding {
                 f,
                 "{aggregate_type} {aggregate_id}: read model {field} is {read_model}, events say {derived}"
             ),
+            Finding::TransferImbalance {
+                transfer_id,
+                reason,
+            } => write!(f, "transfer {transfer_id}: {reason}"),
             Finding::DigestSignature { reason } => write!(f, "digest signature: {reason}"),
             Finding::DigestMismatch {
                 field,

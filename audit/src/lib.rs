@@ -14,6 +14,7 @@ pub mod finding;
 pub mod fold;
 pub mod history;
 pub mod stored_event;
+pub mod transfer_ledger;
 pub mod verify;
 
 pub use finding::Finding;

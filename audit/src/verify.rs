@@ -1,7 +1,8 @@
 //! `tally audit verify`: streams the event store in (aggregate, sequence) order inside one
-//! repeatable-read snapshot, checks every chain link and fold, and compares each account with
-//! its read model. Memory stays bounded: one aggregate's state and one batch of read-model
-//! lookups at a time.
+//! repeatable-read snapshot, checks every chain link and fold, compares each account with its
+//! read model, and checks that every transfer's movements add up across its accounts. Memory
+//! stays bounded: one aggregate's state, one batch of read-model lookups, and a few numbers per
+//! transfer.
 
 use domain::hash_chain::ChainHash;
 use futures::TryStreamExt;
@@ -9,6 +10,7 @@ use sqlx::PgPool;
 
 use crate::chain_check::AggregateCheck;
 use crate::stored_event::COLUMNS;
+use crate::transfer_ledger::TransferLedger;
 use crate::{Finding, StoredEvent};
 
 /// Read-model rows looked up per round trip.
@@ -83,6 +85,8 @@ pub async fn verify(
         .bind(options.as_of_tx.unwrap_or(0).to_string())
         .fetch(&mut *tx);
 
+    // Across aggregates, so only over the whole store.
+    let mut ledger = options.aggregate.is_none().then(TransferLedger::default);
     let mut current: Option<AggregateCheck> = None;
     let mut pending: Vec<AggregateCheck> = Vec::new();
     let mut found = Vec::new();
@@ -105,6 +109,9 @@ pub async fn verify(
         if let Some(check) = current.as_mut() {
             check.check(&event, &mut found);
         }
+        if let Some(ledger) = ledger.as_mut() {
+            ledger.observe(&event);
+        }
         report.add(std::mem::take(&mut found), options.findings_max);
         report.events += 1;
         if report.events % PROGRESS_EVERY == 0 {
@@ -118,6 +125,9 @@ pub async fn verify(
     }
     if options.compare_read_model && !pending.is_empty() {
         compare(pool, pending, &mut found, &mut report).await?;
+    }
+    if let Some(ledger) = ledger {
+        found.extend(ledger.findings());
     }
     report.add(found, options.findings_max);
     on_progress(report.events);

@@ -268,6 +268,14 @@ async fn kill_9_anywhere_settles_every_transfer_and_conserves_money() {
             .unwrap();
         assert_eq!(row, account.balance, "read model of {}", account.id);
     }
+    // The auditor's view agrees: every chain, every account, every transfer adds up.
+    let verify = app.tally(&["audit", "verify"]).await;
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        tests::tally_cli::stdout(&verify)
+    );
     let mut running = services.lock().await;
     for child in running.values_mut() {
         child.kill().ok();

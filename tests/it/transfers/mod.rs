@@ -1,6 +1,7 @@
 //! Transfers end to end: the process manager drives each one through the normal command path,
 //! against the real servers.
 
+mod audit;
 mod chaos;
 mod cli;
 mod flows;

@@ -1,0 +1,45 @@
+//! `tally audit verify` checks transfers across their accounts.
+
+use serde_json::json;
+use tests::TestApp;
+use tests::tally_cli::stdout;
+use uuid::Uuid;
+
+use super::{open, request, settled};
+
+#[tokio::test]
+async fn verify_finds_a_credit_moved_to_another_transfer() {
+    let app = TestApp::spawn().await;
+    open(&app, "va", "EUR", 100).await;
+    open(&app, "vb", "EUR", 0).await;
+    let id = Uuid::now_v7();
+    settled(&app, &request(&app, id, "va", "vb", 40).await).await;
+    let clean = app.tally(&["audit", "verify"]).await;
+    assert_eq!(clean.status.code(), Some(0), "{}", stdout(&clean));
+
+    // The credit now claims another transfer: vb's balance still adds up on its own, but the
+    // money no longer arrives where the transfer says.
+    let other = Uuid::now_v7();
+    sqlx::query(
+        "UPDATE events SET payload = jsonb_set(payload, '{TransferCredited,transfer_id}', $1)
+         WHERE aggregate_id = 'vb' AND event_type = 'TransferCredited'",
+    )
+    .bind(json!(other.to_string()))
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let found = app.tally(&["audit", "verify"]).await;
+    assert_eq!(found.status.code(), Some(1), "{}", stdout(&found));
+    let out = stdout(&found);
+    assert!(
+        out.contains(&format!("transfer {id}: completed without a credit")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "transfer {other}: account movements for a transfer that was never requested"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("broken hash link"), "{out}");
+}
