@@ -26,7 +26,7 @@ pub struct StatusArgs {
 pub struct RebuildArgs {
     #[command(flatten)]
     database: Database,
-    /// The projection to rebuild (`accounts`).
+    /// The projection to rebuild (`accounts` or `transfers`).
     name: String,
 }
 
@@ -67,6 +67,7 @@ pub async fn run(
             .bind(&events_stream)
             .fetch_all(&pool)
             .await?;
+            let rows = with_consumer_lag(rows, nats, &events_stream).await;
             if json {
                 println!("{}", serde_json::to_string(&rows)?);
             } else if rows.is_empty() {
@@ -137,4 +138,32 @@ pub async fn run(
             Ok(true)
         }
     }
+}
+
+/// Replaces each row's lag with its durable consumer's count of undelivered and unacked events:
+/// a projection reads only its own aggregate type's subjects, so "head minus position" would
+/// count other projections' events. Keeps the position-based figure when NATS is unreachable.
+async fn with_consumer_lag(mut rows: Vec<Status>, nats: &Connection, stream: &str) -> Vec<Status> {
+    let client = async_nats::ConnectOptions::new()
+        .name("tally-cli")
+        .connection_timeout(std::time::Duration::from_millis(nats.timeout_ms))
+        .connect(nats.urls.as_slice())
+        .await;
+    let Ok(client) = client else {
+        eprintln!("NATS unreachable: lag is the distance to the stream head, all subjects");
+        return rows;
+    };
+    let Ok(stream) = async_nats::jetstream::new(client).get_stream(stream).await else {
+        return rows;
+    };
+    for row in &mut rows {
+        if let Ok(info) = stream
+            .consumer_info(format!("projection-{}", row.projection))
+            .await
+        {
+            row.lag = i64::try_from(info.num_pending).unwrap_or(i64::MAX)
+                + i64::try_from(info.num_ack_pending).unwrap_or(0);
+        }
+    }
+    rows
 }

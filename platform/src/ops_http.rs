@@ -35,27 +35,28 @@ pub struct ProjectionLag {
 }
 
 impl ProjectionLag {
-    /// Events in the stream that the projection has not reached yet.
-    pub async fn events_behind(&self, pool: &PgPool) -> Result<u64, String> {
+    /// Events of the projection's own subjects that it has not applied yet: what its durable
+    /// consumer still has to deliver or has in flight. (The stream's head minus the
+    /// projection's position would count other aggregates' events too.) Before the consumer
+    /// exists, everything in the stream is behind.
+    pub async fn events_behind(&self) -> Result<u64, String> {
         let mut stream = self
             .jetstream
             .get_stream(&self.events_stream)
             .await
             .map_err(|e| e.to_string())?;
-        let last = stream
-            .info()
+        match stream
+            .consumer_info(format!("projection-{}", self.projection))
             .await
-            .map_err(|e| e.to_string())?
-            .state
-            .last_sequence;
-        let reached: Option<i64> = sqlx::query_scalar(
-            "SELECT stream_sequence FROM projection_checkpoints WHERE projection = $1",
-        )
-        .bind(self.projection)
-        .fetch_optional(pool)
-        .await
-        .map_err(|_| "checkpoint query failed".to_owned())?;
-        Ok(last.saturating_sub(u64::try_from(reached.unwrap_or(0)).unwrap_or(0)))
+        {
+            Ok(info) => Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0)),
+            Err(_) => Ok(stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .messages),
+        }
     }
 }
 
@@ -99,16 +100,15 @@ impl Readiness {
             },
         ];
         if let Some(lag) = &self.projection_lag {
-            let reason =
-                match tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind(&self.pool)).await {
-                    Ok(Ok(behind)) if behind <= lag.events_max => None,
-                    Ok(Ok(behind)) => Some(format!(
-                        "projection {} is {behind} events behind (limit {})",
-                        lag.projection, lag.events_max
-                    )),
-                    Ok(Err(error)) => Some(error),
-                    Err(_) => Some("timed out".to_owned()),
-                };
+            let reason = match tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind()).await {
+                Ok(Ok(behind)) if behind <= lag.events_max => None,
+                Ok(Ok(behind)) => Some(format!(
+                    "projection {} is {behind} events behind (limit {})",
+                    lag.projection, lag.events_max
+                )),
+                Ok(Err(error)) => Some(error),
+                Err(_) => Some("timed out".to_owned()),
+            };
             checks.push(Check {
                 name: "projection_lag",
                 ok: reason.is_none(),

@@ -43,3 +43,32 @@ async fn verify_finds_a_credit_moved_to_another_transfer() {
     );
     assert!(out.contains("broken hash link"), "{out}");
 }
+
+#[tokio::test]
+async fn the_transfers_projection_rebuilds_to_the_same_rows() {
+    let app = TestApp::spawn().await;
+    open(&app, "ra", "EUR", 100).await;
+    open(&app, "rb", "EUR", 0).await;
+    for amount in [30, 80, 20] {
+        settled(&app, &request(&app, Uuid::now_v7(), "ra", "rb", amount).await).await;
+    }
+    let rows = || async {
+        let rows: Vec<(Uuid, String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT transfer_id, status, version, failure_code FROM transfers ORDER BY transfer_id",
+        )
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        rows
+    };
+    let before = rows().await;
+    assert_eq!(before.len(), 3);
+    assert_eq!(
+        before.iter().filter(|r| r.1 == "failed").count(),
+        1,
+        "the 80 could not be paid after the 30: {before:?}"
+    );
+    let rebuilt = app.tally(&["projections", "rebuild", "transfers"]).await;
+    assert_eq!(rebuilt.status.code(), Some(0), "{rebuilt:?}");
+    assert_eq!(rows().await, before);
+}

@@ -59,6 +59,29 @@ async fn send_waits_for_the_outcome_and_show_and_list_find_it() {
         stdout(&failed)
     );
 
+    // Both projections report their own lag (not the other's events): zero once caught up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = app.tally(&["--json", "projections", "status"]).await;
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        let lags: Vec<(String, i64)> = status
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["projection"].as_str().unwrap().to_owned(),
+                    p["lag"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        if lags == [("accounts".to_owned(), 0), ("transfers".to_owned(), 0)] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lags:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // Refused outright (same account): nothing requested.
     let refused = app
         .tally(&[
