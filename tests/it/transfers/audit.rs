@@ -50,7 +50,11 @@ async fn the_transfers_projection_rebuilds_to_the_same_rows() {
     open(&app, "ra", "EUR", 100).await;
     open(&app, "rb", "EUR", 0).await;
     for amount in [30, 80, 20] {
-        settled(&app, &request(&app, Uuid::now_v7(), "ra", "rb", amount).await).await;
+        settled(
+            &app,
+            &request(&app, Uuid::now_v7(), "ra", "rb", amount).await,
+        )
+        .await;
     }
     let rows = || async {
         let rows: Vec<(Uuid, String, i64, Option<String>)> = sqlx::query_as(

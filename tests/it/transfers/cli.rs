@@ -95,3 +95,44 @@ async fn send_waits_for_the_outcome_and_show_and_list_find_it() {
         stdout(&refused)
     );
 }
+
+#[tokio::test]
+async fn a_durable_transfer_request_runs_after_a_command_service_restart() {
+    let mut app = TestApp::spawn().await;
+    open(&app, "dur-a", "EUR", 500).await;
+    open(&app, "dur-b", "EUR", 0).await;
+    // Published while no command-service runs: kept in TALLY_COMMANDS until one does, while
+    // the CLI waits for the result and then for the outcome.
+    app.stop_command_service().await;
+    let id = Uuid::now_v7().to_string();
+    let sent = tokio::process::Command::new(tests::binaries::workspace_binary("tally"))
+        .arg(format!("--nats-url={}", app.servers.nats_url))
+        .arg(format!("--subject-prefix={}", app.subjects.prefix()))
+        .arg(format!("--api-url={}", app.http_base))
+        .arg("--timeout-ms=20000")
+        .args([
+            "transfer",
+            "send",
+            "--durable",
+            "--from",
+            "dur-a",
+            "--to",
+            "dur-b",
+            "--amount",
+            "125",
+            "--transfer-id",
+            &id,
+        ])
+        .kill_on_drop(true)
+        .output();
+    let sent = tokio::spawn(sent);
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    app.start_command_service(&[]).await;
+    let sent = sent.await.unwrap().unwrap();
+    assert_eq!(sent.status.code(), Some(0), "{sent:?}");
+    assert!(
+        stdout(&sent).contains(&format!("{id} completed")),
+        "{}",
+        stdout(&sent)
+    );
+}
