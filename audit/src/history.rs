@@ -2,7 +2,9 @@
 //! domain's own `apply` (what the audit endpoints serve).
 
 use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
 use domain::Account;
+use domain::transfer::{Transfer, TransferEvent};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
@@ -106,22 +108,25 @@ pub enum StatePoint {
 }
 
 #[derive(Debug, Clone)]
-pub struct FoldedState {
+pub struct FoldedState<S = Account> {
     pub version: i64,
     /// When the last folded event was accepted.
     pub as_of: DateTime<Utc>,
-    pub state: Account,
+    pub state: S,
 }
 
-/// The account at `point`, or `None` if it had no events by then (or has no such version).
-pub async fn account_state(
+/// Folds one aggregate's events up to `point` with `apply`; `None` if it had no events by then
+/// (or has no such version).
+async fn fold_to<S: Default>(
     pool: &PgPool,
+    aggregate_type: &str,
     aggregate_id: &str,
     point: StatePoint,
-) -> Result<Option<FoldedState>, HistoryError> {
-    let mut events = events_stream(pool.clone(), "account".into(), aggregate_id.into());
-    let mut fold = AccountFold::default();
-    let mut as_of = None;
+    mut apply: impl FnMut(&mut S, &StoredEvent) -> Result<(), String>,
+) -> Result<Option<FoldedState<S>>, HistoryError> {
+    let mut events = events_stream(pool.clone(), aggregate_type.into(), aggregate_id.into());
+    let mut state = S::default();
+    let mut folded: Option<(i64, DateTime<Utc>)> = None;
     while let Some(event) = events.try_next().await? {
         let past = match point {
             StatePoint::At(at) => event.occurred_at() > at,
@@ -130,22 +135,69 @@ pub async fn account_state(
         if past {
             break;
         }
-        fold.apply(&event).map_err(|e| HistoryError::Corrupt {
+        apply(&mut state, &event).map_err(|reason| HistoryError::Corrupt {
             sequence: event.sequence,
-            reason: match e {
-                FoldError::Unreadable(r) | FoldError::Inconsistent(r) => r,
-            },
+            reason,
         })?;
-        as_of = Some(event.occurred_at());
+        folded = Some((event.sequence, event.occurred_at()));
     }
+    let Some((version, as_of)) = folded else {
+        return Ok(None);
+    };
     if let StatePoint::Version(v) = point
-        && fold.version != v
+        && version != v
     {
         return Ok(None);
     }
-    Ok(as_of.map(|as_of| FoldedState {
-        version: fold.version,
+    Ok(Some(FoldedState {
+        version,
         as_of,
-        state: fold.state,
+        state,
     }))
+}
+
+/// The account at `point`, folded with the domain's rules checked on the way.
+pub async fn account_state(
+    pool: &PgPool,
+    aggregate_id: &str,
+    point: StatePoint,
+) -> Result<Option<FoldedState>, HistoryError> {
+    let folded = fold_to(
+        pool,
+        "account",
+        aggregate_id,
+        point,
+        |fold: &mut AccountFold, event| {
+            fold.apply(event).map_err(|e| match e {
+                FoldError::Unreadable(r) | FoldError::Inconsistent(r) => r,
+            })
+        },
+    )
+    .await?;
+    Ok(folded.map(|f| FoldedState {
+        version: f.version,
+        as_of: f.as_of,
+        state: f.state.state,
+    }))
+}
+
+/// The transfer at `point`.
+pub async fn transfer_state(
+    pool: &PgPool,
+    aggregate_id: &str,
+    point: StatePoint,
+) -> Result<Option<FoldedState<Transfer>>, HistoryError> {
+    fold_to(
+        pool,
+        "transfer",
+        aggregate_id,
+        point,
+        |transfer: &mut Transfer, event| {
+            let parsed: TransferEvent = serde_json::from_value(event.payload.clone())
+                .map_err(|e| format!("unreadable payload: {e}"))?;
+            transfer.apply(parsed);
+            Ok(())
+        },
+    )
+    .await
 }

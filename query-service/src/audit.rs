@@ -3,7 +3,7 @@
 //! event store with the domain's own `apply` (never from the read models).
 
 use audit::StoredEvent;
-use audit::history::{self, HistoryError, StatePoint};
+use audit::history;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -219,104 +219,4 @@ pub async fn events(
         .flatten();
     let items = rows.into_iter().map(AuditEvent::from).collect();
     Ok(Json(Page { items, next_cursor }).into_response())
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StateQuery {
-    /// The state after the last event accepted at or before this instant (RFC 3339).
-    pub at: Option<DateTime<Utc>>,
-    /// The state after this event (1-based).
-    #[param(minimum = 1)]
-    pub version: Option<i64>,
-}
-
-/// An account as the domain folds it from history.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct AccountState {
-    pub account_id: String,
-    pub owner: String,
-    pub currency: String,
-    /// Minor units.
-    pub balance: i64,
-    /// `open`, `frozen` or `closed`.
-    pub status: String,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct StateView {
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    /// The last event folded.
-    pub version: i64,
-    /// When that event was accepted.
-    pub as_of: DateTime<Utc>,
-    pub state: AccountState,
-}
-
-/// An aggregate's state at a version or an instant, folded from its events.
-#[utoipa::path(
-    get,
-    path = "/v1/audit/{aggregate_type}/{aggregate_id}/state",
-    tag = "audit",
-    params(("aggregate_type" = String, Path, description = "`account`"), ("aggregate_id" = String, Path), StateQuery),
-    responses(
-        (status = 200, body = StateView),
-        (status = 400, body = Problem, content_type = "application/problem+json", description = "Neither or both of `at` and `version`"),
-        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such aggregate, or none yet at that point"),
-    )
-)]
-pub async fn state(
-    State(pool): State<PgPool>,
-    Path((aggregate_type, aggregate_id)): Path<(String, String)>,
-    query: Result<Query<StateQuery>, QueryRejection>,
-) -> Result<Json<StateView>, ApiError> {
-    let Query(query) = query?;
-    let point = match (query.at, query.version) {
-        (Some(at), None) => StatePoint::At(at),
-        (None, Some(v)) if v >= 1 => StatePoint::Version(v),
-        (None, Some(v)) => {
-            return Err(ApiError::BadRequest {
-                detail: format!("version must be at least 1, got {v}"),
-            });
-        }
-        _ => {
-            return Err(ApiError::BadRequest {
-                detail: "give exactly one of `at` (RFC 3339) and `version`".into(),
-            });
-        }
-    };
-    if aggregate_type != "account" {
-        return Err(ApiError::NotFound {
-            what: format!("aggregate type {aggregate_type}"),
-        });
-    }
-    let folded = history::account_state(&pool, &aggregate_id, point)
-        .await
-        .map_err(|e| match e {
-            HistoryError::Db(e) => ApiError::from(e),
-            corrupt @ HistoryError::Corrupt { .. } => ApiError::Corrupt {
-                detail: format!("account {aggregate_id}: {corrupt}; run `tally audit verify`"),
-            },
-        })?
-        .ok_or_else(|| ApiError::NotFound {
-            what: match point {
-                StatePoint::At(at) => format!("account {aggregate_id} as of {}", at.to_rfc3339()),
-                StatePoint::Version(v) => format!("account {aggregate_id} version {v}"),
-            },
-        })?;
-    let s = folded.state;
-    Ok(Json(StateView {
-        aggregate_type,
-        aggregate_id,
-        version: folded.version,
-        as_of: folded.as_of,
-        state: AccountState {
-            account_id: s.id,
-            owner: s.owner,
-            currency: s.currency,
-            balance: s.balance,
-            status: s.status.as_str().to_owned(),
-        },
-    }))
 }

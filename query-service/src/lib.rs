@@ -7,6 +7,7 @@ mod accounts;
 mod app;
 mod audit;
 mod audit_flows;
+mod audit_state;
 mod commands;
 mod config;
 mod consistency;

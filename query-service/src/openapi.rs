@@ -19,7 +19,7 @@ use utoipa::OpenApi;
         crate::transfers::of_account,
         crate::commands::get,
         crate::audit::events,
-        crate::audit::state,
+        crate::audit_state::state,
         crate::audit_flows::events,
         healthz,
         readyz,

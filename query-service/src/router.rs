@@ -42,7 +42,7 @@ pub fn build(readiness: Readiness, limits: &Limits) -> Router {
         )
         .route(
             "/v1/audit/{aggregate_type}/{aggregate_id}/state",
-            get(crate::audit::state),
+            get(crate::audit_state::state),
         )
         .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());

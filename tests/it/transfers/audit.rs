@@ -76,3 +76,31 @@ async fn the_transfers_projection_rebuilds_to_the_same_rows() {
     assert_eq!(rebuilt.status.code(), Some(0), "{rebuilt:?}");
     assert_eq!(rows().await, before);
 }
+
+#[tokio::test]
+async fn a_transfer_state_at_each_version_is_folded_from_its_events() {
+    let app = TestApp::spawn().await;
+    open(&app, "sa", "EUR", 100).await;
+    open(&app, "sb", "EUR", 0).await;
+    let id = Uuid::now_v7();
+    settled(&app, &request(&app, id, "sa", "sb", 60).await).await;
+    let state = |version: i64| {
+        let app = &app;
+        async move {
+            let response = app
+                .http_get(&format!("/v1/audit/transfer/{id}/state?version={version}"))
+                .await;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status.as_u16(), body)
+        }
+    };
+    let (code, first) = state(1).await;
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(first["state"]["status"], "requested");
+    assert_eq!(first["state"]["amount"], 60);
+    assert_eq!(first["state"]["from"], "sa");
+    let (_, last) = state(4).await;
+    assert_eq!(last["state"]["status"], "completed", "{last}");
+    assert_eq!(state(5).await.0, 404, "no fifth event");
+}
