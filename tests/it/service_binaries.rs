@@ -38,6 +38,7 @@ async fn each_binary_starts_serves_health_and_stops_on_sigterm() {
     for (binary, addr_flag) in [
         ("command-service", "--ops-addr"),
         ("projections", "--ops-addr"),
+        ("process-manager", "--ops-addr"),
         ("query-service", "--http-addr"),
     ] {
         let port = free_port();

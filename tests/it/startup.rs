@@ -25,7 +25,11 @@ async fn query_service_answers_healthz_and_readyz() {
 #[tokio::test]
 async fn every_service_reports_ready_on_its_ops_port() {
     let app = TestApp::spawn().await;
-    for addr in [app.command_ops_addr, app.projections_ops_addr] {
+    for addr in [
+        app.command_ops_addr,
+        app.projections_ops_addr,
+        app.process_manager_ops_addr,
+    ] {
         let response = app
             .http
             .get(format!("http://{addr}/readyz"))

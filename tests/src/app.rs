@@ -80,6 +80,7 @@ pub struct TestApp {
     pub http_base: String,
     pub command_ops_addr: SocketAddr,
     pub projections_ops_addr: SocketAddr,
+    pub process_manager_ops_addr: SocketAddr,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
@@ -154,7 +155,7 @@ impl TestApp {
         let projections_token = shutdown.child_token();
         let projections_task = tokio::spawn(projections.run(projections_token.clone()));
 
-        let process_manager = Self::start_process_manager_with(
+        let (process_manager_ops_addr, process_manager) = Self::start_process_manager_with(
             &args("process-manager", "--ops-addr=127.0.0.1:0"),
             &shutdown,
         )
@@ -187,6 +188,7 @@ impl TestApp {
             http_base,
             command_ops_addr,
             projections_ops_addr,
+            process_manager_ops_addr,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -202,14 +204,18 @@ impl TestApp {
     async fn start_process_manager_with(
         args: &[String],
         parent: &CancellationToken,
-    ) -> (CancellationToken, JoinHandle<std::io::Result<()>>) {
+    ) -> (
+        SocketAddr,
+        (CancellationToken, JoinHandle<std::io::Result<()>>),
+    ) {
         let config = process_manager::Config::try_parse_from(args).expect("process-manager config");
         let app = process_manager::Application::build(config)
             .await
             .expect("process-manager starts");
+        let addr = app.ops_addr();
         let token = parent.child_token();
         let task = tokio::spawn(app.run(token.clone()));
-        (token, task)
+        (addr, (token, task))
     }
 
     /// Starts the in-process process manager again.
@@ -219,7 +225,9 @@ impl TestApp {
             .chain(self.service_flags())
             .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
             .collect();
-        self.process_manager = Some(Self::start_process_manager_with(&args, &self.shutdown).await);
+        let (addr, service) = Self::start_process_manager_with(&args, &self.shutdown).await;
+        self.process_manager_ops_addr = addr;
+        self.process_manager = Some(service);
     }
 
     /// Stops the in-process process manager gracefully (as SIGTERM would).
