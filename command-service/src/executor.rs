@@ -7,7 +7,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventStore};
 use domain::account::AccountServices;
-use domain::transfer::{AccountFacts, Transfer, TransferCommand, TransferFacts};
+use domain::transfer::{AccountFacts, StepsRecorded, Transfer, TransferCommand, TransferFacts};
 use domain::{Account, AccountCommand, AccountStatus, CommandReply, ErrorCode, EventMetadata};
 use rand::Rng;
 use serde::Serialize;
@@ -182,13 +182,24 @@ impl Executor {
         })
     }
 
-    /// What a transfer request needs to know: both accounts' currency and status.
+    /// What a transfer command needs to know: for a request, both accounts' currency and
+    /// status; for a step's outcome, what the accounts recorded of this transfer.
     async fn transfer_facts(
         &self,
         command: &TransferCommand,
     ) -> Result<TransferFacts, ExecuteError> {
         let TransferCommand::Request(request) = command else {
-            return Ok(TransferFacts::default());
+            let id = command.transfer_id();
+            let transfer = self.load::<Transfer>(&id.to_string()).await?.aggregate;
+            let recorded = self
+                .repo
+                .transfer_steps_recorded(id, &transfer.from, &transfer.to)
+                .await
+                .map_err(from_sqlx)?;
+            return Ok(TransferFacts {
+                recorded,
+                ..TransferFacts::default()
+            });
         };
         let facts = |account: Account| {
             (account.status != AccountStatus::Unopened).then_some(AccountFacts {
@@ -199,6 +210,7 @@ impl Executor {
         Ok(TransferFacts {
             from: facts(self.load::<Account>(&request.from).await?.aggregate),
             to: facts(self.load::<Account>(&request.to).await?.aggregate),
+            recorded: StepsRecorded::default(),
         })
     }
 

@@ -152,6 +152,38 @@ impl TallyRepository {
 }
 
 impl TallyRepository {
+    /// Which of a transfer's steps its accounts recorded: one probe of the
+    /// `events_transfer_step` index per account and step type.
+    pub async fn transfer_steps_recorded(
+        &self,
+        transfer_id: Uuid,
+        from: &str,
+        to: &str,
+    ) -> Result<domain::transfer::StepsRecorded, sqlx::Error> {
+        let found: Vec<(String, String)> = sqlx::query_as(
+            "SELECT aggregate_id, event_type FROM events
+             WHERE aggregate_type = 'account' AND aggregate_id IN ($2, $3)
+               AND event_type IN ('TransferDebited', 'TransferCredited', 'TransferRefunded', 'TransferSettled')
+               AND (payload -> event_type ->> 'transfer_id') = $1",
+        )
+        .bind(transfer_id.to_string())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        let has = |account: &str, event: &str| {
+            found
+                .iter()
+                .any(|(a, e)| a.as_str() == account && e.as_str() == event)
+        };
+        Ok(domain::transfer::StepsRecorded {
+            debited: has(from, "TransferDebited"),
+            credited: has(to, "TransferCredited"),
+            refunded: has(from, "TransferRefunded"),
+            settled: has(from, "TransferSettled"),
+        })
+    }
+
     /// The chain hash of each new event, continuing from the stored predecessor of the first.
     /// Reading the predecessor outside the insert is safe: stored rows never change, and if
     /// another writer takes the same sequence first, the insert fails on the primary key.

@@ -22,6 +22,7 @@ fn facts(from: &str, to: &str) -> TransferFacts {
     TransferFacts {
         from: account(from),
         to: account(to),
+        recorded: StepsRecorded::default(),
     }
 }
 
@@ -112,13 +113,82 @@ fn requests_that_cannot_be_honoured_are_refused_with_stable_codes() {
     );
 }
 
+/// What the accounts would have recorded when the process manager sends `command`: the step
+/// it records happened, the step it fails did not.
+fn recorded_for(command: &TransferCommand, transfer: &Transfer) -> TransferFacts {
+    let debited = transfer.debited;
+    let recorded = match command {
+        TransferCommand::RecordDebit(_) => StepsRecorded {
+            debited: true,
+            ..StepsRecorded::default()
+        },
+        TransferCommand::RecordCredit(_) => StepsRecorded {
+            debited: true,
+            credited: true,
+            ..StepsRecorded::default()
+        },
+        TransferCommand::Complete(_) => StepsRecorded {
+            debited: true,
+            credited: true,
+            settled: true,
+            ..StepsRecorded::default()
+        },
+        TransferCommand::RecordRefund(_) => StepsRecorded {
+            debited: true,
+            refunded: true,
+            ..StepsRecorded::default()
+        },
+        TransferCommand::Fail(_) | TransferCommand::Request(_) => StepsRecorded {
+            debited,
+            ..StepsRecorded::default()
+        },
+    };
+    TransferFacts {
+        recorded,
+        ..TransferFacts::default()
+    }
+}
+
 /// Applies what `command` decides to `history`, which must be accepted.
 fn run(history: &mut Vec<TransferEvent>, command: TransferCommand) -> Vec<TransferEvent> {
-    let events = state(history)
-        .decide(&command, &TransferFacts::default())
+    let transfer = state(history);
+    let events = transfer
+        .decide(&command, &recorded_for(&command, &transfer))
         .unwrap();
     history.extend(events.clone());
     events
+}
+
+#[test]
+fn a_step_is_recorded_only_when_the_account_recorded_it() {
+    let mut history = vec![requested()];
+    let unrecorded = TransferFacts::default();
+    let code = |history: &[TransferEvent], command: TransferCommand, facts: &TransferFacts| {
+        state(history).decide(&command, facts).unwrap_err().code()
+    };
+    assert_eq!(
+        code(&history, step(TransferCommand::RecordDebit), &unrecorded),
+        ErrorCode::Conflict
+    );
+    let debited = recorded_for(&step(TransferCommand::RecordDebit), &state(&history));
+    assert_eq!(
+        code(&history, fail(), &debited),
+        ErrorCode::Conflict,
+        "the source was debited: the debit was not refused"
+    );
+    run(&mut history, step(TransferCommand::RecordDebit));
+    assert_eq!(
+        code(&history, step(TransferCommand::RecordCredit), &debited),
+        ErrorCode::Conflict
+    );
+    let credited = recorded_for(&step(TransferCommand::RecordCredit), &state(&history));
+    assert_eq!(code(&history, fail(), &credited), ErrorCode::Conflict);
+    run(&mut history, step(TransferCommand::RecordCredit));
+    assert_eq!(
+        code(&history, step(TransferCommand::Complete), &credited),
+        ErrorCode::Conflict,
+        "not settled yet"
+    );
 }
 
 #[test]
@@ -255,16 +325,28 @@ fn any_step() -> impl Strategy<Value = TransferCommand> {
     ]
 }
 
+fn any_recorded() -> impl Strategy<Value = StepsRecorded> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+        |(debited, credited, refunded, settled)| StepsRecorded {
+            debited,
+            credited,
+            refunded,
+            settled,
+        },
+    )
+}
+
 proptest! {
     /// Whatever order and however often the steps arrive (a process manager retrying after
     /// crashes), money moves at most once each way and a settled transfer stays settled.
     #[test]
-    fn steps_in_any_order_and_repetition_move_money_at_most_once(steps in prop::collection::vec(any_step(), 0..30)) {
+    fn steps_in_any_order_and_repetition_move_money_at_most_once(steps in prop::collection::vec((any_step(), any_recorded()), 0..30)) {
         let mut history = vec![requested()];
         let mut settled_as = None;
-        for command in steps {
+        for (command, recorded) in steps {
             let transfer = state(&history);
-            if let Ok(events) = transfer.decide(&command, &TransferFacts::default()) {
+            let facts = TransferFacts { recorded, ..TransferFacts::default() };
+            if let Ok(events) = transfer.decide(&command, &facts) {
                 history.extend(events);
             }
             let now = state(&history).status;

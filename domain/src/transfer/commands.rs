@@ -122,12 +122,28 @@ impl TransferCommand {
     }
 }
 
-/// What the command-service looked up about the two accounts when a transfer is requested
-/// (the domain does no IO; these arrive as data).
+/// What the command-service looked up before a transfer command (the domain does no IO; these
+/// arrive as data): the two accounts when a transfer is requested, and what the accounts
+/// recorded of this transfer when a step's outcome is recorded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TransferFacts {
     pub from: Option<AccountFacts>,
     pub to: Option<AccountFacts>,
+    pub recorded: StepsRecorded,
+}
+
+/// The transfer's steps as the accounts recorded them (their `Transfer*` events): the
+/// transfer records a step's outcome only when the account agrees, so the two never diverge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepsRecorded {
+    /// The source has a `TransferDebited`.
+    pub debited: bool,
+    /// The destination has a `TransferCredited`.
+    pub credited: bool,
+    /// The source has a `TransferRefunded`.
+    pub refunded: bool,
+    /// The source has a `TransferSettled`.
+    pub settled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

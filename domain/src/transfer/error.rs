@@ -20,6 +20,8 @@ pub enum TransferError {
     AlreadyExists,
     #[error("transfer does not exist")]
     NotFound,
+    #[error("the accounts recorded {what} for this transfer")]
+    NotRecorded { what: &'static str },
     #[error("transfer is {status}; cannot {action}")]
     WrongState {
         status: &'static str,
@@ -36,7 +38,9 @@ impl TransferError {
             TransferError::AccountClosed(_) => ErrorCode::AccountClosed,
             TransferError::CurrencyMismatch { .. } => ErrorCode::CurrencyMismatch,
             TransferError::AlreadyExists => ErrorCode::AlreadyExists,
-            TransferError::WrongState { .. } => ErrorCode::Conflict,
+            TransferError::WrongState { .. } | TransferError::NotRecorded { .. } => {
+                ErrorCode::Conflict
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ mod error;
 mod events;
 
 pub use commands::{
-    AccountFacts, FailTransfer, RecordStep, RequestTransfer, TRANSFER_COMMAND_NAMES,
+    AccountFacts, FailTransfer, RecordStep, RequestTransfer, StepsRecorded, TRANSFER_COMMAND_NAMES,
     TransferCommand, TransferFacts,
 };
 pub use error::TransferError;
@@ -95,6 +95,9 @@ impl Transfer {
         if self.status == S::Unrequested && !matches!(command, TransferCommand::Request(_)) {
             return Err(TransferError::NotFound);
         }
+        let recorded = facts.recorded;
+        // A step's outcome is recorded only when the account's own history agrees.
+        let unrecorded = |what: &'static str| TransferError::NotRecorded { what };
         match command {
             TransferCommand::Request(c) => {
                 validate::aggregate_id("from", &c.from)?;
@@ -125,6 +128,7 @@ impl Transfer {
                 })])
             }
             TransferCommand::RecordDebit(_) => match self.status {
+                S::Requested if !recorded.debited => Err(unrecorded("no debit of the source")),
                 S::Requested => Ok(vec![TransferEvent::DebitRecorded(DebitRecorded {
                     from: self.from.clone(),
                     to: self.to.clone(),
@@ -135,6 +139,7 @@ impl Transfer {
                 _ => Err(wrong("record a debit")),
             },
             TransferCommand::RecordCredit(_) => match self.status {
+                S::Debited if !recorded.credited => Err(unrecorded("no credit of the destination")),
                 S::Debited => Ok(vec![TransferEvent::CreditRecorded(CreditRecorded {
                     from: self.from.clone(),
                     to: self.to.clone(),
@@ -143,6 +148,7 @@ impl Transfer {
                 _ => Err(wrong("record a credit")),
             },
             TransferCommand::Complete(_) => match self.status {
+                S::Credited if !recorded.settled => Err(unrecorded("no settle of the source")),
                 S::Credited => Ok(vec![TransferEvent::TransferCompleted(TransferCompleted {})]),
                 S::Completed => Ok(vec![]),
                 _ => Err(wrong("complete")),
@@ -151,6 +157,9 @@ impl Transfer {
                 validate::text("code", &c.code, validate::REASON_LEN_MAX)?;
                 validate::text("reason", &c.reason, validate::REASON_LEN_MAX)?;
                 match self.status {
+                    // The account refused the step: it must not have made it.
+                    S::Requested if recorded.debited => Err(wrong("fail after the debit")),
+                    S::Debited if recorded.credited => Err(wrong("fail after the credit")),
                     S::Requested => Ok(vec![TransferEvent::TransferFailed(TransferFailed {
                         code: c.code.clone(),
                         reason: c.reason.clone(),
@@ -166,6 +175,7 @@ impl Transfer {
                 }
             }
             TransferCommand::RecordRefund(_) => match self.status {
+                S::Refunding if !recorded.refunded => Err(unrecorded("no refund of the source")),
                 S::Refunding => {
                     let (code, reason) = self.failure.clone().unwrap_or_default();
                     Ok(vec![

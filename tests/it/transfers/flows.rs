@@ -172,7 +172,7 @@ async fn impossible_requests_are_refused_and_write_nothing() {
 
 #[tokio::test]
 async fn steps_cannot_be_forged_by_a_client() {
-    let app = TestApp::spawn().await;
+    let mut app = TestApp::spawn().await;
     open(&app, "victim", "EUR", 100).await;
     open(&app, "thief", "EUR", 0).await;
     let events_before = app.events_in_store().await;
@@ -199,6 +199,61 @@ async fn steps_cannot_be_forged_by_a_client() {
         ErrorCode::NotFound
     );
     assert_eq!(app.events_in_store().await, events_before);
+
+    // A real transfer, held before its debit: its outcome cannot be recorded ahead of the
+    // accounts (money would vanish), and it cannot be failed once the source paid.
+    app.stop_process_manager().await;
+    let id = Uuid::now_v7();
+    accepted(&request(&app, id, "victim", "thief", 60).await);
+    let events_before = app.events_in_store().await;
+    for (command, body) in [
+        ("transfer.record_debit", json!({"transfer_id": id})),
+        ("transfer.record_credit", json!({"transfer_id": id})),
+        ("transfer.complete", json!({"transfer_id": id})),
+        (
+            "account.credit",
+            json!({"account_id": "thief", "transfer_id": id}),
+        ),
+    ] {
+        assert_eq!(
+            rejected_code(&app.send(command, body).await),
+            ErrorCode::Conflict,
+            "{command}"
+        );
+    }
+    assert_eq!(app.events_in_store().await, events_before);
+    accepted(
+        &app.send(
+            "account.debit",
+            json!({"account_id": "victim", "transfer_id": id}),
+        )
+        .await,
+    );
+    assert_eq!(
+        rejected_code(
+            &app.send(
+                "transfer.fail",
+                json!({"transfer_id": id, "code": "insufficient_funds", "reason": "forged"})
+            )
+            .await
+        ),
+        ErrorCode::Conflict
+    );
+    // The process manager takes it from there, to the end.
+    app.start_process_manager().await;
+    let transfer = settled(
+        &app,
+        &app.send_with_id(
+            "transfer.request",
+            Uuid::now_v7(),
+            json!({"transfer_id": Uuid::now_v7(), "from": "victim", "to": "thief", "amount": 1}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(transfer["status"], "completed");
+    caught_up(&app, "thief").await;
+    assert_eq!(balance(&app, "thief").await, 61);
 }
 
 #[tokio::test]
