@@ -155,6 +155,14 @@ pub fn accepted(reply: &CommandReply) -> (String, u64) {
 }
 
 /// The error code of a rejection, or panic.
+/// The rejection's code, or `None` when accepted.
+pub fn rejected_code_if_any(reply: &CommandReply) -> Option<domain::ErrorCode> {
+    match reply {
+        CommandReply::Accepted { .. } => None,
+        CommandReply::Rejected { error, .. } => Some(error.code),
+    }
+}
+
 pub fn rejected_code(reply: &CommandReply) -> domain::ErrorCode {
     match reply {
         CommandReply::Rejected { error, .. } => error.code,
