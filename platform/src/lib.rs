@@ -2,6 +2,7 @@
 //! configuration pieces, telemetry, the Postgres pool and migrations, the NATS connection and
 //! JetStream streams, the ops HTTP endpoints, and shutdown signalling.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod infra;
