@@ -101,7 +101,7 @@ pub async fn run(
             println!("{}", serde_json::to_string_pretty(&digest)?);
             Ok(true)
         }
-        AuditCommand::Export(args) => export(args, http, nats.timeout_ms).await,
+        AuditCommand::Export(args) => export(args, http, nats).await,
         AuditCommand::Keygen => {
             let (secret_key, public_key) = audit::digest_signing::generate_key();
             println!(
@@ -268,7 +268,8 @@ async fn load_digest(source: &str, nats: &Connection) -> anyhow::Result<Digest> 
     serde_json::from_str(&text).with_context(|| format!("{source} is not a digest"))
 }
 
-async fn export(args: ExportArgs, http: &Http, timeout_ms: u64) -> anyhow::Result<bool> {
+async fn export(args: ExportArgs, http: &Http, nats: &Connection) -> anyhow::Result<bool> {
+    let timeout_ms = nats.timeout_ms;
     let accept = match args.format {
         ExportFormat::Ndjson => "application/x-ndjson",
         ExportFormat::Csv => "text/csv",
@@ -282,9 +283,11 @@ async fn export(args: ExportArgs, http: &Http, timeout_ms: u64) -> anyhow::Resul
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_millis(timeout_ms))
         .build()?;
-    let response = client
-        .get(&url)
-        .header("Accept", accept)
+    let mut request = client.get(&url).header("Accept", accept);
+    if let Some(value) = crate::send::authorization(nats.token.as_deref()) {
+        request = request.header("Authorization", value);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("cannot reach the API at {}", http.base))?;

@@ -14,6 +14,7 @@ mod progress;
 mod projections;
 mod read;
 mod send;
+mod token;
 mod transfer;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,9 @@ enum Command {
     /// Projections: status and lag, zero-downtime rebuilds.
     #[command(subcommand)]
     Projections(projections::ProjectionsCommand),
+    /// Tokens: mint a development token (HS256).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
 }
 
 /// Exit status of an operator command: 0 all well, 1 something found or refused, 2 failed.
@@ -79,6 +83,7 @@ async fn main() -> std::process::ExitCode {
         Command::Audit(command) => {
             return operator_exit(audit::run(command, &cli.connection, &cli.http, cli.json).await);
         }
+        Command::Token(command) => return operator_exit(token::run(command)),
         Command::Projections(command) => {
             return operator_exit(projections::run(command, &cli.connection, cli.json).await);
         }
@@ -94,14 +99,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
         account::Request::Read(path, token) => {
-            match read::get(
-                &cli.http,
-                &path,
-                token.as_deref(),
-                cli.connection.timeout_ms,
-            )
-            .await
-            {
+            match read::get(&cli.http, &path, token.as_deref(), &cli.connection).await {
                 Ok(body) => output::print_read(&body, cli.json),
                 Err(error) => {
                     eprintln!("error: {error:#}");

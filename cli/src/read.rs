@@ -20,12 +20,16 @@ pub async fn get(
     http: &Http,
     path: &str,
     consistency_token: Option<&str>,
-    timeout_ms: u64,
+    connection: &crate::send::Connection,
 ) -> anyhow::Result<serde_json::Value> {
+    let timeout_ms = connection.timeout_ms;
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_millis(timeout_ms))
         .build()?;
     let mut request = client.get(format!("{}{path}", http.base.trim_end_matches('/')));
+    if let Some(value) = crate::send::authorization(connection.token.as_deref()) {
+        request = request.header("Authorization", value);
+    }
     if let Some(token) = consistency_token {
         request = request
             .header("Tally-Consistency-Token", token)

@@ -32,6 +32,22 @@ pub struct Connection {
     /// How long to wait for the answer.
     #[arg(long = "timeout-ms", default_value_t = 10_000, global = true)]
     pub timeout_ms: u64,
+    /// Bearer token (JWT) sent with commands and reads (`tally token mint` makes one).
+    #[arg(
+        long = "token",
+        env = "TALLY_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+/// The `Authorization` value for `token`, if any.
+pub fn authorization(token: Option<&str>) -> Option<String> {
+    token
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| format!("Bearer {t}"))
 }
 
 #[derive(Debug, Args)]
@@ -64,6 +80,9 @@ pub async fn send(
     let command_id = options.command_id.unwrap_or_else(Uuid::now_v7);
     let mut headers = HeaderMap::new();
     headers.insert("Tally-Command-Id", command_id.to_string().as_str());
+    if let Some(value) = authorization(connection.token.as_deref()) {
+        headers.insert("Authorization", value.as_str());
+    }
     if let Some(version) = options.expected_version {
         headers.insert("Tally-Expected-Version", version.to_string().as_str());
     }

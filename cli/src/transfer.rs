@@ -118,7 +118,7 @@ pub async fn run(
             (path, None)
         }
     };
-    match read::get(http, &path, token.as_deref(), connection.timeout_ms).await {
+    match read::get(http, &path, token.as_deref(), connection).await {
         Ok(body) => print(&body, json_output),
         Err(error) => {
             eprintln!("error: {error:#}");

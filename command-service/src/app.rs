@@ -34,6 +34,8 @@ pub enum StartupError {
     Bind(#[from] platform::ops_http::BindError),
     #[error(transparent)]
     SigningKey(#[from] audit::digest_signing::KeyError),
+    #[error(transparent)]
+    TokenKey(#[from] platform::auth::KeyError),
 }
 
 #[derive(Debug)]
@@ -43,6 +45,7 @@ pub struct Application {
     ops_addr: SocketAddr,
     executor: Arc<Executor>,
     schemas: Arc<SchemaRegistry>,
+    access: Arc<crate::access::Access>,
     relay: Relay,
     subscription: async_nats::Subscriber,
     digest_key: Option<ed25519_dalek::SigningKey>,
@@ -67,6 +70,11 @@ impl Application {
             .map(audit::digest_signing::load_signing_key)
             .transpose()?;
         let schemas = Arc::new(SchemaRegistry::load()?);
+        let access = Arc::new(crate::access::Access::new(
+            platform::auth::TokenVerifier::from_config(&config.auth)?,
+            config.command_rate_per_s,
+            config.command_rate_burst,
+        ));
         let executor = Arc::new(Executor::new(
             TallyRepository::new(infra.pool.clone()),
             ExecutorLimits {
@@ -93,6 +101,7 @@ impl Application {
             ops_addr,
             executor,
             schemas,
+            access,
             relay,
             subscription,
             digest_key,
@@ -115,6 +124,7 @@ impl Application {
             subjects: self.infra.subjects.clone(),
             executor: Arc::clone(&self.executor),
             schemas: Arc::clone(&self.schemas),
+            access: Arc::clone(&self.access),
             in_flight: Arc::clone(&in_flight),
             deadline,
         };
@@ -125,6 +135,7 @@ impl Application {
             streams: self.infra.streams.clone(),
             executor: Arc::clone(&self.executor),
             schemas: Arc::clone(&self.schemas),
+            access: Arc::clone(&self.access),
             in_flight,
             deadline,
             max_deliver: self.config.jobs_max_deliver.max(1),

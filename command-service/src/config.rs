@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use platform::auth::AuthConfig;
 use platform::config::{NatsConfig, PostgresConfig, TelemetryConfig};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,6 +18,23 @@ pub struct Config {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Commands per second one actor (token subject) may send on average; 0: unlimited.
+    /// Tokens with the `admin` scope are not limited.
+    #[arg(
+        long = "command-rate-per-s",
+        env = "TALLY_COMMAND_RATE_PER_S",
+        default_value_t = 1_000
+    )]
+    pub command_rate_per_s: u32,
+    /// Commands one actor may send in a burst above the average rate.
+    #[arg(
+        long = "command-rate-burst",
+        env = "TALLY_COMMAND_RATE_BURST",
+        default_value_t = 2_000
+    )]
+    pub command_rate_burst: u32,
     /// Address of the ops endpoints (`/healthz`, `/readyz`). Port 0 picks a free port.
     #[arg(
         long = "ops-addr",

@@ -109,6 +109,15 @@ impl Executor {
     /// Runs `incoming` exactly once per command id: a repeated id gets the first reply.
     #[tracing::instrument(skip_all, fields(command_id = %incoming.command_id, aggregate_id = %incoming.aggregate_id(), command = incoming.command.name()))]
     pub async fn execute(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
+        // Before anything else, even a logged reply: another owner's results are not ours to see.
+        if let Some(owner) = &incoming.owner
+            && !self.owns(owner, &incoming.command).await?
+        {
+            // Not recorded, and worded as for a missing account: no existence is leaked.
+            return Ok(
+                Rejection::from(&domain::AccountError::NotFound).into_reply(incoming.command_id)
+            );
+        }
         if let Some(reply) = self
             .repo
             .logged_reply(incoming.command_id)
@@ -166,6 +175,23 @@ impl Executor {
         );
         // Not logged: contention is transient, so a retry with the same id may succeed.
         Ok(rejection.into_reply(incoming.command_id))
+    }
+
+    /// Whether a token bound to `owner` may run `command`: the account it touches (for a
+    /// transfer, the source) must be that owner's, or not exist yet. Owners never change, so
+    /// this cannot race with the command.
+    async fn owns(&self, owner: &str, command: &Command) -> Result<bool, ExecuteError> {
+        let account = match command {
+            // Opening is checked on the body (`access::check_body`); a taken id is refused as
+            // taken, whoever holds it.
+            Command::Account(domain::AccountCommand::Open(_)) => return Ok(true),
+            Command::Account(c) => c.account_id().to_owned(),
+            Command::Transfer(TransferCommand::Request(r)) => r.from.clone(),
+            // The process manager's steps need `admin`, which acts for every owner.
+            Command::Transfer(_) => return Ok(true),
+        };
+        let state = self.load::<Account>(&account).await?.aggregate;
+        Ok(state.status == AccountStatus::Unopened || state.owner == owner)
     }
 
     /// What an account command needs to know: for a transfer step, the transfer as recorded.

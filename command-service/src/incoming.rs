@@ -6,8 +6,10 @@ use domain::ErrorCode;
 use domain::account::AccountCommand;
 use domain::metadata::ANONYMOUS_ACTOR;
 use domain::transfer::TransferCommand;
+use platform::auth::Principal;
 use uuid::Uuid;
 
+use crate::access::{self, Access};
 use crate::rejection::Rejection;
 use crate::schema_check::SchemaRegistry;
 
@@ -68,7 +70,10 @@ pub struct IncomingCommand {
     /// Defaults to the command id (a client's command is its own flow and cause).
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
+    /// The token's subject.
     pub actor: String,
+    /// The token's `owner` claim: the command may touch only that owner's accounts.
+    pub owner: Option<String>,
     pub trace_id: Option<String>,
     /// The client's `traceparent`, kept whole when well formed.
     pub traceparent: Option<String>,
@@ -84,6 +89,7 @@ impl IncomingCommand {
             correlation_id: None,
             causation_id: None,
             actor: ANONYMOUS_ACTOR.to_owned(),
+            owner: None,
             trace_id: None,
             traceparent: None,
             expected_version: None,
@@ -128,6 +134,26 @@ pub fn split_subject<'a>(subject: &'a str, prefix: &str, kind: &str) -> Option<(
         .strip_prefix('.')?;
     let (aggregate, command) = rest.split_once('.')?;
     (!command.contains('.')).then_some((aggregate, command))
+}
+
+/// Admits one command message: who sent it and whether they may (before anything else), then
+/// its body.
+#[allow(clippy::too_many_arguments)]
+pub fn admit(
+    access: &Access,
+    command_id: Uuid,
+    aggregate: &str,
+    name: &str,
+    headers: Option<&HeaderMap>,
+    body: &[u8],
+    schemas: &SchemaRegistry,
+) -> Result<IncomingCommand, Rejection> {
+    let principal: Principal = access.admit(headers, aggregate, name)?;
+    let mut incoming = parse(command_id, aggregate, name, headers, body, schemas)?;
+    access::check_body(&principal, &incoming.command)?;
+    incoming.actor = principal.subject.clone();
+    incoming.owner = principal.owner;
+    Ok(incoming)
 }
 
 /// Parses and validates one command message.
@@ -184,6 +210,7 @@ pub fn parse(
         causation_id: uuid_header(headers, HEADER_CAUSATION_ID)?,
         command,
         actor: ANONYMOUS_ACTOR.to_owned(),
+        owner: None,
         trace_id: headers.and_then(trace_id),
         traceparent: headers
             .filter(|h| trace_id(h).is_some())

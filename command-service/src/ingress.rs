@@ -25,6 +25,7 @@ pub struct Ingress {
     pub subjects: Subjects,
     pub executor: Arc<Executor>,
     pub schemas: Arc<SchemaRegistry>,
+    pub access: Arc<crate::access::Access>,
     pub in_flight: Arc<Semaphore>,
     pub deadline: Duration,
 }
@@ -108,7 +109,8 @@ impl Ingress {
                             message.subject
                         ),
                     )),
-                    Some((aggregate, name)) => incoming::parse(
+                    Some((aggregate, name)) => incoming::admit(
+                        &self.access,
                         command_id,
                         aggregate,
                         name,

@@ -47,6 +47,7 @@ pub struct Jobs {
     pub streams: StreamNames,
     pub executor: Arc<Executor>,
     pub schemas: Arc<SchemaRegistry>,
+    pub access: Arc<crate::access::Access>,
     pub in_flight: Arc<Semaphore>,
     pub deadline: Duration,
     pub max_deliver: i64,
@@ -162,7 +163,8 @@ impl Jobs {
                             domain::ErrorCode::UnknownCommand,
                             format!("`{}` is not a durable command subject", message.subject),
                         )),
-                        Some((aggregate, name)) => incoming::parse(
+                        Some((aggregate, name)) => incoming::admit(
+                            &self.access,
                             command_id,
                             aggregate,
                             name,
@@ -172,14 +174,18 @@ impl Jobs {
                         ),
                     };
                     match parsed {
-                        Err(rejection) => (
-                            rejection.into_reply(command_id),
+                        Err(rejection) => {
+                            // Over the sender's rate: tried again later, like an outage.
+                            let transient = rejection.code == domain::ErrorCode::RateLimited;
                             (
-                                aggregate_type_of(&message.subject, self.subjects.prefix()),
-                                String::new(),
-                            ),
-                            false,
-                        ),
+                                rejection.into_reply(command_id),
+                                (
+                                    aggregate_type_of(&message.subject, self.subjects.prefix()),
+                                    String::new(),
+                                ),
+                                transient,
+                            )
+                        }
                         Ok(command) => {
                             let target = (command.aggregate_type(), command.aggregate_id());
                             let outcome =
@@ -199,8 +205,14 @@ impl Jobs {
         }
         let command_id = reply.command_id();
         // Rejections that never reached the executor are recorded here, so the result of every
-        // durable command is readable later.
-        if matches!(reply, domain::CommandReply::Rejected { .. })
+        // durable command is readable later; refusals of the sender write nothing.
+        let recordable = match &reply {
+            domain::CommandReply::Rejected { error, .. } => {
+                !crate::access::is_access_refusal(error.code)
+            }
+            domain::CommandReply::Accepted { .. } => false,
+        };
+        if recordable
             && let Err(error) = self
                 .executor
                 .repository()

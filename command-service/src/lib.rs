@@ -7,6 +7,7 @@
 //! events and the command log in one statement. The `relay` publishes committed events to the
 //! events stream in commit-safe order.
 
+mod access;
 mod aggregate_locks;
 mod app;
 mod audit_digests;

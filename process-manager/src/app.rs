@@ -7,7 +7,7 @@ use platform::infra::{Infra, InfraError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::command_client::CommandClient;
+use crate::command_client::{CommandClient, TokenSource};
 use crate::config::Config;
 use crate::worker::Worker;
 
@@ -19,6 +19,12 @@ pub enum StartupError {
     Infra(#[from] InfraError),
     #[error(transparent)]
     Bind(#[from] platform::ops_http::BindError),
+    #[error(transparent)]
+    TokenKey(#[from] platform::auth::KeyError),
+    #[error(
+        "no way to authenticate: set TALLY_AUTH_HS256_SECRET(_FILE) or TALLY_PROCESS_MANAGER_TOKEN_FILE"
+    )]
+    NoToken,
 }
 
 #[derive(Debug)]
@@ -31,6 +37,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let token = match (
+            &config.token_file,
+            platform::auth::hs256_secret(&config.auth)?,
+        ) {
+            (Some(path), _) => TokenSource::File(path.clone()),
+            (None, Some(secret)) => TokenSource::Mint {
+                secret,
+                issuer: config.auth.issuer.clone(),
+                audience: config.auth.audience.clone(),
+            },
+            (None, None) => return Err(StartupError::NoToken),
+        };
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
         let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
         let worker = Worker {
@@ -41,6 +59,7 @@ impl Application {
                 nats: infra.nats.clone(),
                 subjects: infra.subjects.clone(),
                 timeout: Duration::from_millis(config.command_timeout_ms.max(1)),
+                token,
             },
             in_flight_max: config.in_flight_max.max(1),
         };

@@ -9,8 +9,67 @@ use uuid::Uuid;
 
 use crate::reactions::Send;
 
+/// The subject the process manager acts as: the `actor` of every event it causes.
+pub const SUBJECT: &str = "process-manager";
+/// Lifetime of a minted token; minted per command, so short is free.
+const MINTED_TTL_S: u64 = 300;
+
+/// Where the process manager's bearer token comes from.
+#[derive(Clone)]
+pub enum TokenSource {
+    /// Minted per command with the shared HS256 secret.
+    Mint {
+        secret: Vec<u8>,
+        issuer: String,
+        audience: String,
+    },
+    /// Read from this file per command.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Mint { issuer, .. } => write!(f, "Mint {{ issuer: {issuer:?}, .. }}"),
+            TokenSource::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
+}
+
+impl TokenSource {
+    fn token(&self) -> Result<String, SendError> {
+        match self {
+            TokenSource::Mint {
+                secret,
+                issuer,
+                audience,
+            } => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                platform::auth::mint_hs256(
+                    secret,
+                    issuer,
+                    audience,
+                    SUBJECT,
+                    &[platform::auth::Scope::Admin],
+                    None,
+                    now,
+                    MINTED_TTL_S,
+                )
+                .map_err(|e| SendError::Token(e.to_string()))
+            }
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().to_owned())
+                .map_err(|e| SendError::Token(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    #[error("no token to send: {0}")]
+    Token(String),
     #[error("no reply within {0:?}")]
     Timeout(Duration),
     #[error("request failed")]
@@ -24,6 +83,7 @@ pub struct CommandClient {
     pub nats: async_nats::Client,
     pub subjects: Subjects,
     pub timeout: Duration,
+    pub token: TokenSource,
 }
 
 /// Why a command was sent: the flow and the event.
@@ -45,6 +105,10 @@ impl CommandClient {
         headers.insert(
             "Tally-Causation-Id",
             cause.causation_id.to_string().as_str(),
+        );
+        headers.insert(
+            "Authorization",
+            format!("Bearer {}", self.token.token()?).as_str(),
         );
         if let Some(traceparent) = &cause.traceparent {
             headers.insert("traceparent", traceparent.as_str());

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use platform::auth::AuthConfig;
 use platform::config::{NatsConfig, PostgresConfig, TelemetryConfig};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,6 +18,17 @@ pub struct Config {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    /// With an HS256 secret configured, the process manager mints its own short-lived tokens
+    /// (subject `process-manager`, scope `admin`); `iss`/`aud` as configured.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// A token file to send instead (for RS256/EdDSA installations, where only the token
+    /// issuer holds the private key). Read again for every command, so it can be rotated.
+    #[arg(
+        long = "process-manager-token-file",
+        env = "TALLY_PROCESS_MANAGER_TOKEN_FILE"
+    )]
+    pub token_file: Option<std::path::PathBuf>,
     /// Address of the ops endpoints (`/healthz`, `/readyz`). Port 0 picks a free port.
     #[arg(
         long = "ops-addr",

@@ -2,10 +2,11 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use platform::auth::Principal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
@@ -72,6 +73,7 @@ pub struct ReadQuery {
 )]
 pub async fn get(
     State(pool): State<PgPool>,
+    Extension(principal): Extension<Principal>,
     Path(account_id): Path<String>,
     query: Result<Query<ReadQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -80,9 +82,10 @@ pub async fn get(
     consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
     let account: AccountView = sqlx::query_as(
         "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
-         FROM accounts WHERE account_id = $1",
+         FROM accounts WHERE account_id = $1 AND ($2::text IS NULL OR owner = $2)",
     )
     .bind(&account_id)
+    .bind(&principal.owner)
     .fetch_optional(&pool)
     .await?
     .ok_or_else(|| ApiError::NotFound {
@@ -129,6 +132,7 @@ pub struct ListQuery {
 )]
 pub async fn list(
     State(pool): State<PgPool>,
+    Extension(principal): Extension<Principal>,
     query: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Page<AccountView>>, ApiError> {
@@ -147,6 +151,16 @@ pub async fn list(
         .as_deref()
         .map(pagination::decode)
         .transpose()?;
+    // A token bound to an owner lists that owner's accounts, whatever filter it asks for.
+    if let (Some(bound), Some(asked)) = (&principal.owner, &query.owner)
+        && bound != asked
+    {
+        return Ok(Json(Page {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
+    }
+    let owner = principal.owner.clone().or(query.owner.clone());
     let mut rows: Vec<AccountView> = sqlx::query_as(
         "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
          FROM accounts
@@ -157,7 +171,7 @@ pub async fn list(
          ORDER BY account_id
          LIMIT $5",
     )
-    .bind(&query.owner)
+    .bind(&owner)
     .bind(&query.status)
     .bind(&query.currency)
     .bind(&after)
@@ -226,6 +240,7 @@ pub struct EntriesQuery {
 )]
 pub async fn entries(
     State(pool): State<PgPool>,
+    Extension(principal): Extension<Principal>,
     Path(account_id): Path<String>,
     query: Result<Query<EntriesQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -244,12 +259,7 @@ pub async fn entries(
             detail: "cursor is not one this API issued".into(),
         })?),
     };
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
-            .bind(&account_id)
-            .fetch_one(&pool)
-            .await?;
-    if !exists {
+    if !visible(&pool, &principal, &account_id).await? {
         return Err(ApiError::NotFound {
             what: format!("account {account_id}"),
         });
@@ -278,6 +288,23 @@ pub async fn entries(
         items: rows,
         next_cursor,
     }))
+}
+
+/// Whether the account exists and the principal may see it (a token bound to another owner
+/// gets the same answer as for a missing account).
+pub(crate) async fn visible(
+    pool: &PgPool,
+    principal: &Principal,
+    account_id: &str,
+) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM accounts
+                        WHERE account_id = $1 AND ($2::text IS NULL OR owner = $2))",
+    )
+    .bind(account_id)
+    .bind(&principal.owner)
+    .fetch_one(pool)
+    .await?)
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]

@@ -18,6 +18,8 @@ pub enum StartupError {
     Infra(#[from] InfraError),
     #[error(transparent)]
     Bind(#[from] platform::ops_http::BindError),
+    #[error(transparent)]
+    TokenKey(#[from] platform::auth::KeyError),
 }
 
 #[derive(Debug)]
@@ -26,11 +28,17 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     limits: Limits,
+    access: std::sync::Arc<crate::access::Access>,
     lag_max: u64,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let access = std::sync::Arc::new(crate::access::Access::new(
+            platform::auth::TokenVerifier::from_config(&config.auth)?,
+            config.rate_per_s,
+            config.rate_burst,
+        ));
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
         let (listener, addr) = platform::ops_http::bind(config.http_addr).await?;
         Ok(Application {
@@ -40,7 +48,9 @@ impl Application {
             limits: Limits {
                 request_timeout: Duration::from_millis(config.request_timeout_ms),
                 body_max_bytes: config.body_max_bytes,
+                cors_origins: config.cors_origins.clone(),
             },
+            access,
             lag_max: config.ready_projection_lag_max,
         })
     }
@@ -55,6 +65,7 @@ impl Application {
         let app = router::build(
             self.infra.readiness_with_lag("accounts", self.lag_max),
             &self.limits,
+            self.access,
         );
         tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
         platform::ops_http::serve(self.listener, app, shutdown).await?;

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use platform::auth::AuthConfig;
 use platform::config::{NatsConfig, PostgresConfig, TelemetryConfig};
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,6 +18,31 @@ pub struct Config {
     pub nats: NatsConfig,
     #[command(flatten)]
     pub telemetry: TelemetryConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Requests per second one token (or, unauthenticated, one client address) may make on
+    /// average; 0: unlimited.
+    #[arg(
+        long = "http-rate-per-s",
+        env = "TALLY_HTTP_RATE_PER_S",
+        default_value_t = 1_000
+    )]
+    pub rate_per_s: u32,
+    /// Requests one token may make in a burst above the average rate.
+    #[arg(
+        long = "http-rate-burst",
+        env = "TALLY_HTTP_RATE_BURST",
+        default_value_t = 2_000
+    )]
+    pub rate_burst: u32,
+    /// Origins allowed to call the API from a browser (CORS), comma-separated; empty: CORS off.
+    #[arg(
+        long = "http-cors-origins",
+        env = "TALLY_HTTP_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub cors_origins: Vec<String>,
     /// Address the HTTP API listens on. Port 0 picks a free port.
     #[arg(
         long = "http-addr",

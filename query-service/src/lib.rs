@@ -3,6 +3,7 @@
 //! `/v1/accounts/{id}/transfers`, `/v1/transfers/{id}`, `/v1/totals`, `/v1/commands/{id}`, the
 //! audit endpoints, `/healthz` and `/readyz`; read-your-writes waits live in `consistency`.
 
+mod access;
 mod accounts;
 mod app;
 mod audit;

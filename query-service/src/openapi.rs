@@ -1,7 +1,8 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations. Served at
 //! `/openapi.json` and checked in at `schemas/openapi.json` (a test fails when they drift).
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +26,8 @@ use utoipa::OpenApi;
         readyz,
         metrics,
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     tags(
         (name = "accounts", description = "Accounts, entries and totals"),
         (name = "transfers", description = "Transfers between accounts and where each stands"),
@@ -35,8 +38,22 @@ use utoipa::OpenApi;
 )]
 struct ApiDoc;
 
+/// Every `/v1` route takes `Authorization: Bearer <JWT>` (scopes in README.md).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("JWT".to_owned());
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
 /// Alive.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = String)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, body = String)))]
 #[allow(dead_code)] // documents platform::ops_http's handler
 fn healthz() {}
 
@@ -45,6 +62,7 @@ fn healthz() {}
     get,
     path = "/readyz",
     tag = "health",
+    security(()),
     responses(
         (status = 200, description = "Ready", body = Object),
         (status = 503, description = "Not ready; the body says which check failed", body = Object),
@@ -58,6 +76,7 @@ fn readyz() {}
     get,
     path = "/metrics",
     tag = "health",
+    security(()),
     responses((status = 200, body = String, content_type = "text/plain"))
 )]
 #[allow(dead_code)] // documents platform::ops_http's handler

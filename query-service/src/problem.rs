@@ -18,6 +18,15 @@ pub enum ApiError {
     /// Stored history the domain cannot fold (HTTP 500): tampering or a bug, never input.
     #[error("{detail}")]
     Corrupt { detail: String },
+    /// No valid bearer token (HTTP 401).
+    #[error("{detail}")]
+    Unauthenticated { detail: String },
+    /// The token does not allow this (HTTP 403).
+    #[error("{detail}")]
+    Forbidden { detail: String },
+    /// Over the request rate (HTTP 429 with `Retry-After`).
+    #[error("too many requests; retry in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     #[error("a dependency is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -51,8 +60,8 @@ pub struct Problem {
     title: &'static str,
     status: u16,
     detail: String,
-    /// `bad_request`, `not_found`, `not_yet_consistent`, `corrupt_history`, `unavailable` or
-    /// `internal`.
+    /// `bad_request`, `unauthenticated`, `forbidden`, `not_found`, `not_yet_consistent`,
+    /// `rate_limited`, `corrupt_history`, `unavailable` or `internal`.
     code: &'static str,
 }
 
@@ -70,6 +79,17 @@ impl IntoResponse for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "corrupt_history",
                 "Stored history cannot be folded",
+            ),
+            ApiError::Unauthenticated { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Unauthenticated",
+            ),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
             ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +120,19 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        match &self {
+            ApiError::Unauthenticated { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after_s } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            _ => {}
+        }
         response
     }
 }

@@ -1,13 +1,16 @@
 //! The HTTP router: routes plus the layers every request passes through.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::routing::get;
 use platform::ops_http::Readiness;
 use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -15,9 +18,23 @@ use tower_http::trace::TraceLayer;
 pub struct Limits {
     pub request_timeout: Duration,
     pub body_max_bytes: usize,
+    /// Browser origins allowed by CORS; empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
-pub fn build(readiness: Readiness, limits: &Limits) -> Router {
+/// Headers on every response: the API serves JSON to programs, never pages to frame or sniff.
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "no-referrer"),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("cache-control", "no-store"),
+];
+
+pub fn build(readiness: Readiness, limits: &Limits, access: Arc<crate::access::Access>) -> Router {
     let api = Router::new()
         .route("/v1/commands/{command_id}", get(crate::commands::get))
         .route("/v1/accounts", get(crate::accounts::list))
@@ -44,10 +61,38 @@ pub fn build(readiness: Readiness, limits: &Limits) -> Router {
             "/v1/audit/{aggregate_type}/{aggregate_id}/state",
             get(crate::audit_state::state),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::access::authenticate,
+        ))
         .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());
-    platform::ops_http::router(readiness)
-        .merge(api)
+    let mut router = platform::ops_http::router(readiness).merge(api);
+    for (name, value) in SECURITY_HEADERS {
+        router = router.layer(SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        ));
+    }
+    let origins: Vec<HeaderValue> = limits
+        .cors_origins
+        .iter()
+        .filter(|o| !o.trim().is_empty())
+        .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
+        .collect();
+    if !origins.is_empty() {
+        router = router.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET])
+                .allow_headers([
+                    header::AUTHORIZATION,
+                    HeaderName::from_static("tally-consistency-token"),
+                    HeaderName::from_static("tally-wait-ms"),
+                ]),
+        );
+    }
+    router
         .layer(CompressionLayer::new())
         .layer(RequestBodyLimitLayer::new(limits.body_max_bytes))
         .layer(TimeoutLayer::with_status_code(

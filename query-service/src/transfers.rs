@@ -2,14 +2,15 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
+use platform::auth::Principal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::accounts::{ConsistencyHeaders, Page, ReadQuery, page_end};
+use crate::accounts::{ConsistencyHeaders, Page, ReadQuery, page_end, visible};
 use crate::consistency;
 use crate::pagination;
 use crate::problem::{ApiError, Problem};
@@ -55,6 +56,7 @@ pub struct TransferView {
 )]
 pub async fn get(
     State(pool): State<PgPool>,
+    Extension(principal): Extension<Principal>,
     Path(transfer_id): Path<String>,
     query: Result<Query<ReadQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -66,10 +68,15 @@ pub async fn get(
     // Not a UUID: no such transfer (ids are UUIDs), not a malformed request.
     let id = Uuid::parse_str(&transfer_id).map_err(|_| not_found())?;
     consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
+    // A token bound to an owner sees the transfers of that owner's accounts, either way.
     let transfer: TransferView = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM transfers WHERE transfer_id = $1"
+        "SELECT {COLUMNS} FROM transfers t WHERE transfer_id = $1
+           AND ($2::text IS NULL OR EXISTS (
+               SELECT 1 FROM accounts a
+               WHERE a.account_id IN (t.from_account, t.to_account) AND a.owner = $2))"
     ))
     .bind(id)
+    .bind(&principal.owner)
     .fetch_optional(&pool)
     .await?
     .ok_or_else(not_found)?;
@@ -104,6 +111,7 @@ pub struct AccountTransfersQuery {
 )]
 pub async fn of_account(
     State(pool): State<PgPool>,
+    Extension(principal): Extension<Principal>,
     Path(account_id): Path<String>,
     query: Result<Query<AccountTransfersQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -125,12 +133,7 @@ pub async fn of_account(
         None => None,
         Some(cursor) => Some(decode_cursor(cursor)?),
     };
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1)")
-            .bind(&account_id)
-            .fetch_one(&pool)
-            .await?;
-    if !exists {
+    if !visible(&pool, &principal, &account_id).await? {
         return Err(ApiError::NotFound {
             what: format!("account {account_id}"),
         });

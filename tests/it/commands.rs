@@ -387,10 +387,16 @@ async fn five_hundred_concurrent_deposits_on_one_account_all_succeed() {
 async fn a_reply_carries_the_command_id_header_and_generated_ids_are_uuids() {
     let app = TestApp::spawn().await;
     let subject = format!("{}.cmd.account.open", app.subjects.prefix());
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Authorization",
+        format!("Bearer {}", tests::app::admin_token()).as_str(),
+    );
     let response = app
         .nats
-        .request(
+        .request_with_headers(
             subject,
+            headers,
             serde_json::to_vec(&json!({"account_id": "h", "owner": "o", "currency": "USD"}))
                 .unwrap()
                 .into(),

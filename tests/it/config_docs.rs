@@ -20,6 +20,10 @@ fn services() -> Vec<(&'static str, BTreeSet<String>)> {
             env_vars(command_service::Config::command()),
         ),
         ("projections", env_vars(projections::Config::command())),
+        (
+            "process-manager",
+            env_vars(process_manager::Config::command()),
+        ),
         ("query-service", env_vars(query_service::Config::command())),
     ]
 }
@@ -28,6 +32,7 @@ fn services() -> Vec<(&'static str, BTreeSet<String>)> {
 fn every_config_is_valid_clap() {
     command_service::Config::command().debug_assert();
     projections::Config::command().debug_assert();
+    process_manager::Config::command().debug_assert();
     query_service::Config::command().debug_assert();
 }
 

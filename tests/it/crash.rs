@@ -91,9 +91,16 @@ async fn kill_9_after_accepted_replies_loses_and_duplicates_nothing() {
                 i += 1;
                 let body =
                     json!({"account_id": format!("c{}", (s * 7 + i) % ACCOUNTS), "amount": 1});
-                let request = app
-                    .nats
-                    .request(subject.clone(), serde_json::to_vec(&body).unwrap().into());
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    "Authorization",
+                    format!("Bearer {}", tests::app::admin_token()).as_str(),
+                );
+                let request = app.nats.request_with_headers(
+                    subject.clone(),
+                    headers,
+                    serde_json::to_vec(&body).unwrap().into(),
+                );
                 let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), request).await
                 else {
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -14,6 +14,10 @@ use uuid::Uuid;
 async fn publish_job(app: &TestApp, command: &str, id: Uuid, body: serde_json::Value) {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    headers.insert(
+        "Authorization",
+        format!("Bearer {}", tests::app::admin_token()).as_str(),
+    );
     let ack = app
         .jetstream
         .publish_with_headers(

@@ -20,6 +20,7 @@ mod read_api;
 mod rebuild;
 mod rebuild_crash;
 mod schemathesis;
+mod security;
 mod service_binaries;
 mod snapshots;
 mod startup;

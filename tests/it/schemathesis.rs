@@ -52,6 +52,8 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
             "--request-timeout",
             "10",
             "--no-color",
+            "--header",
+            &format!("Authorization: Bearer {}", tests::app::admin_token()),
         ])
         .env("SCHEMATHESIS_HOOKS", "")
         .kill_on_drop(true)

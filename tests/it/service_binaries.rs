@@ -49,6 +49,7 @@ async fn each_binary_starts_serves_health_and_stops_on_sigterm() {
                 app.subjects.prefix(),
             ))
             .arg(format!("{addr_flag}=127.0.0.1:{port}"))
+            .env(tests::app::TEST_AUTH_ENV.0, tests::app::TEST_AUTH_ENV.1)
             .env("TALLY_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -81,6 +82,7 @@ async fn each_binary_starts_serves_health_and_stops_on_sigterm() {
 async fn a_too_old_or_missing_dependency_is_a_clear_startup_error() {
     let port = free_port();
     let output = Command::new(workspace_binary("query-service"))
+        .env(tests::app::TEST_AUTH_ENV.0, tests::app::TEST_AUTH_ENV.1)
         .arg(format!("--nats-url=nats://127.0.0.1:{port}"))
         .arg(format!(
             "--database-url={}",

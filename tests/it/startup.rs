@@ -118,7 +118,10 @@ async fn starting_again_is_harmless() {
     let config = <query_service::Config as clap::Parser>::try_parse_from(
         std::iter::once("query-service".to_owned())
             .chain(args)
-            .chain(std::iter::once("--http-addr=127.0.0.1:0".to_owned())),
+            .chain([
+                "--http-addr=127.0.0.1:0".to_owned(),
+                tests::app::auth_flag(),
+            ]),
     )
     .unwrap();
     let again = query_service::Application::build(config).await;
@@ -153,6 +156,7 @@ async fn readyz_reports_a_lagging_projection_and_recovers() {
             .chain([
                 "--http-addr=127.0.0.1:0".to_owned(),
                 "--ready-projection-lag-max=0".to_owned(),
+                tests::app::auth_flag(),
             ]),
     )
     .unwrap();

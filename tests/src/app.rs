@@ -15,6 +15,39 @@ use crate::servers::Servers;
 
 const TEMPLATE_DB: &str = "tally_template";
 
+/// The HS256 secret every test installation checks tokens with.
+pub const TEST_AUTH_SECRET: &str = "tally-test-secret-0123456789abcdef0123456789";
+/// The environment that gives a service binary the test secret (projections ignore it).
+pub const TEST_AUTH_ENV: (&str, &str) = ("TALLY_AUTH_HS256_SECRET", TEST_AUTH_SECRET);
+
+/// A token signed with the test secret, valid for a day.
+pub fn mint_token(subject: &str, scopes: &[platform::auth::Scope], owner: Option<&str>) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    platform::auth::mint_hs256(
+        TEST_AUTH_SECRET.as_bytes(),
+        "tally-dev",
+        "tally",
+        subject,
+        scopes,
+        owner,
+        now,
+        86_400,
+    )
+    .expect("mint a test token")
+}
+
+/// The flag that gives an in-process service the test secret.
+pub fn auth_flag() -> String {
+    format!("--auth-hs256-secret={TEST_AUTH_SECRET}")
+}
+
+/// The token the helpers send unless a test says otherwise: `admin`, subject `test-admin`.
+pub fn admin_token() -> String {
+    mint_token("test-admin", &[platform::auth::Scope::Admin], None)
+}
+
 /// Creates the migrated template database once per process.
 async fn ensure_template(servers: &Servers) {
     static TEMPLATE: OnceCell<()> = OnceCell::const_new();
@@ -132,9 +165,12 @@ impl TestApp {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
+        let auth = format!("--auth-hs256-secret={TEST_AUTH_SECRET}");
         let args = |name: &str, extra: &str| {
+            let checks_tokens = name != "projections";
             std::iter::once(name.to_owned())
                 .chain(common.iter().cloned())
+                .chain(checks_tokens.then(|| auth.clone()))
                 .chain(std::iter::once(extra.to_owned()))
                 .collect::<Vec<_>>()
         };
@@ -190,6 +226,18 @@ impl TestApp {
             projections_ops_addr,
             process_manager_ops_addr,
             http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        reqwest::header::HeaderValue::from_str(&format!(
+                            "Bearer {}",
+                            admin_token()
+                        ))
+                        .expect("header value"),
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("http client"),
@@ -223,7 +271,10 @@ impl TestApp {
         assert!(self.process_manager.is_none(), "already running");
         let args: Vec<String> = std::iter::once("process-manager".to_owned())
             .chain(self.service_flags())
-            .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
+            .chain([
+                "--ops-addr=127.0.0.1:0".to_owned(),
+                format!("--auth-hs256-secret={TEST_AUTH_SECRET}"),
+            ])
             .collect();
         let (addr, service) = Self::start_process_manager_with(&args, &self.shutdown).await;
         self.process_manager_ops_addr = addr;
@@ -267,6 +318,9 @@ impl TestApp {
                 self.subjects.prefix(),
             ))
             .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
+            .chain(std::iter::once(format!(
+                "--auth-hs256-secret={TEST_AUTH_SECRET}"
+            )))
             .chain(extra.iter().map(|s| (*s).to_owned()))
             .collect()
     }

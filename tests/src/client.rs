@@ -40,8 +40,20 @@ impl TestApp {
             .await
     }
 
-    /// Sends raw bytes with headers; panics if no reply arrives within 15 s.
-    pub async fn send_raw(&self, command: &str, headers: HeaderMap, body: Vec<u8>) -> CommandReply {
+    /// Sends raw bytes with headers (and the admin token, unless `Authorization` is among
+    /// them); panics if no reply arrives within 15 s.
+    pub async fn send_raw(
+        &self,
+        command: &str,
+        mut headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> CommandReply {
+        if headers.get("Authorization").is_none() {
+            headers.insert(
+                "Authorization",
+                format!("Bearer {}", crate::app::admin_token()).as_str(),
+            );
+        }
         let subject = format!("{}.cmd.{command}", self.subjects.prefix());
         let response = tokio::time::timeout(
             Duration::from_secs(15),

@@ -16,6 +16,8 @@ impl TestApp {
             .args(args)
             .env("TALLY_DATABASE_URL", &self.db_url)
             .env("TALLY_API_URL", &self.http_base)
+            .env("TALLY_TOKEN", crate::app::admin_token())
+            .env(crate::app::TEST_AUTH_ENV.0, crate::app::TEST_AUTH_ENV.1)
             .kill_on_drop(true)
             .output()
             .await

@@ -23,10 +23,18 @@ pub struct AuthConfig {
     #[arg(long = "auth-jwks-file", env = "TALLY_AUTH_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
     /// Required `iss` of every token.
-    #[arg(long = "auth-issuer", env = "TALLY_AUTH_ISSUER", default_value = "tally-dev")]
+    #[arg(
+        long = "auth-issuer",
+        env = "TALLY_AUTH_ISSUER",
+        default_value = "tally-dev"
+    )]
     pub issuer: String,
     /// Required `aud` of every token.
-    #[arg(long = "auth-audience", env = "TALLY_AUTH_AUDIENCE", default_value = "tally")]
+    #[arg(
+        long = "auth-audience",
+        env = "TALLY_AUTH_AUDIENCE",
+        default_value = "tally"
+    )]
     pub audience: String,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     #[arg(

@@ -18,7 +18,9 @@ pub enum Scope {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope `{0}` (known: accounts:write, accounts:read, transfers:write, audit:read, admin)")]
+#[error(
+    "unknown scope `{0}` (known: accounts:write, accounts:read, transfers:write, audit:read, admin)"
+)]
 pub struct UnknownScope(pub String);
 
 impl Scope {

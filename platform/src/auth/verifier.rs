@@ -318,7 +318,11 @@ mod tests {
         );
         assert_eq!(verifier.verify("not.a.jwt"), Err(AuthError::Malformed));
         // Within the clock skew, a just-expired token still passes.
-        assert!(verifier.verify(&token(SECRET, "tally", now() - 62, 60)).is_ok());
+        assert!(
+            verifier
+                .verify(&token(SECRET, "tally", now() - 62, 60))
+                .is_ok()
+        );
     }
 
     #[test]

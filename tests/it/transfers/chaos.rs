@@ -50,6 +50,7 @@ fn spawn_service(app: &TestApp, name: &str) -> Child {
     Command::new(workspace_binary(name))
         .args(app.service_flags())
         .arg(format!("--ops-addr=127.0.0.1:{port}"))
+        .env(tests::app::TEST_AUTH_ENV.0, tests::app::TEST_AUTH_ENV.1)
         .env("TALLY_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -76,6 +77,10 @@ async fn request_until_answered(
         );
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Tally-Command-Id", transfer_id.to_string().as_str());
+        headers.insert(
+            "Authorization",
+            format!("Bearer {}", tests::app::admin_token()).as_str(),
+        );
         let request = app
             .nats
             .request_with_headers(subject.clone(), headers, payload.clone());

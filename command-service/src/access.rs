@@ -1,0 +1,135 @@
+//! Who may run which command: the bearer token on the message (authentication), the scope the
+//! command needs, the `owner` claim on bodies, and the per-actor rate limit. Checked before the
+//! body is even parsed, so an unauthenticated sender learns nothing about commands' shapes.
+
+use std::num::NonZeroU32;
+
+use async_nats::HeaderMap;
+use domain::ErrorCode;
+use domain::account::AccountCommand;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use platform::auth::{AuthError, Principal, Scope, TokenVerifier, bearer_token};
+use serde_json::json;
+
+use crate::incoming::Command;
+use crate::rejection::Rejection;
+
+pub const HEADER_AUTHORIZATION: &str = "Authorization";
+
+pub struct Access {
+    verifier: TokenVerifier,
+    /// Per actor (token subject); `None` when unlimited.
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("verifier", &self.verifier)
+            .field("rate_limited", &self.limiter.is_some())
+            .finish()
+    }
+}
+
+/// The scope a command needs. The process manager's steps need `admin`: they move money on
+/// the strength of a transfer already accepted.
+pub fn required_scope(aggregate: &str, command: &str) -> Scope {
+    match (aggregate, command) {
+        ("transfer", "request") => Scope::TransfersWrite,
+        ("account", "debit" | "credit" | "refund" | "settle") | ("transfer", _) => Scope::Admin,
+        _ => Scope::AccountsWrite,
+    }
+}
+
+impl Access {
+    /// `per_second` commands per actor on average, bursts of `burst`; 0 means unlimited.
+    pub fn new(verifier: TokenVerifier, per_second: u32, burst: u32) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Access { verifier, limiter }
+    }
+
+    /// The sender of a command to `<aggregate>.<command>`, if it may send it now.
+    pub fn admit(
+        &self,
+        headers: Option<&HeaderMap>,
+        aggregate: &str,
+        command: &str,
+    ) -> Result<Principal, Rejection> {
+        let header = headers
+            .and_then(|h| h.get(HEADER_AUTHORIZATION))
+            .map(|v| v.as_str());
+        let principal = bearer_token(header)
+            .and_then(|token| self.verifier.verify(token))
+            .map_err(unauthenticated)?;
+        let scope = required_scope(aggregate, command);
+        if !principal.allows(scope) {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!("`{aggregate}.{command}` needs scope {scope}"),
+            )
+            .with_details(json!({"scope": scope.as_str()})));
+        }
+        // Operators and the process manager are not throttled: they act for everyone.
+        if let Some(limiter) = &self.limiter
+            && !principal.is_admin()
+            && let Err(not_until) = limiter.check_key(&principal.subject)
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            return Err(Rejection::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many commands from {}; retry in {retry_after_ms} ms",
+                    principal.subject
+                ),
+            )
+            .with_details(json!({"retry_after_ms": retry_after_ms})));
+        }
+        Ok(principal)
+    }
+}
+
+/// A token bound to an owner opens accounts for that owner only.
+pub fn check_body(principal: &Principal, command: &Command) -> Result<(), Rejection> {
+    if let (Some(owner), Command::Account(AccountCommand::Open(open))) = (&principal.owner, command)
+        && &open.owner != owner
+    {
+        return Err(Rejection::new(
+            ErrorCode::Forbidden,
+            "this token may open accounts only for its own owner",
+        ));
+    }
+    Ok(())
+}
+
+fn unauthenticated(error: AuthError) -> Rejection {
+    Rejection::new(ErrorCode::Unauthenticated, error.to_string())
+}
+
+/// Refusals of who is asking rather than of what: never recorded (nothing is written), and a
+/// durable command refused for its rate is tried again later rather than answered.
+pub fn is_access_refusal(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Unauthenticated | ErrorCode::Forbidden | ErrorCode::RateLimited
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_command_needs_its_scope() {
+        assert_eq!(required_scope("account", "open"), Scope::AccountsWrite);
+        assert_eq!(required_scope("account", "withdraw"), Scope::AccountsWrite);
+        assert_eq!(required_scope("transfer", "request"), Scope::TransfersWrite);
+        assert_eq!(required_scope("account", "credit"), Scope::Admin);
+        assert_eq!(required_scope("transfer", "record_credit"), Scope::Admin);
+        assert_eq!(required_scope("transfer", "fail"), Scope::Admin);
+    }
+}
