@@ -49,6 +49,41 @@ impl Modify for BearerAuth {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        // What every protected route may answer besides its own responses.
+        let problem = |description: &str| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            if let Some(operation) = item.get.as_mut() {
+                let responses = &mut operation.responses.responses;
+                for (status, description) in [
+                    ("401", "No valid bearer token (`unauthenticated`)"),
+                    (
+                        "403",
+                        "The token lacks the scope, or is bound to an owner (`forbidden`)",
+                    ),
+                    (
+                        "429",
+                        "Over the request rate (`rate_limited`, with `Retry-After`)",
+                    ),
+                ] {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
     }
 }
 

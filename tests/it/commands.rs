@@ -95,7 +95,7 @@ async fn every_account_command_is_accepted_stored_and_relayed_in_order() {
         let sequence = i as u64 + 1;
         assert_eq!(event.message.sequence, sequence);
         assert_eq!(event.msg_id, format!("account:acc-1:{sequence}"));
-        assert_eq!(event.message.metadata["actor"], "anonymous");
+        assert_eq!(event.message.metadata["actor"], "test-admin");
     }
     assert_eq!(
         stream[1].message.payload["MoneyDeposited"]["balance_after"],

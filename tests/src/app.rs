@@ -97,6 +97,19 @@ pub fn unique_prefix() -> String {
     format!("t{}", &id[..12])
 }
 
+/// A NATS server of a test's own, with users: its URL and each user's password.
+#[derive(Debug, Clone)]
+pub struct NatsAccess {
+    pub url: String,
+    pub passwords: std::collections::HashMap<String, String>,
+}
+
+impl NatsAccess {
+    pub fn password(&self, user: &str) -> String {
+        self.passwords.get(user).cloned().unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 pub struct TestApp {
     pub servers: &'static Servers,
@@ -155,13 +168,52 @@ impl TestApp {
         Self::spawn_on(servers, db_name, db_url, prefix).await
     }
 
+    /// Starts the services against a NATS server of the test's own that has users and
+    /// permissions (`deploy/nats-server.conf`, so the prefix is `tally`); each service connects
+    /// as its own user, and `nats` as `tally-client`.
+    pub async fn spawn_with_nats(access: NatsAccess) -> TestApp {
+        crate::init_test_logging();
+        let servers = Servers::get();
+        let db_name = create_test_database(servers).await;
+        let db_url = servers.pg_url(&db_name);
+        Self::spawn_full(servers, db_name, db_url, "tally".to_owned(), Some(access)).await
+    }
+
     async fn spawn_on(
         servers: &'static Servers,
         db_name: String,
         db_url: String,
         prefix: String,
     ) -> TestApp {
-        let common = Self::common_args(servers, &db_url, &prefix);
+        Self::spawn_full(servers, db_name, db_url, prefix, None).await
+    }
+
+    async fn spawn_full(
+        servers: &'static Servers,
+        db_name: String,
+        db_url: String,
+        prefix: String,
+        nats_access: Option<NatsAccess>,
+    ) -> TestApp {
+        let mut common = Self::common_args(servers, &db_url, &prefix);
+        if let Some(access) = &nats_access {
+            for arg in &mut common {
+                if arg.starts_with("--nats-url=") {
+                    *arg = format!("--nats-url={}", access.url);
+                }
+            }
+        }
+        let user_args = |name: &str| -> Vec<String> {
+            nats_access
+                .as_ref()
+                .map(|a| {
+                    vec![
+                        format!("--nats-user={name}"),
+                        format!("--nats-password={}", a.password(name)),
+                    ]
+                })
+                .unwrap_or_default()
+        };
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -170,6 +222,7 @@ impl TestApp {
             let checks_tokens = name != "projections";
             std::iter::once(name.to_owned())
                 .chain(common.iter().cloned())
+                .chain(user_args(name))
                 .chain(checks_tokens.then(|| auth.clone()))
                 .chain(std::iter::once(extra.to_owned()))
                 .collect::<Vec<_>>()
@@ -207,9 +260,18 @@ impl TestApp {
         tasks.push(tokio::spawn(query.run(shutdown.child_token())));
 
         let db = PgPool::connect(&db_url).await.expect("test pool");
-        let nats = async_nats::connect(&servers.nats_url)
-            .await
-            .expect("test NATS client");
+        let nats = match &nats_access {
+            None => async_nats::connect(&servers.nats_url).await,
+            Some(access) => {
+                async_nats::ConnectOptions::with_user_and_password(
+                    "tally-client".to_owned(),
+                    access.password("tally-client"),
+                )
+                .connect(access.url.as_str())
+                .await
+            }
+        }
+        .expect("test NATS client");
         let subjects = Subjects::new(&prefix).expect("valid prefix");
         let streams = StreamNames::for_subjects(&subjects);
         TestApp {

@@ -26,6 +26,25 @@ impl NatsServer {
 
     /// As [`NatsServer::start`], with an explicit binary.
     pub fn start_binary(bin: &Path, dir: &Path) -> Result<NatsServer, String> {
+        Self::start_configured(bin, dir, None, &[])
+    }
+
+    /// As [`NatsServer::start`], with a configuration file and the environment it reads (users
+    /// and permissions). The server dies with the thread that started it.
+    pub fn start_with_config(
+        dir: &Path,
+        config: &Path,
+        env: &[(String, String)],
+    ) -> Result<NatsServer, String> {
+        Self::start_configured(&binaries::nats_server(), dir, Some(config), env)
+    }
+
+    fn start_configured(
+        bin: &Path,
+        dir: &Path,
+        config: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<NatsServer, String> {
         let bin = bin.to_path_buf();
         let version = Command::new(&bin)
             .arg("--version")
@@ -53,6 +72,10 @@ impl NatsServer {
         std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("nats.log")).map_err(|e| e.to_string())?;
         let mut command = Command::new(&bin);
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         command
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&store)

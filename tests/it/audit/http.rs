@@ -32,7 +32,7 @@ async fn history_with_who_and_why_and_state_at_any_point() {
     assert_eq!(items.len(), 3);
     for (i, event) in items.iter().enumerate() {
         assert_eq!(event["sequence"], i as i64 + 1);
-        assert_eq!(event["actor"], "anonymous");
+        assert_eq!(event["actor"], "test-admin", "the token subject");
         assert_eq!(event["hash"].as_str().unwrap().len(), 64);
         assert!(event["command_id"].as_str().unwrap().len() == 36, "{event}");
         assert_eq!(event["command_id"], event["correlation_id"]);

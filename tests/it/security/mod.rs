@@ -3,6 +3,7 @@
 
 mod commands;
 mod http;
+mod nats;
 
 use platform::auth::Scope;
 use tests::app::{TEST_AUTH_SECRET, mint_token};

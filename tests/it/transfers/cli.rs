@@ -110,6 +110,7 @@ async fn a_durable_transfer_request_runs_after_a_command_service_restart() {
         .arg(format!("--subject-prefix={}", app.subjects.prefix()))
         .arg(format!("--api-url={}", app.http_base))
         .arg("--timeout-ms=20000")
+        .env("TALLY_TOKEN", tests::app::admin_token())
         .args([
             "transfer",
             "send",

@@ -1,0 +1,195 @@
+//! NATS users and subject permissions (`deploy/nats-server.conf`): the whole stack runs with
+//! each service as its own user, a client may only send commands and read its replies, and
+//! nobody connects without credentials.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+use tests::TestApp;
+use tests::app::NatsAccess;
+use tests::binaries::repo_root;
+use tests::nats_server::NatsServer;
+use uuid::Uuid;
+
+const USERS: [(&str, &str); 5] = [
+    ("tally-client", "TALLY_NATS_CLIENT_PASSWORD"),
+    ("command-service", "TALLY_NATS_COMMAND_SERVICE_PASSWORD"),
+    ("projections", "TALLY_NATS_PROJECTIONS_PASSWORD"),
+    ("process-manager", "TALLY_NATS_PROCESS_MANAGER_PASSWORD"),
+    ("query-service", "TALLY_NATS_QUERY_SERVICE_PASSWORD"),
+];
+
+/// Server errors a client connection reported (permission violations arrive this way).
+async fn client_with_errors(
+    access: &NatsAccess,
+) -> (
+    async_nats::Client,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (sender, errors) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_user_and_password(
+        "tally-client".to_owned(),
+        access.password("tally-client"),
+    )
+    .event_callback(move |event| {
+        let sender = sender.clone();
+        async move {
+            if let async_nats::Event::ServerError(error) = event {
+                let _ = sender.send(error.to_string());
+            }
+        }
+    })
+    .connect(access.url.as_str())
+    .await
+    .unwrap();
+    (client, errors)
+}
+
+async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(5), errors.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .to_lowercase()
+}
+
+#[tokio::test]
+async fn each_service_as_its_own_user_and_clients_only_send_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwords: HashMap<String, String> = USERS
+        .iter()
+        .map(|(user, _)| ((*user).to_owned(), Uuid::new_v4().simple().to_string()))
+        .collect();
+    let env: Vec<(String, String)> = USERS
+        .iter()
+        .map(|(user, var)| ((*var).to_owned(), passwords[*user].clone()))
+        .collect();
+    let server = NatsServer::start_with_config(
+        dir.path(),
+        &repo_root().join("deploy/nats-server.conf"),
+        &env,
+    )
+    .unwrap();
+    let access = NatsAccess {
+        url: server.url(),
+        passwords,
+    };
+    let app = TestApp::spawn_with_nats(access.clone()).await;
+
+    // The whole flow works under these permissions: commands, the relay, both projections, the
+    // process manager, reads.
+    super::super::transfers::open(&app, "n-a", "EUR", 100).await;
+    super::super::transfers::open(&app, "n-b", "EUR", 0).await;
+    let reply = super::super::transfers::request(&app, Uuid::now_v7(), "n-a", "n-b", 60).await;
+    let transfer = super::super::transfers::settled(&app, &reply).await;
+    assert_eq!(transfer["status"], "completed");
+    for addr in [
+        app.command_ops_addr,
+        app.projections_ops_addr,
+        app.process_manager_ops_addr,
+    ] {
+        let ready = app
+            .http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200, "{addr}");
+    }
+    // A durable command from a client: stored, run, its result delivered.
+    let (client, mut errors) = client_with_errors(&access).await;
+    let id = Uuid::now_v7();
+    let mut results = client
+        .subscribe(format!("tally.results.{id}"))
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    headers.insert(
+        "Authorization",
+        format!("Bearer {}", tests::app::admin_token()).as_str(),
+    );
+    async_nats::jetstream::new(client.clone())
+        .publish_with_headers(
+            "tally.jobs.account.deposit",
+            headers,
+            serde_json::to_vec(&json!({"account_id": "n-b", "amount": 1}))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::StreamExt::next(&mut results),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(String::from_utf8_lossy(&result.payload).contains("accepted"));
+
+    // A client cannot forge events, read them, or take other services' commands.
+    client
+        .publish("tally.evt.account.n-a", "forged".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let error = violation(&mut errors).await;
+    assert!(
+        error.contains("permissions violation") && error.contains("publish"),
+        "{error}"
+    );
+    for subject in ["tally.evt.>", "tally.cmd.>", "tally.dlq.>"] {
+        let _ = client.subscribe(subject.to_owned()).await;
+        let error = violation(&mut errors).await;
+        assert!(
+            error.contains("permissions violation") && error.contains("subscription"),
+            "{subject}: {error}"
+        );
+    }
+    // Nor create streams or consumers of its own.
+    let js = async_nats::jetstream::new(client.clone());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), js.get_stream("TALLY_EVENTS"))
+            .await
+            .map_or(true, |r| r.is_err()),
+        "a client reached the JetStream API"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let service = async_nats::ConnectOptions::with_user_and_password(
+        "query-service".into(),
+        access.password("query-service"),
+    )
+    .connect(access.url.as_str())
+    .await
+    .unwrap();
+    let mut events = async_nats::jetstream::new(service)
+        .get_stream("TALLY_EVENTS")
+        .await
+        .unwrap();
+    let in_stream = events.info().await.unwrap().state.messages;
+    assert_eq!(
+        in_stream as i64, stored,
+        "a forged event reached the stream"
+    );
+
+    // Without credentials, or with wrong ones, nobody connects.
+    assert!(async_nats::connect(access.url.as_str()).await.is_err());
+    assert!(
+        async_nats::ConnectOptions::with_user_and_password("tally-client".into(), "guess".into())
+            .connect(access.url.as_str())
+            .await
+            .is_err()
+    );
+    drop(app);
+    let mut server = server;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+}
