@@ -246,8 +246,8 @@ fn print_report(report: &VerifyReport, elapsed_s: f64, digest: Option<&Digest>) 
 /// A digest from a JSON file, or from the audit stream by sequence number.
 async fn load_digest(source: &str, nats: &Connection) -> anyhow::Result<Digest> {
     if let Ok(sequence) = source.parse::<u64>() {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(std::time::Duration::from_millis(nats.timeout_ms))
+        let client = nats
+            .options()
             .connect(nats.urls.join(","))
             .await
             .context("cannot connect to NATS (--nats-url / TALLY_NATS_URL)")?;

@@ -144,11 +144,7 @@ pub async fn run(
 /// a projection reads only its own aggregate type's subjects, so "head minus position" would
 /// count other projections' events. Keeps the position-based figure when NATS is unreachable.
 async fn with_consumer_lag(mut rows: Vec<Status>, nats: &Connection, stream: &str) -> Vec<Status> {
-    let client = async_nats::ConnectOptions::new()
-        .name("tally-cli")
-        .connection_timeout(std::time::Duration::from_millis(nats.timeout_ms))
-        .connect(nats.urls.as_slice())
-        .await;
+    let client = nats.options().connect(nats.urls.as_slice()).await;
     let Ok(client) = client else {
         eprintln!("NATS unreachable: lag is the distance to the stream head, all subjects");
         return rows;

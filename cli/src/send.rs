@@ -40,6 +40,32 @@ pub struct Connection {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// NATS user (`tally-client` under `./dev up`).
+    #[arg(long = "nats-user", env = "TALLY_NATS_USER", global = true)]
+    pub user: Option<String>,
+    /// NATS password.
+    #[arg(
+        long = "nats-password",
+        env = "TALLY_NATS_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+}
+
+impl Connection {
+    /// Connect options with this connection's timeout and credentials.
+    pub fn options(&self) -> async_nats::ConnectOptions {
+        let options = match (&self.user, &self.password) {
+            (Some(user), Some(password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            _ => async_nats::ConnectOptions::new(),
+        };
+        options
+            .name("tally-cli")
+            .connection_timeout(Duration::from_millis(self.timeout_ms))
+    }
 }
 
 /// The `Authorization` value for `token`, if any.
@@ -71,9 +97,8 @@ pub async fn send(
     options: &SendOptions,
 ) -> anyhow::Result<CommandReply> {
     let timeout = Duration::from_millis(connection.timeout_ms);
-    let client = async_nats::ConnectOptions::new()
-        .name("tally-cli")
-        .connection_timeout(timeout)
+    let client = connection
+        .options()
         .connect(connection.urls.as_slice())
         .await
         .with_context(|| format!("cannot connect to NATS at {}", connection.urls.join(",")))?;

@@ -12,8 +12,9 @@ use tests::binaries::repo_root;
 use tests::nats_server::NatsServer;
 use uuid::Uuid;
 
-const USERS: [(&str, &str); 5] = [
+const USERS: [(&str, &str); 6] = [
     ("tally-client", "TALLY_NATS_CLIENT_PASSWORD"),
+    ("tally-operator", "TALLY_NATS_OPERATOR_PASSWORD"),
     ("command-service", "TALLY_NATS_COMMAND_SERVICE_PASSWORD"),
     ("projections", "TALLY_NATS_PROJECTIONS_PASSWORD"),
     ("process-manager", "TALLY_NATS_PROCESS_MANAGER_PASSWORD"),
