@@ -6,13 +6,14 @@ use std::time::Duration;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateError, EventStore};
-use domain::account::AccountServices;
-use domain::transfer::{AccountFacts, StepsRecorded, Transfer, TransferCommand, TransferFacts};
-use domain::{Account, AccountCommand, AccountStatus, CommandReply, ErrorCode, EventMetadata};
+use domain::transfer::Transfer;
+use domain::{Account, CommandReply, ErrorCode, EventMetadata};
 use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
+
+mod facts;
 
 use crate::aggregate_locks::AggregateLocks;
 use crate::incoming::{Command, IncomingCommand};
@@ -175,69 +176,6 @@ impl Executor {
         );
         // Not logged: contention is transient, so a retry with the same id may succeed.
         Ok(rejection.into_reply(incoming.command_id))
-    }
-
-    /// Whether a token bound to `owner` may run `command`: the account it touches (for a
-    /// transfer, the source) must be that owner's, or not exist yet. Owners never change, so
-    /// this cannot race with the command.
-    async fn owns(&self, owner: &str, command: &Command) -> Result<bool, ExecuteError> {
-        let account = match command {
-            // Opening is checked on the body (`access::check_body`); a taken id is refused as
-            // taken, whoever holds it.
-            Command::Account(domain::AccountCommand::Open(_)) => return Ok(true),
-            Command::Account(c) => c.account_id().to_owned(),
-            Command::Transfer(TransferCommand::Request(r)) => r.from.clone(),
-            // The process manager's steps need `admin`, which acts for every owner.
-            Command::Transfer(_) => return Ok(true),
-        };
-        let state = self.load::<Account>(&account).await?.aggregate;
-        Ok(state.status == AccountStatus::Unopened || state.owner == owner)
-    }
-
-    /// What an account command needs to know: for a transfer step, the transfer as recorded.
-    async fn account_services(
-        &self,
-        command: &AccountCommand,
-    ) -> Result<AccountServices, ExecuteError> {
-        let Some(transfer_id) = command.transfer_id() else {
-            return Ok(AccountServices::default());
-        };
-        let transfer = self.load::<Transfer>(&transfer_id.to_string()).await?;
-        Ok(AccountServices {
-            transfer: Some(transfer.aggregate),
-        })
-    }
-
-    /// What a transfer command needs to know: for a request, both accounts' currency and
-    /// status; for a step's outcome, what the accounts recorded of this transfer.
-    async fn transfer_facts(
-        &self,
-        command: &TransferCommand,
-    ) -> Result<TransferFacts, ExecuteError> {
-        let TransferCommand::Request(request) = command else {
-            let id = command.transfer_id();
-            let transfer = self.load::<Transfer>(&id.to_string()).await?.aggregate;
-            let recorded = self
-                .repo
-                .transfer_steps_recorded(id, &transfer.from, &transfer.to)
-                .await
-                .map_err(from_sqlx)?;
-            return Ok(TransferFacts {
-                recorded,
-                ..TransferFacts::default()
-            });
-        };
-        let facts = |account: Account| {
-            (account.status != AccountStatus::Unopened).then_some(AccountFacts {
-                currency: account.currency,
-                status: account.status,
-            })
-        };
-        Ok(TransferFacts {
-            from: facts(self.load::<Account>(&request.from).await?.aggregate),
-            to: facts(self.load::<Account>(&request.to).await?.aggregate),
-            recorded: StepsRecorded::default(),
-        })
     }
 
     async fn attempt<A: Executable>(
