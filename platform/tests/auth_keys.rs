@@ -49,7 +49,9 @@ fn sign(algorithm: Algorithm, private_pem: &str, kid: Option<&str>) -> String {
 #[test]
 fn rs256_and_eddsa_from_pem_public_keys() {
     let rsa = TokenVerifier::from_config(&config(Some("rsa.pub.pem"), false)).unwrap();
-    let principal = rsa.verify(&sign(Algorithm::RS256, "rsa.pem", None)).unwrap();
+    let principal = rsa
+        .verify(&sign(Algorithm::RS256, "rsa.pem", None))
+        .unwrap();
     assert_eq!(principal.subject, "svc");
     assert!(principal.allows(Scope::AccountsRead));
     let ed = TokenVerifier::from_config(&config(Some("ed.pub.pem"), false)).unwrap();
@@ -62,9 +64,21 @@ fn rs256_and_eddsa_from_pem_public_keys() {
 #[test]
 fn a_jwks_file_serves_both_algorithms_by_kid() {
     let verifier = TokenVerifier::from_config(&config(None, true)).unwrap();
-    assert!(verifier.verify(&sign(Algorithm::RS256, "rsa.pem", Some("rsa-1"))).is_ok());
-    assert!(verifier.verify(&sign(Algorithm::EdDSA, "ed.pem", Some("ed-1"))).is_ok());
-    assert!(verifier.verify(&sign(Algorithm::EdDSA, "ed.pem", None)).is_ok());
+    assert!(
+        verifier
+            .verify(&sign(Algorithm::RS256, "rsa.pem", Some("rsa-1")))
+            .is_ok()
+    );
+    assert!(
+        verifier
+            .verify(&sign(Algorithm::EdDSA, "ed.pem", Some("ed-1")))
+            .is_ok()
+    );
+    assert!(
+        verifier
+            .verify(&sign(Algorithm::EdDSA, "ed.pem", None))
+            .is_ok()
+    );
     // A kid the set does not hold selects no key.
     assert_eq!(
         verifier.verify(&sign(Algorithm::RS256, "rsa.pem", Some("rotated-away"))),
