@@ -6,90 +6,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use platform::nats::{StreamNames, Subjects};
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::{Mutex, OnceCell};
+use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::servers::Servers;
 
-const TEMPLATE_DB: &str = "tally_template";
-
-/// The HS256 secret every test installation checks tokens with.
-pub const TEST_AUTH_SECRET: &str = "tally-test-secret-0123456789abcdef0123456789";
-/// The environment that gives a service binary the test secret (projections ignore it).
-pub const TEST_AUTH_ENV: (&str, &str) = ("TALLY_AUTH_HS256_SECRET", TEST_AUTH_SECRET);
-
-/// A token signed with the test secret, valid for a day.
-pub fn mint_token(subject: &str, scopes: &[platform::auth::Scope], owner: Option<&str>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    platform::auth::mint_hs256(
-        TEST_AUTH_SECRET.as_bytes(),
-        "tally-dev",
-        "tally",
-        subject,
-        scopes,
-        owner,
-        now,
-        86_400,
-    )
-    .expect("mint a test token")
-}
-
-/// The flag that gives an in-process service the test secret.
-pub fn auth_flag() -> String {
-    format!("--auth-hs256-secret={TEST_AUTH_SECRET}")
-}
-
-/// The token the helpers send unless a test says otherwise: `admin`, subject `test-admin`.
-pub fn admin_token() -> String {
-    mint_token("test-admin", &[platform::auth::Scope::Admin], None)
-}
-
-/// Creates the migrated template database once per process.
-async fn ensure_template(servers: &Servers) {
-    static TEMPLATE: OnceCell<()> = OnceCell::const_new();
-    TEMPLATE
-        .get_or_init(|| async {
-            let mut admin = PgConnection::connect(&servers.pg_url("postgres"))
-                .await
-                .expect("connect to test PostgreSQL");
-            sqlx::query(&format!("CREATE DATABASE {TEMPLATE_DB}"))
-                .execute(&mut admin)
-                .await
-                .expect("create template database");
-            admin.close().await.ok();
-            let pool = PgPool::connect(&servers.pg_url(TEMPLATE_DB))
-                .await
-                .expect("connect to template database");
-            platform::db::migrate(&pool)
-                .await
-                .expect("migrate template database");
-            // A template must have no connections when it is cloned.
-            pool.close().await;
-        })
-        .await;
-}
-
-/// A fresh database cloned from the migrated template.
-pub async fn create_test_database(servers: &Servers) -> String {
-    // Cloning needs the template to be free of other sessions, so clones are serialised.
-    static CLONE_LOCK: Mutex<()> = Mutex::const_new(());
-    ensure_template(servers).await;
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let _guard = CLONE_LOCK.lock().await;
-    let mut admin = PgConnection::connect(&servers.pg_url("postgres"))
-        .await
-        .expect("connect to test PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
-        .execute(&mut admin)
-        .await
-        .expect("clone template database");
-    admin.close().await.ok();
-    name
-}
+pub use crate::database::create_test_database;
+pub use crate::tokens::{TEST_AUTH_ENV, TEST_AUTH_SECRET, admin_token, auth_flag, mint_token};
 
 /// A unique subject prefix, so each test has its own subjects and streams.
 pub fn unique_prefix() -> String {

@@ -19,10 +19,12 @@ pub mod app;
 pub mod binaries;
 pub mod child;
 pub mod client;
+mod database;
 pub mod nats_server;
 pub mod postgres_server;
 pub mod servers;
 pub mod tally_cli;
+mod tokens;
 
 pub use app::TestApp;
 pub use servers::Servers;

@@ -243,3 +243,39 @@ async fn a_burst_over_the_http_rate_gets_429_with_retry_after_then_recovers() {
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn configured_origins_get_cors_headers_and_others_do_not() {
+    let app = TestApp::spawn().await;
+    let config = <query_service::Config as clap::Parser>::try_parse_from(
+        std::iter::once("query-service".to_owned())
+            .chain(app.service_flags())
+            .chain([
+                "--http-addr=127.0.0.1:0".to_owned(),
+                "--http-cors-origins=https://ledger.example".to_owned(),
+                tests::app::auth_flag(),
+            ]),
+    )
+    .unwrap();
+    let server = query_service::Application::build(config).await.unwrap();
+    let base = format!("http://{}", server.http_addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(stop.clone()));
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{base}/v1/accounts"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "GET")
+            .header("Access-Control-Request-Headers", "authorization")
+            .send()
+    };
+    let allowed = preflight("https://ledger.example").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://ledger.example"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
