@@ -36,6 +36,8 @@ pub enum StartupError {
     SigningKey(#[from] audit::digest_signing::KeyError),
     #[error(transparent)]
     TokenKey(#[from] platform::auth::KeyError),
+    #[error("cannot register metrics")]
+    Metrics(#[from] platform::metrics::MetricsError),
 }
 
 #[derive(Debug)]
@@ -46,6 +48,7 @@ pub struct Application {
     executor: Arc<Executor>,
     schemas: Arc<SchemaRegistry>,
     access: Arc<crate::access::Access>,
+    metrics: crate::metrics::CommandMetrics,
     relay: Relay,
     subscription: async_nats::Subscriber,
     digest_key: Option<ed25519_dalek::SigningKey>,
@@ -75,13 +78,17 @@ impl Application {
             config.command_rate_per_s,
             config.command_rate_burst,
         ));
-        let executor = Arc::new(Executor::new(
-            TallyRepository::new(infra.pool.clone()),
-            ExecutorLimits {
-                conflict_retries_max: config.conflict_retries_max,
-                snapshot_every: config.snapshot_every,
-            },
-        ));
+        let metrics = crate::metrics::CommandMetrics::register(&infra.registry)?;
+        let executor = Arc::new(
+            Executor::new(
+                TallyRepository::new(infra.pool.clone()),
+                ExecutorLimits {
+                    conflict_retries_max: config.conflict_retries_max,
+                    snapshot_every: config.snapshot_every,
+                },
+            )
+            .with_conflict_counter(metrics.conflict_retries.clone()),
+        );
         let relay = Relay::new(
             infra.pool.clone(),
             platform::db::connect_options(&config.postgres, "command-service-relay")?,
@@ -92,7 +99,8 @@ impl Application {
                 batch_max: config.relay_batch_max.max(1),
                 poll: Duration::from_millis(config.relay_poll_ms.max(1)),
             },
-        );
+        )
+        .with_publish_error_counter(metrics.publish_errors.clone());
         let subscription = crate::ingress::subscribe(&infra.nats, &infra.subjects).await?;
         let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
         Ok(Application {
@@ -102,6 +110,7 @@ impl Application {
             executor,
             schemas,
             access,
+            metrics,
             relay,
             subscription,
             digest_key,
@@ -125,6 +134,7 @@ impl Application {
             executor: Arc::clone(&self.executor),
             schemas: Arc::clone(&self.schemas),
             access: Arc::clone(&self.access),
+            metrics: self.metrics.clone(),
             in_flight: Arc::clone(&in_flight),
             deadline,
         };
@@ -136,6 +146,7 @@ impl Application {
             executor: Arc::clone(&self.executor),
             schemas: Arc::clone(&self.schemas),
             access: Arc::clone(&self.access),
+            metrics: self.metrics.clone(),
             in_flight,
             deadline,
             max_deliver: self.config.jobs_max_deliver.max(1),
@@ -157,7 +168,13 @@ impl Application {
         let jobs = tokio::spawn(jobs.run(shutdown.clone()));
         let ops = tokio::spawn(platform::ops_http::serve(
             self.ops_listener,
-            platform::ops_http::router(self.infra.readiness()),
+            platform::ops_http::router(platform::ops_http::Readiness {
+                outbox: Some(platform::metrics::OutboxWatch {
+                    stream: self.infra.streams.events.clone(),
+                    backlog_max: self.config.ready_outbox_backlog_max,
+                }),
+                ..self.infra.readiness()
+            }),
             shutdown.clone(),
         ));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");

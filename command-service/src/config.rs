@@ -35,6 +35,13 @@ pub struct Config {
         default_value_t = 2_000
     )]
     pub command_rate_burst: u32,
+    /// `/readyz` reports not ready while more committed events than this wait for the relay.
+    #[arg(
+        long = "ready-outbox-backlog-max",
+        env = "TALLY_READY_OUTBOX_BACKLOG_MAX",
+        default_value_t = 10_000
+    )]
+    pub ready_outbox_backlog_max: u64,
     /// Address of the ops endpoints (`/healthz`, `/readyz`). Port 0 picks a free port.
     #[arg(
         long = "ops-addr",

@@ -26,6 +26,7 @@ pub struct Ingress {
     pub executor: Arc<Executor>,
     pub schemas: Arc<SchemaRegistry>,
     pub access: Arc<crate::access::Access>,
+    pub metrics: crate::metrics::CommandMetrics,
     pub in_flight: Arc<Semaphore>,
     pub deadline: Duration,
 }
@@ -93,6 +94,7 @@ impl Ingress {
     }
 
     async fn handle(&self, message: async_nats::Message) {
+        let started = std::time::Instant::now();
         let generated = Uuid::now_v7();
         let reply = match incoming::command_id(message.headers.as_ref(), generated) {
             Err(rejection) => rejection.into_reply(generated),
@@ -129,6 +131,14 @@ impl Ingress {
                 }
             }
         };
+        self.metrics.observe_subject(
+            &message.subject,
+            self.subjects.prefix(),
+            "cmd",
+            &self.schemas,
+            &reply,
+            started.elapsed(),
+        );
         let Some(inbox) = message.reply else {
             return; // fire-and-forget publish: executed, nobody to tell
         };

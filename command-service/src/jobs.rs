@@ -48,6 +48,7 @@ pub struct Jobs {
     pub executor: Arc<Executor>,
     pub schemas: Arc<SchemaRegistry>,
     pub access: Arc<crate::access::Access>,
+    pub metrics: crate::metrics::CommandMetrics,
     pub in_flight: Arc<Semaphore>,
     pub deadline: Duration,
     pub max_deliver: i64,
@@ -138,6 +139,7 @@ impl Jobs {
     }
 
     async fn handle(&self, message: jetstream::Message) {
+        let started = std::time::Instant::now();
         let (stream_sequence, delivered) = message
             .info()
             .map(|i| (i.stream_sequence, i.delivered))
@@ -195,6 +197,14 @@ impl Jobs {
                     }
                 }
             };
+        self.metrics.observe_subject(
+            &message.subject,
+            self.subjects.prefix(),
+            "jobs",
+            &self.schemas,
+            &reply,
+            started.elapsed(),
+        );
         if transient && delivered < self.max_deliver {
             // Try again later (PostgreSQL down, timeout); the command has not run.
             let delay = Duration::from_millis(500 * u64::try_from(delivered.min(10)).unwrap_or(1));

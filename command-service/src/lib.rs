@@ -17,6 +17,7 @@ mod handling;
 pub mod incoming;
 mod ingress;
 mod jobs;
+mod metrics;
 mod rejection;
 mod relay;
 pub mod repository;

@@ -23,6 +23,8 @@ pub struct Infra {
     pub jetstream: jetstream::Context,
     pub subjects: Subjects,
     pub streams: StreamNames,
+    /// This instance's metrics, served on `/metrics`.
+    pub registry: prometheus::Registry,
 }
 
 impl Infra {
@@ -52,6 +54,7 @@ impl Infra {
             jetstream,
             subjects,
             streams,
+            registry: prometheus::Registry::new(),
         })
     }
 
@@ -60,20 +63,23 @@ impl Infra {
             pool: self.pool.clone(),
             nats: self.nats.clone(),
             projection_lag: None,
+            outbox: None,
+            registry: self.registry.clone(),
         }
     }
 
-    /// Readiness that also requires `projection` to be at most `events_max` events behind.
+    /// Readiness that also requires each of `projections` to be at most `events_max` events
+    /// behind; `/metrics` then reports their lag too.
     pub fn readiness_with_lag(
         &self,
-        projection: &'static str,
+        projections: &[&'static str],
         events_max: u64,
     ) -> crate::ops_http::Readiness {
         crate::ops_http::Readiness {
             projection_lag: Some(crate::ops_http::ProjectionLag {
                 jetstream: self.jetstream.clone(),
                 events_stream: self.streams.events.clone(),
-                projection,
+                projections: projections.to_vec(),
                 events_max,
             }),
             ..self.readiness()

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod infra;
+pub mod metrics;
 pub mod nats;
 pub mod ops_http;
 pub mod projection_metrics;

@@ -23,6 +23,10 @@ pub struct Readiness {
     pub nats: async_nats::Client,
     /// When set, not ready while a projection lags the events stream by more than this.
     pub projection_lag: Option<ProjectionLag>,
+    /// When set (command-service), not ready while the outbox backlog is over its limit.
+    pub outbox: Option<crate::metrics::OutboxWatch>,
+    /// This service instance's metrics.
+    pub registry: prometheus::Registry,
 }
 
 /// A projection's distance behind the events stream.
@@ -30,7 +34,8 @@ pub struct Readiness {
 pub struct ProjectionLag {
     pub jetstream: async_nats::jetstream::Context,
     pub events_stream: String,
-    pub projection: &'static str,
+    /// The projections this service depends on.
+    pub projections: Vec<&'static str>,
     pub events_max: u64,
 }
 
@@ -39,14 +44,14 @@ impl ProjectionLag {
     /// consumer still has to deliver or has in flight. (The stream's head minus the
     /// projection's position would count other aggregates' events too.) Before the consumer
     /// exists, everything in the stream is behind.
-    pub async fn events_behind(&self) -> Result<u64, String> {
+    pub async fn events_behind(&self, projection: &str) -> Result<u64, String> {
         let mut stream = self
             .jetstream
             .get_stream(&self.events_stream)
             .await
             .map_err(|e| e.to_string())?;
         match stream
-            .consumer_info(format!("projection-{}", self.projection))
+            .consumer_info(format!("projection-{projection}"))
             .await
         {
             Ok(info) => Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0)),
@@ -100,17 +105,41 @@ impl Readiness {
             },
         ];
         if let Some(lag) = &self.projection_lag {
-            let reason = match tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind()).await {
-                Ok(Ok(behind)) if behind <= lag.events_max => None,
-                Ok(Ok(behind)) => Some(format!(
-                    "projection {} is {behind} events behind (limit {})",
-                    lag.projection, lag.events_max
+            let mut reasons = Vec::new();
+            for projection in &lag.projections {
+                match tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind(projection)).await {
+                    Ok(Ok(behind)) if behind <= lag.events_max => {}
+                    Ok(Ok(behind)) => reasons.push(format!(
+                        "projection {projection} is {behind} events behind (limit {})",
+                        lag.events_max
+                    )),
+                    Ok(Err(error)) => reasons.push(error),
+                    Err(_) => reasons.push("timed out".to_owned()),
+                }
+            }
+            checks.push(Check {
+                name: "projection_lag",
+                ok: reasons.is_empty(),
+                reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+            });
+        }
+        if let Some(outbox) = &self.outbox {
+            let reason = match tokio::time::timeout(CHECK_TIMEOUT, outbox.backlog(&self.pool)).await
+            {
+                Ok(Ok(backlog))
+                    if u64::try_from(backlog.events).unwrap_or(0) <= outbox.backlog_max =>
+                {
+                    None
+                }
+                Ok(Ok(backlog)) => Some(format!(
+                    "{} committed events wait for the relay (limit {})",
+                    backlog.events, outbox.backlog_max
                 )),
-                Ok(Err(error)) => Some(error),
+                Ok(Err(_)) => Some("backlog query failed".to_owned()),
                 Err(_) => Some("timed out".to_owned()),
             };
             checks.push(Check {
-                name: "projection_lag",
+                name: "outbox_backlog",
                 ok: reason.is_none(),
                 reason,
             });
@@ -136,19 +165,78 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, Json(report)).into_response()
 }
 
-/// Prometheus text. For now the projections' figures; the observability work adds the rest.
+/// Prometheus text: this instance's metrics, the pool, and what the database says (projection
+/// bookkeeping; the outbox backlog on the command-service). Database figures are left out,
+/// not failed, while PostgreSQL is down: the rest still matters then.
 async fn metrics(State(readiness): State<Readiness>) -> Response {
-    match crate::projection_metrics::figures(&readiness.pool).await {
-        Ok(figures) => (
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
-            )],
-            crate::projection_metrics::render(&figures),
-        )
-            .into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable\n").into_response(),
+    let mut text = crate::metrics::render(&readiness.registry);
+    text.push_str(&crate::metrics::pool_text(&readiness.pool));
+    if let Ok(Ok(figures)) = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        crate::projection_metrics::figures(&readiness.pool),
+    )
+    .await
+    {
+        text.push_str(&crate::projection_metrics::render(&figures));
     }
+    if let Some(lag) = &readiness.projection_lag {
+        text.push_str(&lag_text(lag, &readiness.pool).await);
+    }
+    if let Some(outbox) = &readiness.outbox
+        && let Ok(Ok(backlog)) =
+            tokio::time::timeout(CHECK_TIMEOUT, outbox.backlog(&readiness.pool)).await
+    {
+        text.push_str(&crate::metrics::OutboxWatch::text(backlog));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Each projection's lag in events (its consumer's undelivered and unacknowledged messages)
+/// and in seconds (how long it has been behind without applying anything; 0 when caught up).
+async fn lag_text(lag: &ProjectionLag, pool: &PgPool) -> String {
+    let mut events = String::from(
+        "# HELP tally_projection_lag_events Events of the projection's subjects not yet applied.\n\
+         # TYPE tally_projection_lag_events gauge\n",
+    );
+    let mut seconds = String::from(
+        "# HELP tally_projection_lag_seconds Seconds since a projection that is behind last applied a batch.\n\
+         # TYPE tally_projection_lag_seconds gauge\n",
+    );
+    for projection in &lag.projections {
+        let Ok(Ok(behind)) =
+            tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind(projection)).await
+        else {
+            continue;
+        };
+        let idle_s: f64 = if behind == 0 {
+            0.0
+        } else {
+            sqlx::query_scalar(
+                "SELECT extract(epoch FROM now() - updated_at)::float8
+                 FROM projection_checkpoints WHERE projection = $1",
+            )
+            .bind(projection)
+            .fetch_optional(pool)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0.0)
+        };
+        events.push_str(&format!(
+            "tally_projection_lag_events{{projection=\"{projection}\"}} {behind}\n"
+        ));
+        seconds.push_str(&format!(
+            "tally_projection_lag_seconds{{projection=\"{projection}\"}} {idle_s}\n"
+        ));
+    }
+    events + &seconds
 }
 
 /// `/healthz` (alive), `/readyz` (dependencies reachable) and `/metrics`.

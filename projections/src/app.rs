@@ -16,6 +16,8 @@ pub enum StartupError {
     Infra(#[from] InfraError),
     #[error(transparent)]
     Bind(#[from] platform::ops_http::BindError),
+    #[error("cannot register metrics")]
+    Metrics(#[from] platform::metrics::MetricsError),
 }
 
 #[derive(Debug)]
@@ -31,6 +33,13 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
         let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
+        let batch_sizes = platform::metrics::histogram_vec(
+            &infra.registry,
+            "tally_projection_batch_size",
+            "Events per batch a projection applies in one transaction.",
+            &["projection"],
+            &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+        )?;
         let runners = crate::Projection::ALL
             .into_iter()
             .map(|projection| crate::runner::Runner {
@@ -48,6 +57,7 @@ impl Application {
                     batch_max: config.batch_max.max(1),
                     poison_attempts: config.poison_attempts.max(1),
                 },
+                batch_sizes: batch_sizes.with_label_values(&[projection.name()]),
             })
             .collect();
         Ok(Application {
@@ -68,7 +78,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let router = platform::ops_http::router(
             self.infra
-                .readiness_with_lag(crate::accounts::NAME, self.lag_max),
+                .readiness_with_lag(&crate::Projection::ALL.map(|p| p.name()), self.lag_max),
         );
         let runners: Vec<_> = self
             .runners

@@ -72,6 +72,8 @@ pub struct Runner {
     /// `<prefix>.dlq.<projection>`
     pub dead_letter_subject: String,
     pub config: RunnerConfig,
+    /// Events per applied batch.
+    pub batch_sizes: prometheus::Histogram,
 }
 
 pub(crate) struct Delivery {
@@ -186,6 +188,7 @@ impl Runner {
                 }
             }
         }
+        self.batch_sizes.observe(deliveries.len() as f64);
         match self.apply_batch(&deliveries).await {
             Ok(()) => Ok(()),
             Err(ApplyError::Db(error)) if is_transient(&error) => {

@@ -20,6 +20,8 @@ pub enum StartupError {
     Bind(#[from] platform::ops_http::BindError),
     #[error(transparent)]
     TokenKey(#[from] platform::auth::KeyError),
+    #[error("cannot register metrics")]
+    Metrics(#[from] platform::metrics::MetricsError),
 }
 
 #[derive(Debug)]
@@ -29,6 +31,7 @@ pub struct Application {
     addr: SocketAddr,
     limits: Limits,
     access: std::sync::Arc<crate::access::Access>,
+    metrics: crate::http_metrics::HttpMetrics,
     lag_max: u64,
 }
 
@@ -41,6 +44,7 @@ impl Application {
         ));
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
         let (listener, addr) = platform::ops_http::bind(config.http_addr).await?;
+        let metrics = crate::http_metrics::HttpMetrics::register(&infra.registry)?;
         Ok(Application {
             infra,
             listener,
@@ -51,6 +55,7 @@ impl Application {
                 cors_origins: config.cors_origins.clone(),
             },
             access,
+            metrics,
             lag_max: config.ready_projection_lag_max,
         })
     }
@@ -63,9 +68,11 @@ impl Application {
     /// Serves until `shutdown` is cancelled; in-flight requests finish first.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let app = router::build(
-            self.infra.readiness_with_lag("accounts", self.lag_max),
+            self.infra
+                .readiness_with_lag(&["accounts", "transfers"], self.lag_max),
             &self.limits,
             self.access,
+            self.metrics,
         );
         tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
         platform::ops_http::serve(self.listener, app, shutdown).await?;

@@ -12,6 +12,7 @@ mod audit_state;
 mod commands;
 mod config;
 mod consistency;
+mod http_metrics;
 pub mod openapi;
 mod pagination;
 mod problem;

@@ -34,7 +34,12 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
     ("cache-control", "no-store"),
 ];
 
-pub fn build(readiness: Readiness, limits: &Limits, access: Arc<crate::access::Access>) -> Router {
+pub fn build(
+    readiness: Readiness,
+    limits: &Limits,
+    access: Arc<crate::access::Access>,
+    metrics: crate::http_metrics::HttpMetrics,
+) -> Router {
     let api = Router::new()
         .route("/v1/commands/{command_id}", get(crate::commands::get))
         .route("/v1/accounts", get(crate::accounts::list))
@@ -67,7 +72,9 @@ pub fn build(readiness: Readiness, limits: &Limits, access: Arc<crate::access::A
         ))
         .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());
-    let mut router = platform::ops_http::router(readiness).merge(api);
+    let mut router = platform::ops_http::router(readiness).merge(api).layer(
+        axum::middleware::from_fn_with_state(metrics, crate::http_metrics::record),
+    );
     for (name, value) in SECURITY_HEADERS {
         router = router.layer(SetResponseHeaderLayer::overriding(
             HeaderName::from_static(name),

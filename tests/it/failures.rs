@@ -29,6 +29,30 @@ async fn postgres_down_answers_unavailable_promptly_and_recovers_without_restart
     );
 
     postgres.kill();
+    // Every service says so on /readyz, naming the check.
+    for addr in [
+        app.command_ops_addr,
+        app.projections_ops_addr,
+        app.process_manager_ops_addr,
+    ] {
+        let response = app
+            .http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{addr}");
+        let report: serde_json::Value = response.json().await.unwrap();
+        let postgres_check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "postgres")
+            .cloned()
+            .unwrap();
+        assert_eq!(postgres_check["ok"], false, "{report}");
+    }
+    assert_eq!(app.http_get("/readyz").await.status(), 503);
     let command_id = uuid::Uuid::new_v4();
     let deposit = json!({"account_id": "p", "amount": 5});
     let started = Instant::now();
@@ -59,4 +83,24 @@ async fn postgres_down_answers_unavailable_promptly_and_recovers_without_restart
     assert_eq!(version, 2);
     // And the relay recovered too.
     app.wait_for_stream_count(2, Duration::from_secs(20)).await;
+    // Ready again everywhere, by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for addr in [
+        app.command_ops_addr,
+        app.projections_ops_addr,
+        app.process_manager_ops_addr,
+    ] {
+        while app
+            .http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            != 200
+        {
+            assert!(Instant::now() < deadline, "{addr} never ready again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }

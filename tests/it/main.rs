@@ -14,6 +14,7 @@ mod durable;
 mod event_store;
 mod failures;
 mod harness;
+mod observability;
 mod outbox;
 mod projections;
 mod read_api;

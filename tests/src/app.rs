@@ -311,6 +311,23 @@ impl TestApp {
             .collect()
     }
 
+    /// Starts the in-process projections worker again.
+    pub async fn start_projections(&mut self) {
+        assert!(self.projections.is_none(), "already running");
+        let args: Vec<String> = std::iter::once("projections".to_owned())
+            .chain(self.service_flags())
+            .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
+            .collect();
+        let config = projections::Config::try_parse_from(args).expect("projections config");
+        let app = projections::Application::build(config)
+            .await
+            .expect("projections starts");
+        self.projections_ops_addr = app.ops_addr();
+        let token = self.shutdown.child_token();
+        let task = tokio::spawn(app.run(token.clone()));
+        self.projections = Some((token, task));
+    }
+
     /// Stops the in-process projections worker gracefully (as SIGTERM would).
     pub async fn stop_projections(&mut self) {
         if let Some((token, task)) = self.projections.take() {

@@ -76,6 +76,7 @@ pub struct Executor {
     transfers: PersistedEventStore<TallyRepository, Transfer>,
     locks: AggregateLocks,
     limits: ExecutorLimits,
+    conflict_retries: Option<prometheus::IntCounter>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -100,7 +101,14 @@ impl Executor {
             repo,
             locks: AggregateLocks::default(),
             limits,
+            conflict_retries: None,
         }
+    }
+
+    /// Counts optimistic-concurrency retries on `counter`.
+    pub fn with_conflict_counter(mut self, counter: prometheus::IntCounter) -> Self {
+        self.conflict_retries = Some(counter);
+        self
     }
 
     pub fn repository(&self) -> &TallyRepository {
@@ -163,6 +171,9 @@ impl Executor {
                         return Ok(reply);
                     }
                     tracing::debug!(attempt, "optimistic-concurrency conflict; retrying");
+                    if let Some(retries) = &self.conflict_retries {
+                        retries.inc();
+                    }
                     tokio::time::sleep(backoff(attempt)).await;
                 }
             }

@@ -79,6 +79,7 @@ pub struct Relay {
     subjects: Subjects,
     stream: String,
     config: RelayConfig,
+    publish_errors: Option<prometheus::IntCounter>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -105,7 +106,14 @@ impl Relay {
             subjects,
             stream: streams.events.clone(),
             config,
+            publish_errors: None,
         }
+    }
+
+    /// Counts failed publications on `counter`.
+    pub fn with_publish_error_counter(mut self, counter: prometheus::IntCounter) -> Self {
+        self.publish_errors = Some(counter);
+        self
     }
 
     /// Runs until `shutdown`; then publishes what is already committed and returns.
@@ -115,6 +123,10 @@ impl Relay {
             match self.lead(&shutdown).await {
                 Ok(()) => failures = 0,
                 Err(error) => {
+                    if let (RelayError::Publish(_), Some(counter)) = (&error, &self.publish_errors)
+                    {
+                        counter.inc();
+                    }
                     failures = failures.saturating_add(1);
                     let pause = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
                         .min(BACKOFF_MAX);

@@ -1,0 +1,168 @@
+//! `/metrics` on every service: counters that count, latency histograms, the pool, the outbox
+//! and projection lag that returns to zero.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tests::TestApp;
+use tests::client::{accepted, rejected_code};
+
+async fn metrics(app: &TestApp, base: &str) -> String {
+    let response = app
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
+/// The value of the sample whose name-and-labels line starts with `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn after_k_commands_the_counters_say_k() {
+    let app = TestApp::spawn().await;
+    let ops = format!("http://{}", app.command_ops_addr);
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "m-1", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    const K: usize = 7;
+    for _ in 0..K {
+        accepted(
+            &app.send("account.deposit", json!({"account_id": "m-1", "amount": 3}))
+                .await,
+        );
+    }
+    let refused = app
+        .send(
+            "account.withdraw",
+            json!({"account_id": "m-1", "amount": 1000}),
+        )
+        .await;
+    assert_eq!(
+        rejected_code(&refused),
+        domain::ErrorCode::InsufficientFunds
+    );
+    let text = metrics(&app, &ops).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"tally_commands_total{aggregate="account",command="deposit",outcome="accepted"}"#
+        ),
+        Some(K as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tally_commands_total{aggregate="account",command="withdraw",outcome="insufficient_funds"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tally_command_duration_seconds_count{aggregate="account",command="deposit"}"#
+        ),
+        Some(K as f64)
+    );
+    assert!(sample(&text, "tally_command_conflict_retries_total").is_some());
+    assert!(sample(&text, "tally_db_pool_connections_max").is_some());
+    // The outbox drains to zero once the relay has published everything.
+    app.wait_for_stream_count(K as u64 + 1, Duration::from_secs(10))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sample(&metrics(&app, &ops).await, "tally_outbox_backlog_events") != Some(0.0) {
+        assert!(Instant::now() < deadline, "outbox backlog never 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // HTTP: by route template and status, never by raw path.
+    for _ in 0..3 {
+        assert_eq!(app.http_get("/v1/accounts/m-1").await.status(), 200);
+    }
+    assert_eq!(app.http_get("/v1/accounts/nobody").await.status(), 404);
+    let text = metrics(&app, &app.http_base).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"tally_http_requests_total{route="/v1/accounts/{account_id}",status="200"}"#
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tally_http_requests_total{route="/v1/accounts/{account_id}",status="404"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(!text.contains("m-1"), "an id leaked into a label");
+}
+
+#[tokio::test]
+async fn projection_lag_rises_while_stopped_and_returns_to_zero_after_catch_up() {
+    let mut app = TestApp::spawn().await;
+    app.stop_projections().await;
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "lag-1", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    for _ in 0..4 {
+        accepted(
+            &app.send(
+                "account.deposit",
+                json!({"account_id": "lag-1", "amount": 1}),
+            )
+            .await,
+        );
+    }
+    app.wait_for_stream_count(5, Duration::from_secs(10)).await;
+    let series = r#"tally_projection_lag_events{projection="accounts"}"#;
+    let behind = sample(&metrics(&app, &app.http_base).await, series);
+    assert_eq!(behind, Some(5.0));
+    app.start_projections().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics(&app, &app.http_base).await;
+        if sample(&text, series) == Some(0.0) {
+            assert_eq!(
+                sample(
+                    &text,
+                    r#"tally_projection_lag_seconds{projection="accounts"}"#
+                ),
+                Some(0.0)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lag never returned to 0:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let projections = metrics(&app, &format!("http://{}", app.projections_ops_addr)).await;
+    assert!(
+        sample(
+            &projections,
+            r#"tally_projection_batch_size_count{projection="accounts"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{projections}"
+    );
+}
