@@ -234,15 +234,9 @@ fn uuid_header(headers: Option<&HeaderMap>, name: &str) -> Result<Option<Uuid>, 
     })
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
+/// The trace id of the message's W3C `traceparent`, if well formed.
 fn trace_id(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(HEADER_TRACEPARENT)?.as_str().to_owned();
-    let mut parts = value.split('-');
-    let (_version, trace, _span) = (parts.next()?, parts.next()?, parts.next()?);
-    let valid = trace.len() == 32
-        && trace.bytes().all(|b| b.is_ascii_hexdigit())
-        && trace.bytes().any(|b| b != b'0');
-    valid.then(|| trace.to_ascii_lowercase())
+    platform::trace_context::trace_id(headers.get(HEADER_TRACEPARENT)?.as_str())
 }
 
 #[cfg(test)]

@@ -12,3 +12,4 @@ pub mod ops_http;
 pub mod projection_metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace_context;

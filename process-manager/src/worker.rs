@@ -124,6 +124,7 @@ impl Worker {
             transfer_id = %event.aggregate_id,
             event = %event.event_type,
             sequence = event.sequence,
+            trace_id = event.metadata.get("trace_id").and_then(|v| v.as_str()).unwrap_or(""),
         );
         let outcome = tracing::Instrument::instrument(self.react(&event), span).await;
         match outcome {

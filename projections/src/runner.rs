@@ -320,6 +320,17 @@ impl Runner {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        // The read-model update's hop in each event's trace (the command's trace id).
+        for event in &apply {
+            let _applied = tracing::debug_span!(
+                "project",
+                projection = self.projection.name(),
+                aggregate_id = %event.aggregate_id,
+                sequence = event.sequence,
+                trace_id = event.metadata.get("trace_id").and_then(|v| v.as_str()).unwrap_or(""),
+            )
+            .entered();
+        }
         // After the commit: a crash before these acks only causes redeliveries, which the
         // version check turns into no-ops.
         for message in done {

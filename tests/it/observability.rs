@@ -166,3 +166,117 @@ async fn projection_lag_rises_while_stopped_and_returns_to_zero_after_catch_up()
         "{projections}"
     );
 }
+
+/// Sends `command` with a W3C `traceparent` of trace `trace`.
+async fn send_traced(
+    app: &TestApp,
+    command: &str,
+    body: serde_json::Value,
+    trace: &str,
+) -> domain::CommandReply {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").as_str(),
+    );
+    app.send_raw(command, headers, serde_json::to_vec(&body).unwrap())
+        .await
+}
+
+/// Waits until the spans of `trace` include every name in `names`.
+async fn wait_for_spans(trace: &str, names: &[&str]) -> Vec<tests::span_capture::CapturedSpan> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let spans = tests::span_capture::spans_of(trace);
+        if names.iter().all(|n| spans.iter().any(|s| s.name == *n)) {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace}: wanted {names:?}, got {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_trace_from_a_command_to_every_read_model_update() {
+    let app = TestApp::spawn().await;
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "tr-a", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "tr-b", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    // A deposit: the command, the relay, the projection, each carrying the client's trace.
+    let deposit_trace = uuid::Uuid::new_v4().simple().to_string();
+    accepted(
+        &send_traced(
+            &app,
+            "account.deposit",
+            json!({"account_id": "tr-a", "amount": 100}),
+            &deposit_trace,
+        )
+        .await,
+    );
+    let spans = wait_for_spans(&deposit_trace, &["execute", "relay_publish", "project"]).await;
+    let targets: Vec<&str> = spans.iter().map(|s| s.target.as_str()).collect();
+    for crate_name in ["command_service", "projections"] {
+        assert!(
+            targets.iter().any(|t| t.starts_with(crate_name)),
+            "{crate_name} missing from {spans:?}"
+        );
+    }
+    // A transfer: the process manager's steps stay in the client's trace, through both
+    // projections.
+    let transfer_trace = uuid::Uuid::new_v4().simple().to_string();
+    let reply = send_traced(
+        &app,
+        "transfer.request",
+        json!({"transfer_id": uuid::Uuid::now_v7(), "from": "tr-a", "to": "tr-b", "amount": 40}),
+        &transfer_trace,
+    )
+    .await;
+    accepted(&reply);
+    super::transfers::settled(&app, &reply).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let spans = wait_for_spans(
+            &transfer_trace,
+            &["execute", "relay_publish", "project", "transfer_step"],
+        )
+        .await;
+        // The request and the six steps the process manager sent, all in the client's trace.
+        let executed = spans.iter().filter(|s| s.name == "execute").count();
+        if executed >= 7 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{executed} commands in the trace: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // HTTP requests continue an incoming trace too.
+    let http_trace = uuid::Uuid::new_v4().simple().to_string();
+    let response = app
+        .http
+        .get(format!("{}/v1/accounts/tr-a", app.http_base))
+        .header(
+            "traceparent",
+            format!("00-{http_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    wait_for_spans(&http_trace, &["http_request"]).await;
+}

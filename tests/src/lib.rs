@@ -23,21 +23,38 @@ mod database;
 pub mod nats_server;
 pub mod postgres_server;
 pub mod servers;
+pub mod span_capture;
 pub mod tally_cli;
 mod tokens;
 
 pub use app::TestApp;
 pub use servers::Servers;
 
-/// Logs from the services under test, only when `TEST_LOG=1` (tests stay quiet otherwise).
+/// Installs the test process's subscriber once: span capture always (see `span_capture`),
+/// service logs only when `TEST_LOG=1` (tests stay quiet otherwise).
 pub fn init_test_logging() {
-    if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_test_writer()
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let hops = tracing_subscriber::filter::Targets::new()
+            .with_target("command_service", tracing::Level::DEBUG)
+            .with_target("projections", tracing::Level::DEBUG)
+            .with_target("process_manager", tracing::Level::DEBUG)
+            .with_target("query_service", tracing::Level::DEBUG)
+            .with_target("tower_http", tracing::Level::DEBUG);
+        let logs = std::env::var_os("TEST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+        });
+        let _ = tracing_subscriber::registry()
+            .with(span_capture::CaptureLayer.with_filter(hops))
+            .with(logs)
             .try_init();
-    }
+    });
 }

@@ -116,7 +116,7 @@ impl Executor {
     }
 
     /// Runs `incoming` exactly once per command id: a repeated id gets the first reply.
-    #[tracing::instrument(skip_all, fields(command_id = %incoming.command_id, aggregate_id = %incoming.aggregate_id(), command = incoming.command.name()))]
+    #[tracing::instrument(skip_all, fields(command_id = %incoming.command_id, aggregate_id = %incoming.aggregate_id(), command = incoming.command.name(), trace_id = incoming.trace_id.as_deref().unwrap_or("")))]
     pub async fn execute(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
         // Before anything else, even a logged reply: another owner's results are not ours to see.
         if let Some(owner) = &incoming.owner

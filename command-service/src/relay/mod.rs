@@ -258,8 +258,21 @@ impl Relay {
         // Pipelined: send every message, then await the acks (one round trip per batch).
         let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(rows.len());
         for row in &rows {
+            // One span per event, carrying the command's trace id: the relay's hop in the trace.
+            let span = tracing::debug_span!(
+                "relay_publish",
+                aggregate_type = %row.aggregate_type,
+                aggregate_id = %row.aggregate_id,
+                sequence = row.sequence,
+                trace_id = row.metadata.get("trace_id").and_then(|v| v.as_str()).unwrap_or(""),
+            );
             let (subject, publish) = self.message(row);
-            acks.push(self.jetstream.send_publish(subject, publish).await?);
+            let sent = tracing::Instrument::instrument(
+                self.jetstream.send_publish(subject, publish),
+                span,
+            )
+            .await?;
+            acks.push(sent);
         }
         let mut reset = false;
         for ack in acks {
