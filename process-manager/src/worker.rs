@@ -126,6 +126,10 @@ impl Worker {
             sequence = event.sequence,
             trace_id = event.metadata.get("trace_id").and_then(|v| v.as_str()).unwrap_or(""),
         );
+        platform::telemetry::continue_trace(
+            &span,
+            event.metadata.get("traceparent").and_then(|v| v.as_str()),
+        );
         let outcome = tracing::Instrument::instrument(self.react(&event), span).await;
         match outcome {
             Ok(()) => ack(&message).await,

@@ -9,5 +9,6 @@ async fn main() -> anyhow::Result<()> {
     platform::telemetry::init("projections", &config.telemetry);
     let app = Application::build(config).await?;
     app.run(platform::shutdown::on_signal()).await?;
+    platform::telemetry::shutdown();
     Ok(())
 }

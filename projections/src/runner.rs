@@ -322,14 +322,18 @@ impl Runner {
         tx.commit().await?;
         // The read-model update's hop in each event's trace (the command's trace id).
         for event in &apply {
-            let _applied = tracing::debug_span!(
+            let applied = tracing::debug_span!(
                 "project",
                 projection = self.projection.name(),
                 aggregate_id = %event.aggregate_id,
                 sequence = event.sequence,
                 trace_id = event.metadata.get("trace_id").and_then(|v| v.as_str()).unwrap_or(""),
-            )
-            .entered();
+            );
+            platform::telemetry::continue_trace(
+                &applied,
+                event.metadata.get("traceparent").and_then(|v| v.as_str()),
+            );
+            let _entered = applied.entered();
         }
         // After the commit: a crash before these acks only causes redeliveries, which the
         // version check turns into no-ops.

@@ -280,3 +280,111 @@ async fn one_trace_from_a_command_to_every_read_model_update() {
     assert_eq!(response.status(), 200);
     wait_for_spans(&http_trace, &["http_request"]).await;
 }
+
+/// A minimal OTLP/HTTP receiver: accepts every request and keeps the raw bytes it got.
+async fn otlp_receiver() -> (
+    u16,
+    std::sync::Arc<tokio::sync::Mutex<Vec<u8>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&received);
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let sink = std::sync::Arc::clone(&sink);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 1 << 20];
+                // One request per connection is enough for a test: read until the client
+                // pauses, answer 200, close.
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buffer)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    sink.lock().await.extend_from_slice(&buffer[..n]);
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (port, received, task)
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_the_command_service_exports_the_clients_trace() {
+    let mut app = TestApp::spawn().await;
+    let (port, received, receiver) = otlp_receiver().await;
+    app.stop_command_service().await;
+    let ops_port = tests::child::free_port();
+    let mut args = app.command_service_args(&[]);
+    args.remove(0);
+    args.retain(|a| !a.starts_with("--ops-addr"));
+    let mut child =
+        std::process::Command::new(tests::binaries::workspace_binary("command-service"))
+            .args(&args)
+            .arg(format!("--ops-addr=127.0.0.1:{ops_port}"))
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://127.0.0.1:{port}"),
+            )
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("TALLY_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !app
+        .http
+        .get(format!("http://127.0.0.1:{ops_port}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "the binary never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let reply = send_traced(
+        &app,
+        "account.open",
+        json!({"account_id": "otlp-1", "owner": "o", "currency": "EUR"}),
+        &trace,
+    )
+    .await;
+    accepted(&reply);
+    // SIGTERM: a clean stop flushes the exporter.
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bytes = received.lock().await.clone();
+        if bytes.windows(16).any(|w| w == trace_bytes.as_slice()) {
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.contains("POST /v1/traces"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span of trace {trace} reached the OTLP endpoint ({} bytes received)",
+            bytes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    receiver.abort();
+}

@@ -118,6 +118,10 @@ impl Executor {
     /// Runs `incoming` exactly once per command id: a repeated id gets the first reply.
     #[tracing::instrument(skip_all, fields(command_id = %incoming.command_id, aggregate_id = %incoming.aggregate_id(), command = incoming.command.name(), trace_id = incoming.trace_id.as_deref().unwrap_or("")))]
     pub async fn execute(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
+        platform::telemetry::continue_trace(
+            &tracing::Span::current(),
+            incoming.traceparent.as_deref(),
+        );
         // Before anything else, even a logged reply: another owner's results are not ours to see.
         if let Some(owner) = &incoming.owner
             && !self.owns(owner, &incoming.command).await?

@@ -266,6 +266,10 @@ impl Relay {
                 sequence = row.sequence,
                 trace_id = row.metadata.get("trace_id").and_then(|v| v.as_str()).unwrap_or(""),
             );
+            platform::telemetry::continue_trace(
+                &span,
+                row.metadata.get("traceparent").and_then(|v| v.as_str()),
+            );
             let (subject, publish) = self.message(row);
             let sent = tracing::Instrument::instrument(
                 self.jetstream.send_publish(subject, publish),
