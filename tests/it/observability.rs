@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use domain::CommandReply;
 use serde_json::json;
 use tests::TestApp;
 use tests::client::{accepted, rejected_code};
@@ -387,4 +388,60 @@ async fn with_an_otlp_endpoint_the_command_service_exports_the_clients_trace() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     receiver.abort();
+}
+
+#[tokio::test]
+async fn the_dashboard_charts_only_metrics_the_services_export() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .send(
+            "account.open",
+            json!({"account_id": "dash-1", "owner": "o", "currency": "EUR"}),
+        )
+        .await;
+    accepted(&reply);
+    let CommandReply::Accepted {
+        consistency_token, ..
+    } = &reply
+    else {
+        unreachable!()
+    };
+    let read = app
+        .http
+        .get(format!("{}/v1/accounts/dash-1", app.http_base))
+        .header("Tally-Consistency-Token", consistency_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let mut exported = String::new();
+    for base in [
+        format!("http://{}", app.command_ops_addr),
+        format!("http://{}", app.projections_ops_addr),
+        format!("http://{}", app.process_manager_ops_addr),
+        app.http_base.clone(),
+    ] {
+        exported.push_str(&metrics(&app, &base).await);
+    }
+    let dashboard = std::fs::read_to_string(
+        tests::binaries::repo_root().join("deploy/grafana/tally-dashboard.json"),
+    )
+    .unwrap();
+    let mut charted: Vec<String> = Vec::new();
+    for (i, _) in dashboard.match_indices("tally_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name.len() > "tally_".len() && !charted.contains(&name) {
+            charted.push(name);
+        }
+    }
+    assert!(charted.len() >= 10, "{charted:?}");
+    for name in charted {
+        assert!(
+            exported.lines().any(|l| l.starts_with(&name)),
+            "the dashboard charts {name}, which no service exports"
+        );
+    }
 }
