@@ -282,7 +282,8 @@ async fn one_trace_from_a_command_to_every_read_model_update() {
     wait_for_spans(&http_trace, &["http_request"]).await;
 }
 
-/// A minimal OTLP/HTTP receiver: accepts every request and keeps the raw bytes it got.
+/// A minimal OTLP/HTTP receiver: answers every request 200 and keeps the raw bytes of each
+/// (headers and the whole body, by its `content-length`).
 async fn otlp_receiver() -> (
     u16,
     std::sync::Arc<tokio::sync::Mutex<Vec<u8>>>,
@@ -297,20 +298,39 @@ async fn otlp_receiver() -> (
         while let Ok((mut socket, _)) = listener.accept().await {
             let sink = std::sync::Arc::clone(&sink);
             tokio::spawn(async move {
-                let mut buffer = vec![0u8; 1 << 20];
-                // One request per connection is enough for a test: read until the client
-                // pauses, answer 200, close.
-                while let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buffer)).await
-                {
-                    if n == 0 {
-                        break;
+                let mut pending: Vec<u8> = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    // A whole request: headers, then content-length bytes of body.
+                    let request_len = loop {
+                        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+                            let body = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if pending.len() >= end + 4 + body {
+                                break Some(end + 4 + body);
+                            }
+                        }
+                        match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut chunk))
+                            .await
+                        {
+                            Ok(Ok(n)) if n > 0 => pending.extend_from_slice(&chunk[..n]),
+                            _ => break None,
+                        }
+                    };
+                    let Some(len) = request_len else { return };
+                    sink.lock().await.extend(pending.drain(..len));
+                    if socket
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
-                    sink.lock().await.extend_from_slice(&buffer[..n]);
                 }
-                let _ = socket
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .await;
             });
         }
     });

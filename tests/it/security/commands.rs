@@ -271,7 +271,7 @@ async fn an_owner_token_moves_only_its_owners_accounts_without_learning_of_other
 async fn a_burst_over_the_rate_is_refused_then_recovers() {
     let mut app = TestApp::spawn().await;
     app.stop_command_service().await;
-    app.start_command_service(&["--command-rate-per-s=5", "--command-rate-burst=5"])
+    app.start_command_service(&["--command-rate-per-s=1", "--command-rate-burst=2"])
         .await;
     let busy = token(&[Scope::AccountsWrite], None);
     let mut limited = 0;

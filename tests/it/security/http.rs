@@ -198,8 +198,8 @@ async fn a_burst_over_the_http_rate_gets_429_with_retry_after_then_recovers() {
             .chain(flags)
             .chain([
                 "--http-addr=127.0.0.1:0".to_owned(),
-                "--http-rate-per-s=5".to_owned(),
-                "--http-rate-burst=5".to_owned(),
+                "--http-rate-per-s=1".to_owned(),
+                "--http-rate-burst=2".to_owned(),
                 tests::app::auth_flag(),
             ]),
     )
