@@ -9,6 +9,7 @@
 //! - rebuild: `projections::rebuild` of the accounts projection (shadow tables, swap);
 //! - verify: `audit::verify` (every chain, every fold, every account against the read model).
 
+mod commands;
 mod generate;
 
 use std::time::Instant;
@@ -39,12 +40,15 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Command throughput and latency against the running `./dev up` stack.
+    Commands(commands::CommandsArgs),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Audit { events, runs } => audit(events, runs.max(1)).await,
+        Scenario::Commands(args) => commands::run(args).await,
     }
 }
 
