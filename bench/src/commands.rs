@@ -98,7 +98,7 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<()> {
         .connect(&args.database_url)
         .await
         .context("connecting to PostgreSQL for the baseline")?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_baseline (LIKE events INCLUDING DEFAULTS)")
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_baseline (LIKE events INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)")
         .execute(&pool)
         .await?;
 
@@ -262,16 +262,16 @@ async fn baseline(pool: &sqlx::PgPool, clients: usize, seconds: u64) -> anyhow::
                 .bind(json!({"command_id": id, "actor": "bench"}))
                 .execute(&pool)
                 .await;
-                if inserted.is_err() {
-                    break;
+                if let Err(error) = inserted {
+                    return Err(error);
                 }
             }
-            n
+            Ok(n)
         }));
     }
     let mut total = 0;
     for task in tasks {
-        total += task.await.unwrap_or(0);
+        total += task.await.context("baseline client panicked")?.context("baseline insert")?;
     }
     Ok(total as f64 / seconds as f64)
 }
