@@ -271,7 +271,10 @@ async fn baseline(pool: &sqlx::PgPool, clients: usize, seconds: u64) -> anyhow::
     }
     let mut total = 0;
     for task in tasks {
-        total += task.await.context("baseline client panicked")?.context("baseline insert")?;
+        total += task
+            .await
+            .context("baseline client panicked")?
+            .context("baseline insert")?;
     }
     Ok(total as f64 / seconds as f64)
 }
