@@ -262,9 +262,7 @@ async fn baseline(pool: &sqlx::PgPool, clients: usize, seconds: u64) -> anyhow::
                 .bind(json!({"command_id": id, "actor": "bench"}))
                 .execute(&pool)
                 .await;
-                if let Err(error) = inserted {
-                    return Err(error);
-                }
+                inserted?;
             }
             Ok(n)
         }));
