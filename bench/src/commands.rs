@@ -264,7 +264,7 @@ async fn baseline(pool: &sqlx::PgPool, clients: usize, seconds: u64) -> anyhow::
                 .await;
                 inserted?;
             }
-            Ok(n)
+            Ok::<u64, sqlx::Error>(n)
         }));
     }
     let mut total = 0;
