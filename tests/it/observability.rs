@@ -381,18 +381,12 @@ async fn with_an_otlp_endpoint_the_command_service_exports_the_clients_trace() {
     )
     .await;
     accepted(&reply);
-    // SIGTERM: a clean stop flushes the exporter.
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    #[allow(unsafe_code)]
-    // SAFETY: kill(2) on a child we spawned and have not reaped.
-    unsafe {
-        libc::kill(pid, libc::SIGTERM);
-    }
-    let _ = child.wait();
+    // The batch exporter sends within its schedule delay (100 ms here). Nothing in this test
+    // may block the runtime meanwhile: the receiver runs on it.
     let trace_bytes: Vec<u8> = (0..16)
         .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).unwrap())
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let bytes = received.lock().await.clone();
         if bytes.windows(16).any(|w| w == trace_bytes.as_slice()) {
@@ -407,6 +401,18 @@ async fn with_an_otlp_endpoint_the_command_service_exports_the_clients_trace() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A clean stop (SIGTERM) flushes and exits; waited for off the runtime.
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) on a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
     receiver.abort();
 }
 
