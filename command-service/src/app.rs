@@ -85,6 +85,7 @@ impl Application {
                 ExecutorLimits {
                     conflict_retries_max: config.conflict_retries_max,
                     snapshot_every: config.snapshot_every,
+                    aggregate_cache_max: config.aggregate_cache_max,
                 },
             )
             .with_conflict_counter(metrics.conflict_retries.clone()),

@@ -78,6 +78,14 @@ pub struct Config {
         default_value_t = 100
     )]
     pub snapshot_every: u64,
+    /// Aggregates of each type kept in memory between commands, so a warm aggregate is not
+    /// reloaded (the events after the cached one are still read); 0 turns the cache off.
+    #[arg(
+        long = "aggregate-cache-max",
+        env = "TALLY_AGGREGATE_CACHE_MAX",
+        default_value_t = 10_000
+    )]
+    pub aggregate_cache_max: usize,
     /// Most events the outbox relay publishes per batch (one checkpoint write per batch).
     #[arg(
         long = "relay-batch-max",

@@ -8,6 +8,7 @@
 //! events stream in commit-safe order.
 
 mod access;
+mod aggregate_cache;
 mod aggregate_locks;
 mod app;
 mod audit_digests;

@@ -2,7 +2,10 @@
 //! write is ours, so the command log row is written in the same statement (and so the same
 //! transaction) as the command's events.
 
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{
@@ -54,10 +57,17 @@ pub struct StepAlreadyApplied;
 /// a concurrent duplicate of the same command id (command log primary key).
 const UNIQUE_VIOLATION: &str = "23505";
 
+/// Chain heads this instance committed, so the next append to a warm aggregate need not read
+/// its predecessor's hash back. Stored rows never change, so a head we wrote stays true.
+const CHAIN_HEADS_MAX: usize = 10_000;
+
+type ChainHeads = LruCache<(String, String), (usize, hash_chain::ChainHash)>;
+
 #[derive(Clone)]
 pub struct TallyRepository {
     pool: PgPool,
     reads: Arc<PostgresEventRepository>,
+    heads: Arc<Mutex<ChainHeads>>,
 }
 
 impl std::fmt::Debug for TallyRepository {
@@ -102,6 +112,9 @@ impl TallyRepository {
         TallyRepository {
             reads: Arc::new(PostgresEventRepository::new(pool.clone())),
             pool,
+            heads: Arc::new(Mutex::new(LruCache::new(
+                NonZeroUsize::new(CHAIN_HEADS_MAX).unwrap_or(NonZeroUsize::MIN),
+            ))),
         }
     }
 
@@ -194,8 +207,18 @@ impl TallyRepository {
         let Some(first) = events.first() else {
             return Ok(Vec::new());
         };
+        let key = (first.aggregate_type.clone(), first.aggregate_id.clone());
+        let cached = self
+            .heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|(sequence, _)| *sequence + 1 == first.sequence)
+            .map(|(_, hash)| *hash);
         let mut prev = if first.sequence <= 1 {
             hash_chain::GENESIS
+        } else if let Some(hash) = cached {
+            hash
         } else {
             let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
                 "SELECT hash FROM events
@@ -334,6 +357,15 @@ impl PersistedEventRepository for TallyRepository {
         .execute(&self.pool)
         .await
         .map_err(persistence_error)?;
+        if let Some(head) = hashes
+            .last()
+            .and_then(|h| hash_chain::ChainHash::try_from(h.as_slice()).ok())
+        {
+            self.heads.lock().unwrap_or_else(|p| p.into_inner()).put(
+                (last.aggregate_type.clone(), last.aggregate_id.clone()),
+                (last.sequence, head),
+            );
+        }
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed expectation should panic
 
+mod aggregate_cache;
 mod audit;
 mod canonical_json;
 mod cli;

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 mod facts;
 
+use crate::aggregate_cache::AggregateCache;
 use crate::aggregate_locks::AggregateLocks;
 use crate::incoming::{Command, IncomingCommand};
 use crate::rejection::Rejection;
@@ -50,23 +51,33 @@ fn from_sqlx(error: sqlx::Error) -> ExecuteError {
 pub struct ExecutorLimits {
     pub conflict_retries_max: u32,
     pub snapshot_every: u64,
+    /// Aggregates of each type kept in memory (0: none).
+    pub aggregate_cache_max: usize,
 }
 
 /// What the executor needs of an aggregate besides cqrs-es's trait: its snapshots are JSON, and
 /// its refusals become wire rejections.
 pub trait Executable: Aggregate + Clone + Serialize + DeserializeOwned {
     fn rejection(error: &Self::Error) -> Rejection;
+    /// The executor's in-memory cache of this aggregate type.
+    fn cache(executor: &Executor) -> &AggregateCache<Self>;
 }
 
 impl Executable for Account {
     fn rejection(error: &Self::Error) -> Rejection {
         Rejection::from(error)
     }
+    fn cache(executor: &Executor) -> &AggregateCache<Self> {
+        &executor.account_cache
+    }
 }
 
 impl Executable for Transfer {
     fn rejection(error: &Self::Error) -> Rejection {
         Rejection::from(error)
+    }
+    fn cache(executor: &Executor) -> &AggregateCache<Self> {
+        &executor.transfer_cache
     }
 }
 
@@ -75,6 +86,8 @@ pub struct Executor {
     accounts: PersistedEventStore<TallyRepository, Account>,
     transfers: PersistedEventStore<TallyRepository, Transfer>,
     locks: AggregateLocks,
+    account_cache: AggregateCache<Account>,
+    transfer_cache: AggregateCache<Transfer>,
     limits: ExecutorLimits,
     conflict_retries: Option<prometheus::IntCounter>,
 }
@@ -100,6 +113,8 @@ impl Executor {
             transfers: PersistedEventStore::new_event_store(repo.clone()),
             repo,
             locks: AggregateLocks::default(),
+            account_cache: AggregateCache::new(limits.aggregate_cache_max),
+            transfer_cache: AggregateCache::new(limits.aggregate_cache_max),
             limits,
             conflict_retries: None,
         }
@@ -243,6 +258,7 @@ impl Executor {
                 let version = committed.last().map_or(version_before, |e| e.sequence);
                 self.maybe_snapshot(&aggregate_id, version_before, version, &state_after)
                     .await;
+                A::cache(self).put(&aggregate_id, state_after, version);
                 accepted(version)
             }
             Err(AggregateError::AggregateConflict) => Ok(Attempt::Conflict),
@@ -259,18 +275,23 @@ impl Executor {
         }
     }
 
-    /// The aggregate as of its last event: from our snapshot plus the events after it.
+    /// The aggregate as of its last event: from memory or our snapshot, plus the events after
+    /// it (always read, so another instance's writes are never missed).
     pub async fn load<A: Executable>(
         &self,
         aggregate_id: &str,
     ) -> Result<EventStoreAggregateContext<A>, ExecuteError> {
-        let snapshot = snapshots::load::<A>(self.repo.pool(), aggregate_id)
-            .await
-            .map_err(from_sqlx)?;
-        let (aggregate, current_sequence) = match snapshot {
-            Some(s) => (s.state, s.last_sequence),
-            None => (A::default(), 0),
+        let (aggregate, current_sequence) = match A::cache(self).get(aggregate_id) {
+            Some(cached) => cached,
+            None => match snapshots::load::<A>(self.repo.pool(), aggregate_id)
+                .await
+                .map_err(from_sqlx)?
+            {
+                Some(s) => (s.state, s.last_sequence),
+                None => (A::default(), 0),
+            },
         };
+        let cached_sequence = current_sequence;
         let mut context = EventStoreAggregateContext {
             aggregate_id: aggregate_id.to_owned(),
             aggregate,
@@ -293,6 +314,13 @@ impl Executor {
                 .map_err(|e| ExecuteError::Internal(Box::new(e)))?;
             context.current_sequence = envelope.sequence;
             context.aggregate.apply(envelope.payload);
+        }
+        if context.current_sequence != cached_sequence || cached_sequence == 0 {
+            A::cache(self).put(
+                aggregate_id,
+                context.aggregate.clone(),
+                context.current_sequence,
+            );
         }
         Ok(context)
     }
