@@ -86,6 +86,7 @@ impl Application {
                     conflict_retries_max: config.conflict_retries_max,
                     snapshot_every: config.snapshot_every,
                     aggregate_cache_max: config.aggregate_cache_max,
+                    group_commit: config.group_commit,
                 },
             )
             .with_conflict_counter(metrics.conflict_retries.clone()),

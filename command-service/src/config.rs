@@ -86,6 +86,15 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub aggregate_cache_max: usize,
+    /// Commit the commands queued on one account together: one statement and one WAL flush
+    /// for the whole group (its commands are still decided one after the other).
+    #[arg(
+        long = "group-commit",
+        env = "TALLY_GROUP_COMMIT",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub group_commit: bool,
     /// Most events the outbox relay publishes per batch (one checkpoint write per batch).
     #[arg(
         long = "relay-batch-max",

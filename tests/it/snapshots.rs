@@ -54,6 +54,7 @@ fn snapshot_loaded_state_equals_full_replay() {
             snapshot_every: 3,
             // Off: this is about snapshots, which a warm cache would bypass.
             aggregate_cache_max: 0,
+            group_commit: false,
         },
     );
     let replay = PersistedEventStore::<_, Account>::new_event_store(PostgresEventRepository::new(
@@ -122,6 +123,7 @@ async fn a_stale_or_corrupt_snapshot_is_never_trusted_over_events() {
             conflict_retries_max: 5,
             snapshot_every: 2,
             aggregate_cache_max: 0,
+            group_commit: false,
         },
     );
     executor

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 mod facts;
+mod group_commit;
 
 use crate::aggregate_cache::AggregateCache;
 use crate::aggregate_locks::AggregateLocks;
@@ -53,6 +54,8 @@ pub struct ExecutorLimits {
     pub snapshot_every: u64,
     /// Aggregates of each type kept in memory (0: none).
     pub aggregate_cache_max: usize,
+    /// Commit commands queued on one account together (`group_commit`).
+    pub group_commit: bool,
 }
 
 /// What the executor needs of an aggregate besides cqrs-es's trait: its snapshots are JSON, and
@@ -88,6 +91,7 @@ pub struct Executor {
     locks: AggregateLocks,
     account_cache: AggregateCache<Account>,
     transfer_cache: AggregateCache<Transfer>,
+    groups: group_commit::Groups,
     limits: ExecutorLimits,
     conflict_retries: Option<prometheus::IntCounter>,
 }
@@ -115,6 +119,7 @@ impl Executor {
             locks: AggregateLocks::default(),
             account_cache: AggregateCache::new(limits.aggregate_cache_max),
             transfer_cache: AggregateCache::new(limits.aggregate_cache_max),
+            groups: group_commit::Groups::default(),
             limits,
             conflict_retries: None,
         }
@@ -155,6 +160,27 @@ impl Executor {
             tracing::debug!("duplicate command id; returning the first result");
             return Ok(reply);
         }
+        if self.limits.group_commit && group_commit::groupable(&incoming) {
+            return self.execute_grouped(incoming).await;
+        }
+        self.run_alone(incoming).await
+    }
+
+    /// As `execute` past its checks, for a command of a group that could not be committed.
+    async fn execute_alone(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
+        if let Some(reply) = self
+            .repo
+            .logged_reply(incoming.command_id)
+            .await
+            .map_err(from_sqlx)?
+        {
+            return Ok(reply);
+        }
+        self.run_alone(incoming).await
+    }
+
+    /// Under the aggregate's lock: load, decide, commit, and retry a lost race.
+    async fn run_alone(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
         let _serialised = self
             .locks
             .lock(&format!(

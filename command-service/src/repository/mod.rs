@@ -18,6 +18,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod group_persist;
+
+pub use group_persist::LogRow;
+
 /// The reply an accepted command gets; a pure function of what was committed, so the command
 /// log (written in `persist`) and the executor agree without passing it around.
 pub fn accepted_reply(
@@ -200,7 +204,7 @@ impl TallyRepository {
     /// The chain hash of each new event, continuing from the stored predecessor of the first.
     /// Reading the predecessor outside the insert is safe: stored rows never change, and if
     /// another writer takes the same sequence first, the insert fails on the primary key.
-    async fn chain_hashes(
+    pub(crate) async fn chain_hashes(
         &self,
         events: &[SerializedEvent],
     ) -> Result<Vec<Vec<u8>>, PersistenceError> {
@@ -258,6 +262,21 @@ impl TallyRepository {
             prev = hash;
         }
         Ok(hashes)
+    }
+}
+
+impl TallyRepository {
+    /// After a commit: `last` (the last event written) and the hashes written with it.
+    fn remember_head(&self, last: &SerializedEvent, hashes: &[Vec<u8>]) {
+        if let Some(head) = hashes
+            .last()
+            .and_then(|h| hash_chain::ChainHash::try_from(h.as_slice()).ok())
+        {
+            self.heads.lock().unwrap_or_else(|p| p.into_inner()).put(
+                (last.aggregate_type.clone(), last.aggregate_id.clone()),
+                (last.sequence, head),
+            );
+        }
     }
 }
 
@@ -357,15 +376,7 @@ impl PersistedEventRepository for TallyRepository {
         .execute(&self.pool)
         .await
         .map_err(persistence_error)?;
-        if let Some(head) = hashes
-            .last()
-            .and_then(|h| hash_chain::ChainHash::try_from(h.as_slice()).ok())
-        {
-            self.heads.lock().unwrap_or_else(|p| p.into_inner()).put(
-                (last.aggregate_type.clone(), last.aggregate_id.clone()),
-                (last.sequence, head),
-            );
-        }
+        self.remember_head(last, &hashes);
         Ok(())
     }
 

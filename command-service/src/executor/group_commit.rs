@@ -1,0 +1,250 @@
+//! Group commit for a hot aggregate: commands that queue behind the one running on the same
+//! account are decided together, one after the other on the in-memory state, and committed in
+//! one statement (their events, their accepted and rejected command-log rows), so one round
+//! trip and one WAL flush serve the whole group instead of one each.
+//!
+//! The first command of an idle queue leads: it takes up to `GROUP_MAX` commands from the front
+//! (itself first), runs them, hands each its reply, and promotes the next waiting command to
+//! lead the rest. A group whose statement fails (a race with another instance, a transfer
+//! step, an outage) has written nothing, and each of its commands then runs alone on the
+//! ordinary path, which retries and classifies as before.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::{Aggregate, EventEnvelope};
+use domain::account::AccountServices;
+use domain::{Account, CommandReply};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::{Executable, ExecuteError, Executor, from_sqlx, metadata};
+use crate::incoming::{Command, IncomingCommand};
+use crate::rejection::Rejection;
+use crate::repository;
+
+/// Most commands decided and committed together.
+pub const GROUP_MAX: usize = 64;
+
+enum Turn {
+    Done(Result<CommandReply, ExecuteError>),
+    /// Your turn to lead the queue.
+    Lead,
+}
+
+struct Waiting {
+    incoming: IncomingCommand,
+    turn: oneshot::Sender<Turn>,
+}
+
+/// Promotes the next waiting command when the leader is done, however it ends.
+struct HandOver<'a> {
+    executor: &'a Executor,
+    key: &'a str,
+}
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        self.executor.promote_next(self.key);
+    }
+}
+
+/// Per account, the commands waiting for the group in progress.
+#[derive(Default)]
+pub struct Groups {
+    queues: Mutex<HashMap<String, VecDeque<Waiting>>>,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Groups").finish_non_exhaustive()
+    }
+}
+
+/// Commands that may join a group: account commands that need nothing but the account (a
+/// transfer step reads its transfer) and assert no version.
+pub fn groupable(incoming: &IncomingCommand) -> bool {
+    matches!(&incoming.command, Command::Account(c) if c.transfer_id().is_none())
+        && incoming.expected_version.is_none()
+}
+
+impl Executor {
+    pub(super) async fn execute_grouped(
+        &self,
+        incoming: IncomingCommand,
+    ) -> Result<CommandReply, ExecuteError> {
+        let key = incoming.aggregate_id();
+        let (turn, mut my_turn) = oneshot::channel();
+        let command_id = incoming.command_id;
+        let leads = {
+            let mut queues = self.groups.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let queue = queues.entry(key.clone()).or_default();
+            queue.push_back(Waiting { incoming, turn });
+            queue.len() == 1
+        };
+        if !leads {
+            match (&mut my_turn).await {
+                Ok(Turn::Done(reply)) => return reply,
+                Ok(Turn::Lead) => {}
+                // The leader vanished without answering (it panicked): nothing of ours is
+                // known to be written; the caller's retry with the same id is safe.
+                Err(_) => return Err(ExecuteError::Internal("command group lost".into())),
+            }
+        }
+        // Even if this leader panics or is dropped, the queue must move on.
+        let _hand_over = HandOver {
+            executor: self,
+            key: &key,
+        };
+        let group = self.take_group(&key);
+        self.run_group(&key, group, command_id).await
+    }
+
+    /// The front of the queue (the leader is first), still queued until answered.
+    fn take_group(&self, key: &str) -> Vec<Waiting> {
+        let mut queues = self.groups.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(queue) = queues.get_mut(key) else {
+            return Vec::new();
+        };
+        let n = queue.len().min(GROUP_MAX);
+        // The leader's entry stays at the front as the "group in progress" marker, so that
+        // newcomers queue behind it instead of leading themselves.
+        let mut group: Vec<Waiting> = queue.drain(1..n).collect();
+        if let Some(front) = queue.front_mut() {
+            let (placeholder, _) = oneshot::channel();
+            let leader = Waiting {
+                incoming: front.incoming.clone(),
+                turn: std::mem::replace(&mut front.turn, placeholder),
+            };
+            group.insert(0, leader);
+        }
+        group
+    }
+
+    /// Drops the finished leader's marker and wakes the next command, if any, to lead.
+    fn promote_next(&self, key: &str) {
+        let mut queues = self.groups.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(queue) = queues.get_mut(key) else {
+            return;
+        };
+        queue.pop_front();
+        while let Some(next) = queue.front_mut() {
+            let (placeholder, _) = oneshot::channel();
+            let turn = std::mem::replace(&mut next.turn, placeholder);
+            if turn.send(Turn::Lead).is_ok() {
+                return;
+            }
+            // Its caller has gone; nobody waits for that command's reply.
+            queue.pop_front();
+        }
+        queues.remove(key);
+    }
+
+    /// Runs `group` and answers everyone in it but the leader, whose reply is returned.
+    async fn run_group(
+        &self,
+        key: &str,
+        group: Vec<Waiting>,
+        leader: Uuid,
+    ) -> Result<CommandReply, ExecuteError> {
+        let _serialised = self.locks.lock(&format!("account:{key}")).await;
+        let commands: Vec<IncomingCommand> = group.iter().map(|w| w.incoming.clone()).collect();
+        let replies = match self.decide_and_commit(key, &commands).await {
+            Ok(replies) => replies,
+            Err(error) => {
+                tracing::debug!(%error, size = commands.len(), "group not committed; running its commands one by one");
+                drop(_serialised);
+                let mut replies = Vec::with_capacity(commands.len());
+                for incoming in commands {
+                    replies.push(Box::pin(self.execute_alone(incoming)).await);
+                }
+                replies
+            }
+        };
+        let mut own = Err(ExecuteError::Internal("leader's reply missing".into()));
+        for (waiting, reply) in group.into_iter().zip(replies) {
+            if waiting.incoming.command_id == leader && own.is_err() {
+                own = reply;
+            } else {
+                let _ = waiting.turn.send(Turn::Done(reply));
+            }
+        }
+        own
+    }
+
+    /// Decides every command on the account in order and commits all of it in one statement.
+    async fn decide_and_commit(
+        &self,
+        aggregate_id: &str,
+        commands: &[IncomingCommand],
+    ) -> Result<Vec<Result<CommandReply, ExecuteError>>, ExecuteError> {
+        let mut context = self.load::<Account>(aggregate_id).await?;
+        let mut sequence = context.current_sequence;
+        let mut events: Vec<SerializedEvent> = Vec::new();
+        let mut log: Vec<repository::LogRow> = Vec::new();
+        let mut decided: HashMap<Uuid, CommandReply> = HashMap::new();
+        let mut replies = Vec::with_capacity(commands.len());
+        for incoming in commands {
+            // The same id twice in one group (a client's concurrent retry): one execution.
+            if let Some(reply) = decided.get(&incoming.command_id) {
+                replies.push(reply.clone());
+                continue;
+            }
+            let Command::Account(command) = &incoming.command else {
+                return Err(ExecuteError::Internal(
+                    "ungroupable command in a group".into(),
+                ));
+            };
+            let sink = EventSink::<Account>::default();
+            let reply = match context
+                .aggregate
+                .handle(command.clone(), &AccountServices::default(), &sink)
+                .await
+            {
+                Ok(()) => {
+                    let metadata = metadata(incoming).to_map();
+                    for payload in sink.collect().await {
+                        sequence += 1;
+                        let envelope = EventEnvelope::<Account> {
+                            aggregate_id: aggregate_id.to_owned(),
+                            sequence,
+                            payload,
+                            metadata: metadata.clone(),
+                        };
+                        events.push(
+                            SerializedEvent::try_from(&envelope)
+                                .map_err(|e| ExecuteError::Internal(Box::new(e)))?,
+                        );
+                    }
+                    let version =
+                        u64::try_from(sequence).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
+                    repository::accepted_reply(
+                        incoming.command_id,
+                        Account::TYPE,
+                        aggregate_id,
+                        version,
+                    )
+                }
+                Err(error) => Rejection::from(&error).into_reply(incoming.command_id),
+            };
+            log.push(repository::LogRow::of(&reply, Account::TYPE, aggregate_id));
+            decided.insert(incoming.command_id, reply.clone());
+            replies.push(reply);
+        }
+        self.repo
+            .persist_group(&events, &log)
+            .await
+            .map_err(from_sqlx)?;
+        self.maybe_snapshot(
+            aggregate_id,
+            context.current_sequence,
+            sequence,
+            &context.aggregate,
+        )
+        .await;
+        Account::cache(self).put(aggregate_id, context.aggregate, sequence);
+        Ok(replies.into_iter().map(Ok).collect())
+    }
+}
