@@ -5,6 +5,8 @@
 mod audit_bench;
 mod baselines;
 mod command_load;
+mod commands_only;
+mod cpu;
 mod generate;
 mod memory;
 mod queries;
@@ -29,6 +31,8 @@ struct Cli {
 enum Scenario {
     /// Every scenario against the running `./dev up` stack, then the report in bench/results/.
     All(Box<suite::SuiteArgs>),
+    /// Only the closed-loop command scenarios, with each process's CPU per accepted command.
+    Commands(Box<commands_only::CommandsArgs>),
     /// Only rebuild and audit-verify throughput, over a generated store (no stack needed).
     Audit {
         /// Events to generate (rounded down to whole accounts of 10 events).
@@ -45,6 +49,7 @@ enum Scenario {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::All(args) => suite::run(*args).await,
+        Scenario::Commands(args) => commands_only::run(*args).await,
         Scenario::Audit { events, runs } => {
             let figures = audit_bench::run(events, runs).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);

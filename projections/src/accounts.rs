@@ -56,7 +56,9 @@ pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     events: &[EventMessage],
 ) -> Result<(), ApplyError> {
-    let ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
+    let mut ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
+    ids.sort_unstable();
+    ids.dedup();
     let existing: Vec<AccountRow> = sqlx::query_as(
         "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
          FROM accounts WHERE account_id = ANY($1) FOR UPDATE",

@@ -229,12 +229,15 @@ impl Runner {
             .map(|d| d.event.aggregate_id.clone())
             .collect();
         let current: Vec<(String, i64)> = sqlx::query_as(
+            // The whole key, so this is an index probe per id rather than a scan of every
+            // aggregate the projection has seen.
             "SELECT aggregate_id, version FROM projection_versions
-             WHERE projection = $1 AND aggregate_id = ANY($2)
+             WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
              FOR UPDATE",
         )
         .bind(self.projection.name())
         .bind(&ids)
+        .bind(self.projection.aggregate_type())
         .fetch_all(&mut *tx)
         .await?;
         let mut versions: HashMap<String, u64> = current
@@ -245,11 +248,12 @@ impl Runner {
         // releasing one (which locks it FOR UPDATE) finishes before we decide.
         let parked: std::collections::HashSet<String> = sqlx::query_scalar(
             "SELECT aggregate_id FROM projection_parked
-             WHERE projection = $1 AND aggregate_id = ANY($2)
+             WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
              FOR SHARE",
         )
         .bind(self.projection.name())
         .bind(&ids)
+        .bind(self.projection.aggregate_type())
         .fetch_all(&mut *tx)
         .await?
         .into_iter()

@@ -5,6 +5,7 @@
 
 mod aggregate_cache;
 mod audit;
+mod batched_commits;
 mod canonical_json;
 mod cli;
 mod commands;

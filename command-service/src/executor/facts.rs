@@ -23,6 +23,12 @@ impl Executor {
             // The process manager's steps need `admin`, which acts for every owner.
             Command::Transfer(_) => return Ok(true),
         };
+        // An opened account's owner never changes, so the in-memory copy answers for it.
+        if let Some(cached) = self.cached::<Account>(&account)
+            && cached.aggregate.status != AccountStatus::Unopened
+        {
+            return Ok(cached.aggregate.owner == owner);
+        }
         let state = self.load::<Account>(&account).await?.aggregate;
         Ok(state.status == AccountStatus::Unopened || state.owner == owner)
     }

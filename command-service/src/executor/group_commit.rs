@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::SerializedEvent;
+use cqrs_es::persist::{EventStoreAggregateContext, SerializedEvent};
 use cqrs_es::{Aggregate, EventEnvelope};
 use domain::account::AccountServices;
 use domain::{Account, CommandReply};
@@ -174,77 +174,133 @@ impl Executor {
         own
     }
 
-    /// Decides every command on the account in order and commits all of it in one statement.
+    /// Decides every command on the account in order and commits all of it in one write.
+    ///
+    /// A warm account is decided on its in-memory state without reading the store: if another
+    /// instance wrote to it meanwhile, our first event's sequence is taken and the write fails,
+    /// and the commands run again on the path alone, which reads what was missed. A group with
+    /// a refusal is decided again on a fresh read first, since a refusal writes no event whose
+    /// sequence could catch the stale state.
     async fn decide_and_commit(
         &self,
         aggregate_id: &str,
         commands: &[IncomingCommand],
     ) -> Result<Vec<Result<CommandReply, ExecuteError>>, ExecuteError> {
-        let mut context = self.load::<Account>(aggregate_id).await?;
-        let mut sequence = context.current_sequence;
-        let mut events: Vec<SerializedEvent> = Vec::new();
-        let mut log: Vec<repository::LogRow> = Vec::new();
-        let mut decided: HashMap<Uuid, CommandReply> = HashMap::new();
-        let mut replies = Vec::with_capacity(commands.len());
-        for incoming in commands {
-            // The same id twice in one group (a client's concurrent retry): one execution.
-            if let Some(reply) = decided.get(&incoming.command_id) {
-                replies.push(reply.clone());
-                continue;
+        let mut fresh = false;
+        let mut context = match Account::cache(self).get(aggregate_id) {
+            Some((aggregate, current_sequence)) => EventStoreAggregateContext {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate,
+                current_sequence,
+                current_snapshot: None,
+            },
+            None => {
+                fresh = true;
+                self.load::<Account>(aggregate_id).await?
             }
-            let Command::Account(command) = &incoming.command else {
-                return Err(ExecuteError::Internal(
-                    "ungroupable command in a group".into(),
-                ));
-            };
-            let sink = EventSink::<Account>::default();
-            let reply = match context
-                .aggregate
-                .handle(command.clone(), &AccountServices::default(), &sink)
-                .await
-            {
-                Ok(()) => {
-                    let metadata = metadata(incoming).to_map();
-                    for payload in sink.collect().await {
-                        sequence += 1;
-                        let envelope = EventEnvelope::<Account> {
-                            aggregate_id: aggregate_id.to_owned(),
-                            sequence,
-                            payload,
-                            metadata: metadata.clone(),
-                        };
-                        events.push(
-                            SerializedEvent::try_from(&envelope)
-                                .map_err(|e| ExecuteError::Internal(Box::new(e)))?,
-                        );
-                    }
-                    let version =
-                        u64::try_from(sequence).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
-                    repository::accepted_reply(
-                        incoming.command_id,
-                        Account::TYPE,
-                        aggregate_id,
-                        version,
-                    )
-                }
-                Err(error) => Rejection::from(&error).into_reply(incoming.command_id),
-            };
-            log.push(repository::LogRow::of(&reply, Account::TYPE, aggregate_id));
-            decided.insert(incoming.command_id, reply.clone());
-            replies.push(reply);
+        };
+        let mut decided = decide(&context, commands).await?;
+        if decided.refused_any && !fresh {
+            context = self.load::<Account>(aggregate_id).await?;
+            decided = decide(&context, commands).await?;
         }
+        let Decided {
+            aggregate,
+            sequence,
+            events,
+            log,
+            replies,
+            ..
+        } = decided;
         self.repo
             .persist_group(&events, &log)
             .await
             .map_err(from_sqlx)?;
-        self.maybe_snapshot(
-            aggregate_id,
-            context.current_sequence,
-            sequence,
-            &context.aggregate,
-        )
-        .await;
-        Account::cache(self).put(aggregate_id, context.aggregate, sequence);
+        self.maybe_snapshot(aggregate_id, context.current_sequence, sequence, &aggregate)
+            .await;
+        Account::cache(self).put(aggregate_id, aggregate, sequence);
         Ok(replies.into_iter().map(Ok).collect())
     }
+}
+
+/// A group's decisions on one state of the account, not yet written.
+struct Decided {
+    aggregate: Account,
+    sequence: usize,
+    events: Vec<SerializedEvent>,
+    log: Vec<repository::LogRow>,
+    replies: Vec<CommandReply>,
+    refused_any: bool,
+}
+
+/// Runs `commands` in order on a copy of `context`'s account.
+async fn decide(
+    context: &EventStoreAggregateContext<Account>,
+    commands: &[IncomingCommand],
+) -> Result<Decided, ExecuteError> {
+    let aggregate_id = context.aggregate_id.as_str();
+    let mut aggregate = context.aggregate.clone();
+    let mut sequence = context.current_sequence;
+    let mut events: Vec<SerializedEvent> = Vec::new();
+    let mut log: Vec<repository::LogRow> = Vec::new();
+    let mut decided: HashMap<Uuid, CommandReply> = HashMap::new();
+    let mut replies = Vec::with_capacity(commands.len());
+    let mut refused_any = false;
+    for incoming in commands {
+        // The same id twice in one group (a client's concurrent retry): one execution.
+        if let Some(reply) = decided.get(&incoming.command_id) {
+            replies.push(reply.clone());
+            continue;
+        }
+        let Command::Account(command) = &incoming.command else {
+            return Err(ExecuteError::Internal(
+                "ungroupable command in a group".into(),
+            ));
+        };
+        let sink = EventSink::<Account>::default();
+        let reply = match aggregate
+            .handle(command.clone(), &AccountServices::default(), &sink)
+            .await
+        {
+            Ok(()) => {
+                let metadata = metadata(incoming).to_map();
+                for payload in sink.collect().await {
+                    sequence += 1;
+                    let envelope = EventEnvelope::<Account> {
+                        aggregate_id: aggregate_id.to_owned(),
+                        sequence,
+                        payload,
+                        metadata: metadata.clone(),
+                    };
+                    events.push(
+                        SerializedEvent::try_from(&envelope)
+                            .map_err(|e| ExecuteError::Internal(Box::new(e)))?,
+                    );
+                }
+                let version =
+                    u64::try_from(sequence).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
+                repository::accepted_reply(
+                    incoming.command_id,
+                    Account::TYPE,
+                    aggregate_id,
+                    version,
+                )
+            }
+            Err(error) => {
+                refused_any = true;
+                Rejection::from(&error).into_reply(incoming.command_id)
+            }
+        };
+        log.push(repository::LogRow::of(&reply, Account::TYPE, aggregate_id));
+        decided.insert(incoming.command_id, reply.clone());
+        replies.push(reply);
+    }
+    Ok(Decided {
+        aggregate,
+        sequence,
+        events,
+        log,
+        replies,
+        refused_any,
+    })
 }

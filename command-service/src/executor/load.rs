@@ -6,6 +6,21 @@ use super::{Executable, ExecuteError, Executor, from_sqlx};
 use crate::snapshots;
 
 impl Executor {
+    /// The aggregate as this instance last saw it, without reading the store; `None` if it
+    /// is not in memory. Only a write can tell whether it is still current.
+    pub(super) fn cached<A: Executable>(
+        &self,
+        aggregate_id: &str,
+    ) -> Option<EventStoreAggregateContext<A>> {
+        let (aggregate, current_sequence) = A::cache(self).get(aggregate_id)?;
+        Some(EventStoreAggregateContext {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate,
+            current_sequence,
+            current_snapshot: None,
+        })
+    }
+
     /// The aggregate as of its last event: from memory or our snapshot, plus the events after
     /// it (always read, so another instance's writes are never missed).
     pub async fn load<A: Executable>(

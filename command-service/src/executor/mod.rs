@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateError, EventStore};
 use domain::transfer::Transfer;
 use domain::{Account, CommandReply, ErrorCode, EventMetadata};
 use rand::Rng;
@@ -13,13 +12,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+mod attempt;
 mod facts;
 mod group_commit;
 mod load;
 
 use crate::aggregate_cache::AggregateCache;
 use crate::aggregate_locks::AggregateLocks;
-use crate::incoming::{Command, IncomingCommand};
+use crate::incoming::IncomingCommand;
 use crate::rejection::Rejection;
 use crate::repository::{self, TallyRepository};
 use crate::snapshots;
@@ -108,6 +108,9 @@ impl std::fmt::Debug for Executor {
 enum Attempt {
     Done(CommandReply),
     Conflict,
+    /// Decided on the in-memory state, unchecked against the store, with nothing written
+    /// that would have checked it: decide again on a fresh read.
+    Unverified,
 }
 
 impl Executor {
@@ -152,22 +155,15 @@ impl Executor {
                 Rejection::from(&domain::AccountError::NotFound).into_reply(incoming.command_id)
             );
         }
-        if let Some(reply) = self
-            .repo
-            .logged_reply(incoming.command_id)
-            .await
-            .map_err(from_sqlx)?
-        {
-            tracing::debug!("duplicate command id; returning the first result");
-            return Ok(reply);
-        }
         if self.limits.group_commit && group_commit::groupable(&incoming) {
+            // No log lookup first: a repeated id fails its group's write on the command log's
+            // key, and the path alone then answers it from the log.
             return self.execute_grouped(incoming).await;
         }
-        self.run_alone(incoming).await
+        self.execute_alone(incoming).await
     }
 
-    /// As `execute` past its checks, for a command of a group that could not be committed.
+    /// A repeated id gets the logged reply; otherwise the command runs alone.
     async fn execute_alone(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
         if let Some(reply) = self
             .repo
@@ -175,6 +171,7 @@ impl Executor {
             .await
             .map_err(from_sqlx)?
         {
+            tracing::debug!("duplicate command id; returning the first result");
             return Ok(reply);
         }
         self.run_alone(incoming).await
@@ -190,21 +187,17 @@ impl Executor {
                 incoming.aggregate_id()
             ))
             .await;
-        for attempt in 0..=self.limits.conflict_retries_max {
-            let outcome = match &incoming.command {
-                Command::Account(command) => {
-                    let services = self.account_services(command).await?;
-                    self.attempt(&self.accounts, &incoming, command.clone(), services)
-                        .await?
-                }
-                Command::Transfer(command) => {
-                    let facts = self.transfer_facts(command).await?;
-                    self.attempt(&self.transfers, &incoming, command.clone(), facts)
-                        .await?
-                }
-            };
+        // The first try trusts the in-memory aggregate: a write on a stale one fails on its
+        // sequence, and every other outcome is checked on a fresh read (`Attempt::Unverified`).
+        let mut fresh = false;
+        let mut conflicts = 0;
+        while conflicts <= self.limits.conflict_retries_max {
+            let outcome = self.attempt_once(&incoming, fresh).await?;
+            fresh = true;
             match outcome {
                 Attempt::Done(reply) => return Ok(reply),
+                // Only ever once: every later attempt reads fresh.
+                Attempt::Unverified => {}
                 Attempt::Conflict => {
                     // Lost a race with another instance, or with a concurrent duplicate of this
                     // very command: if the latter, its result is now in the log.
@@ -216,11 +209,12 @@ impl Executor {
                     {
                         return Ok(reply);
                     }
-                    tracing::debug!(attempt, "optimistic-concurrency conflict; retrying");
+                    tracing::debug!(conflicts, "optimistic-concurrency conflict; retrying");
                     if let Some(retries) = &self.conflict_retries {
                         retries.inc();
                     }
-                    tokio::time::sleep(backoff(attempt)).await;
+                    tokio::time::sleep(backoff(conflicts)).await;
+                    conflicts += 1;
                 }
             }
         }
@@ -233,90 +227,6 @@ impl Executor {
         );
         // Not logged: contention is transient, so a retry with the same id may succeed.
         Ok(rejection.into_reply(incoming.command_id))
-    }
-
-    async fn attempt<A: Executable>(
-        &self,
-        store: &PersistedEventStore<TallyRepository, A>,
-        incoming: &IncomingCommand,
-        command: A::Command,
-        services: A::Services,
-    ) -> Result<Attempt, ExecuteError> {
-        let aggregate_id = incoming.aggregate_id();
-        let mut context = self.load::<A>(&aggregate_id).await?;
-        let version_before = context.current_sequence;
-        if let Some(expected) = incoming.expected_version
-            && u64::try_from(version_before).ok() != Some(expected)
-        {
-            let rejection = Rejection::new(
-                ErrorCode::Conflict,
-                format!(
-                    "expected version {expected}, but the {} is at {version_before}",
-                    A::TYPE
-                ),
-            )
-            .with_details(serde_json::json!({"expected": expected, "actual": version_before}));
-            return self.reject(incoming, rejection).await.map(Attempt::Done);
-        }
-
-        let sink = EventSink::<A>::default();
-        let handled = context.aggregate.handle(command, &services, &sink).await;
-        if let Err(error) = handled {
-            return self
-                .reject(incoming, A::rejection(&error))
-                .await
-                .map(Attempt::Done);
-        }
-        let events = sink.collect().await;
-        let state_after = context.aggregate.clone();
-        let metadata = metadata(incoming).to_map();
-        let accepted = |version: usize| -> Result<Attempt, ExecuteError> {
-            let version =
-                u64::try_from(version).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
-            Ok(Attempt::Done(repository::accepted_reply(
-                incoming.command_id,
-                A::TYPE,
-                &aggregate_id,
-                version,
-            )))
-        };
-        match store.commit(events, context, metadata).await {
-            Ok(committed) => {
-                let version = committed.last().map_or(version_before, |e| e.sequence);
-                self.maybe_snapshot(&aggregate_id, version_before, version, &state_after)
-                    .await;
-                A::cache(self).put(&aggregate_id, state_after, version);
-                accepted(version)
-            }
-            Err(AggregateError::AggregateConflict) => Ok(Attempt::Conflict),
-            Err(AggregateError::UnexpectedError(error))
-                if error.is::<repository::StepAlreadyApplied>() =>
-            {
-                // The same transfer step under another command id got there first: this one
-                // changes nothing, which is what a repeated step must do.
-                tracing::debug!("transfer step already applied");
-                accepted(version_before)
-            }
-            Err(AggregateError::DatabaseConnectionError(e)) => Err(ExecuteError::Unavailable(e)),
-            Err(other) => Err(ExecuteError::Internal(other.to_string().into())),
-        }
-    }
-
-    async fn reject(
-        &self,
-        incoming: &IncomingCommand,
-        rejection: Rejection,
-    ) -> Result<CommandReply, ExecuteError> {
-        let reply = rejection.into_reply(incoming.command_id);
-        self.repo
-            .log_rejection(
-                incoming.command_id,
-                incoming.aggregate_type(),
-                &incoming.aggregate_id(),
-                &reply,
-            )
-            .await
-            .map_err(from_sqlx)
     }
 
     async fn maybe_snapshot<A: Executable>(

@@ -18,7 +18,10 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+mod batch_writer;
 mod group_persist;
+
+use batch_writer::{BatchWriter, Write};
 
 pub use group_persist::LogRow;
 
@@ -72,6 +75,7 @@ pub struct TallyRepository {
     pool: PgPool,
     reads: Arc<PostgresEventRepository>,
     heads: Arc<Mutex<ChainHeads>>,
+    writer: BatchWriter,
 }
 
 impl std::fmt::Debug for TallyRepository {
@@ -115,6 +119,7 @@ impl TallyRepository {
     pub fn new(pool: PgPool) -> Self {
         TallyRepository {
             reads: Arc::new(PostgresEventRepository::new(pool.clone())),
+            writer: BatchWriter::new(pool.clone()),
             pool,
             heads: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(CHAIN_HEADS_MAX).unwrap_or(NonZeroUsize::MIN),
@@ -333,49 +338,16 @@ impl PersistedEventRepository for TallyRepository {
         );
 
         let hashes = self.chain_hashes(events).await?;
-        let mut types = Vec::with_capacity(events.len());
-        let mut ids = Vec::with_capacity(events.len());
-        let mut sequences = Vec::with_capacity(events.len());
-        let mut event_types = Vec::with_capacity(events.len());
-        let mut versions = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        let mut metadatas = Vec::with_capacity(events.len());
-        for event in events {
-            types.push(event.aggregate_type.clone());
-            ids.push(event.aggregate_id.clone());
-            sequences.push(
-                i64::try_from(event.sequence)
-                    .map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
-            );
-            event_types.push(event.event_type.clone());
-            versions.push(event.event_version.clone());
-            payloads.push(event.payload.clone());
-            metadatas.push(event.metadata.clone());
-        }
-        // One statement, so one implicit transaction and one round trip: the events (whose
-        // primary key is the concurrency check), their chain hashes and the command log row
-        // stand or fall together.
-        sqlx::query(
-            "WITH logged AS (
-                 INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply)
-                 VALUES ($8, $1[1], $2[1], 'accepted', $9)
-             )
-             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, hash)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $10::bytea[])",
-        )
-        .bind(&types)
-        .bind(&ids)
-        .bind(&sequences)
-        .bind(&event_types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadatas)
-        .bind(command_id)
-        .bind(sqlx::types::Json(&reply))
-        .bind(&hashes)
-        .execute(&self.pool)
-        .await
-        .map_err(persistence_error)?;
+        // The events (whose primary key is the concurrency check), their chain hashes and the
+        // command log row stand or fall together, in one statement with other commands' writes.
+        self.writer
+            .write(Write {
+                events: events.to_vec(),
+                hashes: hashes.clone(),
+                log: vec![LogRow::of(&reply, &last.aggregate_type, &last.aggregate_id)],
+            })
+            .await
+            .map_err(persistence_error)?;
         self.remember_head(last, &hashes);
         Ok(())
     }

@@ -1,0 +1,77 @@
+//! `tally-bench commands`: only the closed-loop command scenarios, with the CPU seconds each
+//! process of the stack spent per accepted command, for quick profiling rounds.
+
+use crate::command_load::{self, Mix};
+use crate::cpu::Usage;
+use crate::stack::{self, StackArgs};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommandsArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    #[arg(long, default_value_t = 100)]
+    pub accounts: usize,
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    #[arg(long = "transfer-percent", default_value_t = 10)]
+    pub transfer_percent: u64,
+    /// Run the single-hot-account scenario too.
+    #[arg(long)]
+    pub hot: bool,
+}
+
+#[allow(clippy::print_stdout)]
+pub async fn run(args: CommandsArgs) -> anyhow::Result<()> {
+    let nats = args.stack.nats().await?;
+    let token = args.stack.token.clone();
+    let mut scenarios = vec![(
+        "mix",
+        Mix {
+            accounts: stack::open_accounts(
+                &nats,
+                &token,
+                &stack::fresh_prefix("mix"),
+                args.accounts,
+            )
+            .await?,
+            transfer_percent: args.transfer_percent,
+        },
+    )];
+    if args.hot {
+        scenarios.push((
+            "hot",
+            Mix {
+                accounts: stack::open_accounts(&nats, &token, &stack::fresh_prefix("hot"), 1)
+                    .await?,
+                transfer_percent: 0,
+            },
+        ));
+    }
+    for (name, mix) in scenarios {
+        let before = Usage::now(&args.stack.run_dir);
+        let run = command_load::closed_loop(&nats, &token, &mix, args.clients, args.seconds).await;
+        let spent = Usage::now(&args.stack.run_dir).since(&before);
+        println!(
+            "{name}: {:.0} accepted/s, p50 {:.1} ms p99 {:.1} ms, errors {:?}",
+            run.accepted_per_s, run.latency.p50_ms, run.latency.p99_ms, run.errors
+        );
+        let accepted = run.accepted.max(1) as f64;
+        let total: f64 = spent.values().sum();
+        for (process, seconds) in &spent {
+            println!(
+                "  {process:<16} {:>6.1}% of a core  {:>7.1} µs CPU per accepted command",
+                100.0 * seconds / args.seconds as f64,
+                1e6 * seconds / accepted
+            );
+        }
+        println!(
+            "  {:<16} {:>6.1}% of a core  {:>7.1} µs CPU per accepted command",
+            "all",
+            100.0 * total / args.seconds as f64,
+            1e6 * total / accepted
+        );
+    }
+    Ok(())
+}

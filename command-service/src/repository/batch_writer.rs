@@ -1,0 +1,162 @@
+//! Group commit across aggregates: every command's write (its events, their chain hashes and
+//! its command-log rows) goes through one queue, and whatever queued while the previous
+//! statements were in flight is written in one statement, so one round trip and one WAL flush
+//! serve many commands of many aggregates.
+//!
+//! All or nothing per statement: if a combined statement fails (one aggregate lost a race, one
+//! command id was already taken, a transfer step was already applied), each write in it is
+//! retried in a statement of its own, so only the write at fault gets the error and the others
+//! are not held back by it.
+
+use std::sync::{Arc, OnceLock};
+
+use cqrs_es::persist::SerializedEvent;
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::LogRow;
+
+/// Statements in flight at once; more writes than this wait and go in the next statement.
+const WRITERS_MAX: usize = 4;
+/// Most writes (commands or command groups) combined in one statement.
+const WRITES_PER_STATEMENT_MAX: usize = 256;
+/// Writes waiting for a statement before a new one waits for room.
+const QUEUE_MAX: usize = 4096;
+
+/// One write: events of one aggregate, consecutive, with their chain hashes, and log rows.
+#[derive(Debug)]
+pub struct Write {
+    pub events: Vec<SerializedEvent>,
+    pub hashes: Vec<Vec<u8>>,
+    pub log: Vec<LogRow>,
+}
+
+struct Queued {
+    write: Write,
+    done: oneshot::Sender<Result<(), sqlx::Error>>,
+}
+
+#[derive(Clone)]
+pub struct BatchWriter {
+    pool: PgPool,
+    /// Started by the first write, so a repository can be made outside a runtime.
+    queue: Arc<OnceLock<mpsc::Sender<Queued>>>,
+}
+
+impl std::fmt::Debug for BatchWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchWriter").finish_non_exhaustive()
+    }
+}
+
+impl BatchWriter {
+    /// The writer task starts with the first write and ends when the last clone of this is
+    /// dropped and the queue is empty.
+    pub fn new(pool: PgPool) -> BatchWriter {
+        BatchWriter {
+            pool,
+            queue: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Writes `write`, alone or with others; its own outcome either way.
+    pub async fn write(&self, write: Write) -> Result<(), sqlx::Error> {
+        let queue = self.queue.get_or_init(|| {
+            let (queue, incoming) = mpsc::channel(QUEUE_MAX);
+            tokio::spawn(run(self.pool.clone(), incoming));
+            queue
+        });
+        let (done, outcome) = oneshot::channel();
+        queue
+            .send(Queued { write, done })
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        // The statement runs on a task of its own, so a caller that goes away cannot cancel
+        // it half way; only a writer task that died leaves this unanswered.
+        outcome.await.unwrap_or(Err(sqlx::Error::WorkerCrashed))
+    }
+}
+
+async fn run(pool: PgPool, mut incoming: mpsc::Receiver<Queued>) {
+    let writers = Arc::new(Semaphore::new(WRITERS_MAX));
+    loop {
+        // A free writer first: while none is free, writes pile up and go out together.
+        let Ok(permit) = Arc::clone(&writers).acquire_owned().await else {
+            return;
+        };
+        let Some(first) = incoming.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < WRITES_PER_STATEMENT_MAX {
+            match incoming.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write_batch(&pool, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn write_batch(pool: &PgPool, batch: Vec<Queued>) {
+    let writes: Vec<&Write> = batch.iter().map(|q| &q.write).collect();
+    match insert(pool, &writes).await {
+        Ok(()) => {
+            for queued in batch {
+                let _ = queued.done.send(Ok(()));
+            }
+        }
+        Err(error) if batch.len() == 1 => {
+            if let Some(queued) = batch.into_iter().next() {
+                let _ = queued.done.send(Err(error));
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, writes = batch.len(), "combined write failed; writing each alone");
+            let alone = batch.into_iter().map(|queued| async move {
+                let outcome = insert(pool, &[&queued.write]).await;
+                let _ = queued.done.send(outcome);
+            });
+            futures::future::join_all(alone).await;
+        }
+    }
+}
+
+/// One statement, so one implicit transaction: every event and log row of `writes`, or none.
+async fn insert(pool: &PgPool, writes: &[&Write]) -> Result<(), sqlx::Error> {
+    let events = writes.iter().flat_map(|w| w.events.iter());
+    let log = writes.iter().flat_map(|w| w.log.iter());
+    let to_i64 = |n: usize| i64::try_from(n).map_err(|e| sqlx::Error::Encode(Box::new(e)));
+    let sequences = events
+        .clone()
+        .map(|e| to_i64(e.sequence))
+        .collect::<Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "WITH logged AS (
+             INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply)
+             SELECT * FROM UNNEST($9::uuid[], $10::text[], $11::text[], $12::text[], $13::jsonb[])
+         )
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, hash)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $8::bytea[])",
+    )
+    .bind(events.clone().map(|e| e.aggregate_type.as_str()).collect::<Vec<_>>())
+    .bind(events.clone().map(|e| e.aggregate_id.as_str()).collect::<Vec<_>>())
+    .bind(&sequences)
+    .bind(events.clone().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
+    .bind(events.clone().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
+    .bind(events.clone().map(|e| &e.payload).collect::<Vec<_>>())
+    .bind(events.map(|e| &e.metadata).collect::<Vec<_>>())
+    .bind(writes.iter().flat_map(|w| w.hashes.iter()).collect::<Vec<_>>())
+    .bind(log.clone().map(|r| r.command_id).collect::<Vec<_>>())
+    .bind(log.clone().map(|r| r.aggregate_type.as_str()).collect::<Vec<_>>())
+    .bind(log.clone().map(|r| r.aggregate_id.as_str()).collect::<Vec<_>>())
+    .bind(log.clone().map(|r| r.status).collect::<Vec<_>>())
+    .bind(log.map(|r| &r.reply).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Commits shared across aggregates (`repository::batch_writer`) and decisions on in-memory
+//! aggregates: many accounts' commands go out in common statements, and neither a stale
+//! in-memory account nor a repeated command id spoils the others' commits or gets through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use command_service::executor::{Executor, ExecutorLimits};
+use command_service::repository::TallyRepository;
+use cqrs_es::EventStore;
+use cqrs_es::persist::PersistedEventStore;
+use domain::account::*;
+use domain::{Account, CommandReply};
+use postgres_es::PostgresEventRepository;
+use sqlx::PgPool;
+
+use super::snapshots::{fresh_pool, incoming};
+
+const ACCOUNTS: usize = 24;
+const DEPOSITS_EACH: i64 = 10;
+
+fn instance(pool: &PgPool) -> Executor {
+    Executor::new(
+        TallyRepository::new(pool.clone()),
+        ExecutorLimits {
+            conflict_retries_max: 5,
+            snapshot_every: 0,
+            aggregate_cache_max: 1_000,
+            group_commit: true,
+        },
+    )
+}
+
+fn deposit(account: &str, amount: i64) -> AccountCommand {
+    AccountCommand::Deposit(Deposit {
+        account_id: account.into(),
+        amount,
+        reference: String::new(),
+        channel: Default::default(),
+    })
+}
+
+fn accepted(reply: &CommandReply) -> bool {
+    matches!(reply, CommandReply::Accepted { .. })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through() {
+    let pool = fresh_pool().await;
+    let (a, b) = (Arc::new(instance(&pool)), instance(&pool));
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acc-{i}")).collect();
+    for id in &accounts {
+        let open = AccountCommand::Open(OpenAccount {
+            account_id: id.clone(),
+            owner: "o".into(),
+            currency: "EUR".into(),
+        });
+        assert!(accepted(&a.execute(incoming(open)).await.unwrap()));
+    }
+    // An accepted command whose id will be sent again below.
+    let repeated = incoming(deposit(&accounts[0], 7));
+    let first_reply = a.execute(repeated.clone()).await.unwrap();
+    assert!(accepted(&first_reply));
+    // Every third account moves on behind `a`'s back: `a` holds them at balance 0 in memory.
+    let stale: Vec<&String> = accounts.iter().step_by(3).collect();
+    for id in &stale {
+        assert!(accepted(
+            &b.execute(incoming(deposit(id, 100))).await.unwrap()
+        ));
+    }
+
+    // On `a`, all at once: deposits on every account, the repeated id, and on each stale
+    // account a withdrawal only b's deposit pays for.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut expected: HashMap<String, i64> = accounts.iter().map(|id| (id.clone(), 0)).collect();
+    *expected.entry(accounts[0].clone()).or_default() += 7;
+    for id in &stale {
+        *expected.entry((*id).clone()).or_default() += 100 - 60;
+        let withdraw = AccountCommand::Withdraw(Withdraw {
+            account_id: (*id).clone(),
+            amount: 60,
+            reference: String::new(),
+        });
+        let a = a.clone();
+        tasks.spawn(async move { ("withdraw", a.execute(incoming(withdraw)).await.unwrap()) });
+    }
+    for round in 0..DEPOSITS_EACH {
+        for id in &accounts {
+            *expected.entry(id.clone()).or_default() += round + 1;
+            let (a, command) = (a.clone(), incoming(deposit(id, round + 1)));
+            tasks.spawn(async move { ("deposit", a.execute(command).await.unwrap()) });
+        }
+    }
+    let a2 = a.clone();
+    let again = repeated.clone();
+    tasks.spawn(async move { ("repeat", a2.execute(again).await.unwrap()) });
+    while let Some(joined) = tasks.join_next().await {
+        let (what, reply) = joined.unwrap();
+        match what {
+            "repeat" => assert_eq!(reply, first_reply, "a repeated id gets the first reply"),
+            _ => assert!(accepted(&reply), "{what}: {reply:?}"),
+        }
+    }
+
+    let replay = PersistedEventStore::<_, Account>::new_event_store(PostgresEventRepository::new(
+        pool.clone(),
+    ));
+    for id in &accounts {
+        let full = replay.load_aggregate(id).await.unwrap();
+        assert_eq!(full.aggregate.balance, expected[id], "{id}");
+        let warm = a.load::<Account>(id).await.unwrap();
+        assert_eq!(warm.aggregate, full.aggregate, "{id}");
+    }
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM command_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let commands = ACCOUNTS + 1 + stale.len() + ACCOUNTS * DEPOSITS_EACH as usize + stale.len();
+    assert_eq!(logged as usize, commands, "one log row per command id");
+    // Transactions that wrote events of more than one account: the commits were shared.
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT xmin::text FROM events GROUP BY xmin::text
+         HAVING count(DISTINCT aggregate_id) > 1) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(shared > 0, "no statement carried more than one account");
+    let report = audit::verify::verify(&pool, &audit::verify::VerifyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.findings_total, 0, "hash chain or replay findings");
+}
