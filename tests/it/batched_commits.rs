@@ -131,3 +131,47 @@ async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through(
         .unwrap();
     assert_eq!(report.findings_total, 0, "hash chain or replay findings");
 }
+
+/// The path alone (here: commands with an expected version) looks nothing up before deciding:
+/// a repeated id must still get its first reply, whether deciding it again would now refuse it
+/// or accept it.
+#[tokio::test]
+async fn a_repeated_id_on_the_path_alone_gets_its_first_reply() {
+    let pool = fresh_pool().await;
+    let a = instance(&pool);
+    let open = AccountCommand::Open(OpenAccount {
+        account_id: "alone".into(),
+        owner: "o".into(),
+        currency: "EUR".into(),
+    });
+    assert!(accepted(&a.execute(incoming(open)).await.unwrap()));
+    let at = |version: u64, command: AccountCommand| {
+        let mut incoming = incoming(command);
+        incoming.expected_version = Some(version);
+        incoming
+    };
+    let accepted_first = at(1, deposit("alone", 10));
+    let first = a.execute(accepted_first.clone()).await.unwrap();
+    assert!(
+        matches!(first, CommandReply::Accepted { version: 2, .. }),
+        "{first:?}"
+    );
+    // Decided again it would be refused (the account is at 2 now, not 1).
+    assert_eq!(a.execute(accepted_first).await.unwrap(), first);
+
+    let refused_first = at(4, deposit("alone", 1_000));
+    let refused = a.execute(refused_first.clone()).await.unwrap();
+    assert!(
+        matches!(refused, CommandReply::Rejected { .. }),
+        "{refused:?}"
+    );
+    for _ in 0..2 {
+        assert!(accepted(
+            &a.execute(incoming(deposit("alone", 1))).await.unwrap()
+        ));
+    }
+    // Now at 4: decided again it would be accepted, and must not be.
+    assert_eq!(a.execute(refused_first).await.unwrap(), refused);
+    let state = a.load::<Account>("alone").await.unwrap();
+    assert_eq!((state.aggregate.balance, state.current_sequence), (12, 4));
+}

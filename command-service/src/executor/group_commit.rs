@@ -158,7 +158,7 @@ impl Executor {
                 drop(_serialised);
                 let mut replies = Vec::with_capacity(commands.len());
                 for incoming in commands {
-                    replies.push(Box::pin(self.execute_alone(incoming)).await);
+                    replies.push(Box::pin(self.run_alone(incoming)).await);
                 }
                 replies
             }

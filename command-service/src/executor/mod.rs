@@ -160,20 +160,8 @@ impl Executor {
             // key, and the path alone then answers it from the log.
             return self.execute_grouped(incoming).await;
         }
-        self.execute_alone(incoming).await
-    }
-
-    /// A repeated id gets the logged reply; otherwise the command runs alone.
-    async fn execute_alone(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
-        if let Some(reply) = self
-            .repo
-            .logged_reply(incoming.command_id)
-            .await
-            .map_err(from_sqlx)?
-        {
-            tracing::debug!("duplicate command id; returning the first result");
-            return Ok(reply);
-        }
+        // Nor here: a repeated id's write fails on the command log's key (then the log answers
+        // it), and a refusal or an empty outcome is answered from the log if the id is there.
         self.run_alone(incoming).await
     }
 
