@@ -1,8 +1,11 @@
 //! `tally-bench commands`: only the closed-loop command scenarios, with the CPU seconds each
 //! process of the stack spent per accepted command, for quick profiling rounds.
 
+use std::collections::BTreeMap;
+
 use crate::command_load::{self, Mix};
 use crate::cpu::Usage;
+use crate::queries::{self, Read};
 use crate::stack::{self, StackArgs};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +23,9 @@ pub struct CommandsArgs {
     /// Run the single-hot-account scenario too.
     #[arg(long)]
     pub hot: bool,
+    /// Then `GET /v1/accounts/{id}` over the mix's accounts, with the same CPU figures.
+    #[arg(long)]
+    pub reads: bool,
 }
 
 #[allow(clippy::print_stdout)]
@@ -49,6 +55,7 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<()> {
             },
         ));
     }
+    let reads = args.reads.then(|| scenarios[0].1.accounts.clone());
     for (name, mix) in scenarios {
         let before = Usage::now(&args.stack.run_dir);
         let run = command_load::closed_loop(&nats, &token, &mix, args.clients, args.seconds).await;
@@ -57,21 +64,40 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<()> {
             "{name}: {:.0} accepted/s, p50 {:.1} ms p99 {:.1} ms, errors {:?}",
             run.accepted_per_s, run.latency.p50_ms, run.latency.p99_ms, run.errors
         );
-        let accepted = run.accepted.max(1) as f64;
-        let total: f64 = spent.values().sum();
-        for (process, seconds) in &spent {
-            println!(
-                "  {process:<16} {:>6.1}% of a core  {:>7.1} µs CPU per accepted command",
-                100.0 * seconds / args.seconds as f64,
-                1e6 * seconds / accepted
-            );
-        }
+        print_cpu(&spent, args.seconds, run.accepted, "accepted command");
+    }
+    if let Some(accounts) = reads {
+        let http = args.stack.http()?;
+        let before = Usage::now(&args.stack.run_dir);
+        let run = queries::closed_loop(
+            &http,
+            &args.stack.http_url,
+            &token,
+            &accounts,
+            Read::Account,
+            args.clients,
+            args.seconds,
+        )
+        .await;
+        let spent = Usage::now(&args.stack.run_dir).since(&before);
         println!(
-            "  {:<16} {:>6.1}% of a core  {:>7.1} µs CPU per accepted command",
-            "all",
-            100.0 * total / args.seconds as f64,
-            1e6 * total / accepted
+            "GET account: {:.0} req/s, p50 {:.1} ms p99 {:.1} ms",
+            run.ok_per_s, run.latency.p50_ms, run.latency.p99_ms
         );
+        print_cpu(&spent, args.seconds, run.ok, "request");
     }
     Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn print_cpu(spent: &BTreeMap<String, f64>, seconds: u64, done: u64, per: &str) {
+    let done = done.max(1) as f64;
+    let total: f64 = spent.values().sum();
+    for (process, cpu_s) in spent.iter().chain([(&"all".to_owned(), &total)]) {
+        println!(
+            "  {process:<16} {:>6.1}% of a core  {:>7.1} µs CPU per {per}",
+            100.0 * cpu_s / seconds as f64,
+            1e6 * cpu_s / done
+        );
+    }
 }

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::read_cache::ReadCache;
 use crate::router::{self, Limits};
 
 const SERVICE: &str = "query-service";
@@ -32,6 +33,7 @@ pub struct Application {
     limits: Limits,
     access: std::sync::Arc<crate::access::Access>,
     metrics: crate::http_metrics::HttpMetrics,
+    read_cache: std::sync::Arc<ReadCache>,
     lag_max: u64,
 }
 
@@ -45,6 +47,11 @@ impl Application {
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
         let (listener, addr) = platform::ops_http::bind(config.http_addr).await?;
         let metrics = crate::http_metrics::HttpMetrics::register(&infra.registry)?;
+        let read_cache = std::sync::Arc::new(ReadCache::new(
+            config.read_cache_max,
+            Duration::from_millis(config.read_cache_ttl_ms),
+            &infra.registry,
+        )?);
         Ok(Application {
             infra,
             listener,
@@ -56,6 +63,7 @@ impl Application {
             },
             access,
             metrics,
+            read_cache,
             lag_max: config.ready_projection_lag_max,
         })
     }
@@ -67,15 +75,22 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled; in-flight requests finish first.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let following = tokio::spawn(std::sync::Arc::clone(&self.read_cache).follow(
+            self.infra.nats.clone(),
+            format!("{}.evt.account.>", self.infra.subjects.prefix()),
+            shutdown.child_token(),
+        ));
         let app = router::build(
             self.infra
                 .readiness_with_lag(&["accounts", "transfers"], self.lag_max),
             &self.limits,
             self.access,
             self.metrics,
+            self.read_cache,
         );
         tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
         platform::ops_http::serve(self.listener, app, shutdown).await?;
+        let _ = following.await;
         if let Err(error) = self.infra.nats.drain().await {
             tracing::warn!(%error, "NATS drain failed");
         }

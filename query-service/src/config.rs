@@ -72,4 +72,19 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub ready_projection_lag_max: u64,
+    /// Accounts whose last read row `GET /v1/accounts/{id}` keeps in memory (0: none).
+    #[arg(
+        long = "read-cache-max",
+        env = "TALLY_READ_CACHE_MAX",
+        default_value_t = 50_000
+    )]
+    pub read_cache_max: usize,
+    /// Longest a row is served from memory after it was read, should an event notification
+    /// be lost; normally an account's next event retires its row at once.
+    #[arg(
+        long = "read-cache-ttl-ms",
+        env = "TALLY_READ_CACHE_TTL_MS",
+        default_value_t = 1_000
+    )]
+    pub read_cache_ttl_ms: u64,
 }

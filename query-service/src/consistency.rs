@@ -112,20 +112,28 @@ async fn reached(pool: &PgPool, token: &Token) -> Result<(bool, String), sqlx::E
     }
 }
 
+/// The token the request presents (header first, then query), if any.
+pub fn requested(
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Option<Token>, ApiError> {
+    headers
+        .get(HEADER_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .or(query_token)
+        .map(parse)
+        .transpose()
+}
+
 /// Waits until the read model has applied the write named by the request's token, if any.
 pub async fn wait(
     pool: &PgPool,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<(), ApiError> {
-    let raw = headers
-        .get(HEADER_TOKEN)
-        .and_then(|v| v.to_str().ok())
-        .or(query_token);
-    let Some(raw) = raw else {
+    let Some(token) = requested(headers, query_token)? else {
         return Ok(());
     };
-    let token = parse(raw)?;
     let wait_ms = match headers.get(HEADER_WAIT) {
         None => WAIT_DEFAULT_MS,
         Some(v) => v

@@ -39,6 +39,7 @@ pub fn build(
     limits: &Limits,
     access: Arc<crate::access::Access>,
     metrics: crate::http_metrics::HttpMetrics,
+    read_cache: Arc<crate::read_cache::ReadCache>,
 ) -> Router {
     let api = Router::new()
         .route("/v1/commands/{command_id}", get(crate::commands::get))
@@ -70,6 +71,7 @@ pub fn build(
             access,
             crate::access::authenticate,
         ))
+        .layer(axum::Extension(read_cache))
         .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());
     let mut router = platform::ops_http::router(readiness).merge(api).layer(

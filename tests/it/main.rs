@@ -20,6 +20,7 @@ mod observability;
 mod outbox;
 mod projections;
 mod read_api;
+mod read_cache;
 mod rebuild;
 mod rebuild_crash;
 mod schemathesis;
