@@ -33,9 +33,14 @@ pub struct SuiteArgs {
     /// Share of transfer requests in the command mix, in percent.
     #[arg(long = "transfer-percent", default_value_t = 10)]
     pub transfer_percent: u64,
-    /// Offered rate of the fixed-rate scenario; default: half the measured maximum.
-    #[arg(long)]
-    pub rate: Option<u64>,
+    /// Concurrent clients of the deposit/withdraw-only scenario (more in flight, as a
+    /// service with many callers has).
+    #[arg(long = "wide-clients", default_value_t = 64)]
+    pub wide_clients: usize,
+    /// Offered rate of the fixed-rate scenario (deposits and withdrawals), the rate the
+    /// projection-lag target names.
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: u64,
     /// Events in the generated store for rebuild and verify (0: skip them).
     #[arg(long = "audit-events", default_value_t = 1_000_000)]
     pub audit_events: u64,
@@ -72,37 +77,47 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         accounts: stack::open_accounts(&nats, &token, &stack::fresh_prefix("hot"), 1).await?,
         transfer_percent: 0,
     };
+    // The same accounts, deposits and withdrawals only.
+    let plain = Mix {
+        accounts: spread.accounts.clone(),
+        transfer_percent: 0,
+    };
     baselines::create_table(&pool).await?;
     let half = (args.seconds / 2).max(1);
     let (mut mixed, mut hots, mut inserts, mut batched) = (vec![], vec![], vec![], vec![]);
+    let mut wides = vec![];
     for run in 1..=runs {
         let m = command_load::closed_loop(&nats, &token, &spread, args.clients, args.seconds).await;
+        let w =
+            command_load::closed_loop(&nats, &token, &plain, args.wide_clients, args.seconds).await;
         let h = command_load::closed_loop(&nats, &token, &hot, args.clients, args.seconds).await;
         let i = baselines::postgres_inserts(&pool, args.clients, half, 1).await?;
         let b =
             baselines::postgres_inserts(&pool, args.clients, half, baselines::BATCH_ROWS).await?;
         println!(
-            "run {run}: mix {:.0}/s p99 {:.1} ms {:?} | hot {:.0}/s p99 {:.1} ms {:?} | {INSERTS} {i:.0} | {BATCHED} {b:.0}",
+            "run {run}: mix {:.0}/s p99 {:.1} ms {:?} | deposits/withdrawals {:.0}/s p99 {:.1} ms {:?} | hot {:.0}/s p99 {:.1} ms {:?} | {INSERTS} {i:.0} | {BATCHED} {b:.0}",
             m.accepted_per_s,
             m.latency.p99_ms,
             m.errors,
+            w.accepted_per_s,
+            w.latency.p99_ms,
+            w.errors,
             h.accepted_per_s,
             h.latency.p99_ms,
             h.errors
         );
         mixed.push(m);
+        wides.push(w);
         hots.push(h);
         inserts.push(i);
         batched.push(b);
     }
     baselines::drop_table(&pool).await?;
-    let rate = args
-        .rate
-        .unwrap_or_else(|| (median(&rates(&mixed)) / 2.0).max(1.0) as u64);
+    let rate = args.rate.max(1);
     let mut fixed = vec![];
     for run in 1..=runs {
         let f =
-            command_load::open_loop(&nats, &http, &args.stack, &spread, rate, args.seconds).await;
+            command_load::open_loop(&nats, &http, &args.stack, &plain, rate, args.seconds).await;
         println!(
             "run {run}: fixed {rate}/s: {:.0} accepted/s p99 {:.1} ms, visible p99 {:.1} ms ({} samples, {} timeouts) {:?}",
             f.accepted_per_s,
@@ -167,13 +182,22 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         )
         .against(INSERTS, insert_rate),
         load_row(
+            format!(
+                "commands: deposits/withdrawals on the same accounts, {} clients, max rate",
+                args.wide_clients
+            ),
+            &wides,
+            "≥ 5,000/s at p99 ≤ 50 ms",
+        )
+        .against(INSERTS, insert_rate),
+        load_row(
             format!("one hot account, {} clients, max rate", args.clients),
             &hots,
             "≥ 2,000/s, 0 errors",
         )
         .against(INSERTS, insert_rate),
         load_row(
-            format!("commands at a fixed {rate}/s offered (latency from schedule)"),
+            format!("deposits/withdrawals at a fixed {rate}/s offered (latency from schedule)"),
             &fixed,
             "—",
         ),
