@@ -81,12 +81,7 @@ impl Executor {
             }
             // Nothing to write, so no command-log row: a repeated id must still get its first
             // reply.
-            if let Some(reply) = self
-                .repo
-                .logged_reply(incoming.command_id)
-                .await
-                .map_err(from_sqlx)?
-            {
+            if let Some(reply) = self.logged(incoming).await? {
                 return Ok(Attempt::Done(reply));
             }
         }
@@ -118,12 +113,7 @@ impl Executor {
                 // its logged reply stands), or under another one, and then this one changes
                 // nothing, which is what a repeated step must do.
                 tracing::debug!("transfer step already applied");
-                if let Some(reply) = self
-                    .repo
-                    .logged_reply(incoming.command_id)
-                    .await
-                    .map_err(from_sqlx)?
-                {
+                if let Some(reply) = self.logged(incoming).await? {
                     return Ok(Attempt::Done(reply));
                 }
                 accepted(version_before)

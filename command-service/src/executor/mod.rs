@@ -139,6 +139,17 @@ impl Executor {
         &self.repo
     }
 
+    /// The first reply of `incoming`'s command id, if it has one.
+    async fn logged(
+        &self,
+        incoming: &IncomingCommand,
+    ) -> Result<Option<CommandReply>, ExecuteError> {
+        self.repo
+            .logged_reply(incoming.command_id)
+            .await
+            .map_err(from_sqlx)
+    }
+
     /// Runs `incoming` exactly once per command id: a repeated id gets the first reply.
     #[tracing::instrument(skip_all, fields(command_id = %incoming.command_id, aggregate_id = %incoming.aggregate_id(), command = incoming.command.name(), trace_id = incoming.trace_id.as_deref().unwrap_or("")))]
     pub async fn execute(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
@@ -189,12 +200,7 @@ impl Executor {
                 Attempt::Conflict => {
                     // Lost a race with another instance, or with a concurrent duplicate of this
                     // very command: if the latter, its result is now in the log.
-                    if let Some(reply) = self
-                        .repo
-                        .logged_reply(incoming.command_id)
-                        .await
-                        .map_err(from_sqlx)?
-                    {
+                    if let Some(reply) = self.logged(&incoming).await? {
                         return Ok(reply);
                     }
                     tracing::debug!(conflicts, "optimistic-concurrency conflict; retrying");
