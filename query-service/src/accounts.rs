@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::consistency;
+use crate::consistency_waits::ConsistencyWaits;
 use crate::pagination;
 use crate::problem::{ApiError, Problem};
 use crate::read_cache::ReadCache;
@@ -78,6 +79,7 @@ pub struct ReadQuery {
 pub async fn get(
     State(pool): State<PgPool>,
     Extension(principal): Extension<Principal>,
+    Extension(waits): Extension<Arc<ConsistencyWaits>>,
     Extension(cache): Extension<Arc<ReadCache>>,
     Path(account_id): Path<String>,
     query: Result<Query<ReadQuery>, QueryRejection>,
@@ -100,7 +102,7 @@ pub async fn get(
     let account = match cached {
         Some(account) => account,
         None => {
-            consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
+            consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
             let read_at = Instant::now();
             let account: Arc<AccountView> = Arc::new(
                 sqlx::query_as(
@@ -170,11 +172,12 @@ pub struct ListQuery {
 pub async fn list(
     State(pool): State<PgPool>,
     Extension(principal): Extension<Principal>,
+    Extension(waits): Extension<Arc<ConsistencyWaits>>,
     query: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Page<AccountView>>, ApiError> {
     let Query(query) = query?;
-    consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
+    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
     let limit = pagination::limit(query.limit)?;
     if let Some(status) = &query.status
         && !["open", "frozen", "closed"].contains(&status.as_str())
@@ -278,12 +281,13 @@ pub struct EntriesQuery {
 pub async fn entries(
     State(pool): State<PgPool>,
     Extension(principal): Extension<Principal>,
+    Extension(waits): Extension<Arc<ConsistencyWaits>>,
     Path(account_id): Path<String>,
     query: Result<Query<EntriesQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Page<EntryView>>, ApiError> {
     let Query(query) = query?;
-    consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
+    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
     let limit = pagination::limit(query.limit)?;
     let after: Option<i64> = match query
         .cursor

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::consistency_waits::ConsistencyWaits;
 use crate::read_cache::ReadCache;
 use crate::router::{self, Limits};
 
@@ -34,6 +35,7 @@ pub struct Application {
     access: std::sync::Arc<crate::access::Access>,
     metrics: crate::http_metrics::HttpMetrics,
     read_cache: std::sync::Arc<ReadCache>,
+    waits: std::sync::Arc<ConsistencyWaits>,
     lag_max: u64,
 }
 
@@ -64,6 +66,7 @@ impl Application {
             access,
             metrics,
             read_cache,
+            waits: std::sync::Arc::default(),
             lag_max: config.ready_projection_lag_max,
         })
     }
@@ -80,6 +83,11 @@ impl Application {
             format!("{}.evt.account.>", self.infra.subjects.prefix()),
             shutdown.child_token(),
         ));
+        let watching = {
+            let (waits, pool) = (std::sync::Arc::clone(&self.waits), self.infra.pool.clone());
+            let shutdown = shutdown.child_token();
+            tokio::spawn(async move { waits.watch(pool, shutdown).await })
+        };
         let app = router::build(
             self.infra
                 .readiness_with_lag(&["accounts", "transfers"], self.lag_max),
@@ -87,10 +95,12 @@ impl Application {
             self.access,
             self.metrics,
             self.read_cache,
+            self.waits,
         );
         tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
         platform::ops_http::serve(self.listener, app, shutdown).await?;
         let _ = following.await;
+        let _ = watching.await;
         if let Err(error) = self.infra.nats.drain().await {
             tracing::warn!(%error, "NATS drain failed");
         }

@@ -7,17 +7,16 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use sqlx::PgPool;
 
+use crate::consistency_waits::{ConsistencyWaits, projection_of};
 use crate::problem::ApiError;
 
 pub const HEADER_TOKEN: &str = "Tally-Consistency-Token";
 pub const HEADER_WAIT: &str = "Tally-Wait-Ms";
 pub const WAIT_DEFAULT_MS: u64 = 2_000;
 pub const WAIT_MAX_MS: u64 = 5_000;
-/// How often the read model is checked while waiting.
-const POLL: Duration = Duration::from_millis(5);
 
 /// The write a token names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Token {
     pub aggregate_type: String,
     pub aggregate_id: String,
@@ -25,7 +24,7 @@ pub struct Token {
 }
 
 /// What the read model must have reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     /// This version of the aggregate.
     Version(i64),
@@ -62,15 +61,6 @@ pub fn parse(raw: &str) -> Result<Token, ApiError> {
         aggregate_id: aggregate_id.to_owned(),
         target,
     })
-}
-
-/// The projection that serves an aggregate type's read model.
-fn projection_of(aggregate_type: &str) -> &'static str {
-    if aggregate_type == "transfer" {
-        "transfers"
-    } else {
-        "accounts"
-    }
 }
 
 /// Whether the read model has reached `token`, and where it is (for the error message).
@@ -128,6 +118,7 @@ pub fn requested(
 /// Waits until the read model has applied the write named by the request's token, if any.
 pub async fn wait(
     pool: &PgPool,
+    waits: &ConsistencyWaits,
     headers: &HeaderMap,
     query_token: Option<&str>,
 ) -> Result<(), ApiError> {
@@ -145,22 +136,38 @@ pub async fn wait(
             })?
             .min(WAIT_MAX_MS),
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-    loop {
-        let (done, position) = reached(pool, &token).await?;
-        if done {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::NotYetConsistent {
-                detail: format!(
-                    "the read model has not reached {position} of {} {} within {wait_ms} ms; retry, or raise {HEADER_WAIT} (max {WAIT_MAX_MS})",
-                    token.aggregate_type, token.aggregate_id,
-                ),
-            });
-        }
-        tokio::time::sleep(POLL).await;
+    // Most reads find their write applied already: one check, and no wait to register.
+    if reached(pool, &token).await?.0 {
+        return Ok(());
     }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    let crowded = match waits.register(token.clone()) {
+        Ok(reached) => {
+            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, reached).await {
+                return Ok(());
+            }
+            false
+        }
+        Err(_full) => true,
+    };
+    let (done, position) = reached(pool, &token).await?;
+    if done {
+        return Ok(());
+    }
+    let advice = if crowded {
+        format!(
+            "{} reads are waiting already; retry",
+            crate::consistency_waits::WAITING_MAX
+        )
+    } else {
+        format!("within {wait_ms} ms; retry, or raise {HEADER_WAIT} (max {WAIT_MAX_MS})")
+    };
+    Err(ApiError::NotYetConsistent {
+        detail: format!(
+            "the read model has not reached {position} of {} {} {advice}",
+            token.aggregate_type, token.aggregate_id,
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The HTTP API (axum) over the read models, plus the audit endpoints (design §6). It serves
 //! `/v1/accounts`, `/v1/accounts/{id}`, `/v1/accounts/{id}/entries`,
 //! `/v1/accounts/{id}/transfers`, `/v1/transfers/{id}`, `/v1/totals`, `/v1/commands/{id}`, the
-//! audit endpoints, `/healthz` and `/readyz`; read-your-writes waits live in `consistency`,
+//! audit endpoints, `/healthz` and `/readyz`; read-your-writes waits live in `consistency` (checked together by `consistency_waits`),
 //! and the in-memory account rows in `read_cache`.
 
 mod access;
@@ -13,6 +13,7 @@ mod audit_state;
 mod commands;
 mod config;
 mod consistency;
+mod consistency_waits;
 mod http_metrics;
 pub mod openapi;
 mod pagination;

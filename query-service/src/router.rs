@@ -40,6 +40,7 @@ pub fn build(
     access: Arc<crate::access::Access>,
     metrics: crate::http_metrics::HttpMetrics,
     read_cache: Arc<crate::read_cache::ReadCache>,
+    waits: Arc<crate::consistency_waits::ConsistencyWaits>,
 ) -> Router {
     let api = Router::new()
         .route("/v1/commands/{command_id}", get(crate::commands::get))
@@ -72,6 +73,7 @@ pub fn build(
             crate::access::authenticate,
         ))
         .layer(axum::Extension(read_cache))
+        .layer(axum::Extension(waits))
         .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());
     let mut router = platform::ops_http::router(readiness).merge(api).layer(

@@ -8,10 +8,12 @@ use chrono::{DateTime, Utc};
 use platform::auth::Principal;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::accounts::{ConsistencyHeaders, Page, ReadQuery, page_end, visible};
 use crate::consistency;
+use crate::consistency_waits::ConsistencyWaits;
 use crate::pagination;
 use crate::problem::{ApiError, Problem};
 
@@ -57,6 +59,7 @@ pub struct TransferView {
 pub async fn get(
     State(pool): State<PgPool>,
     Extension(principal): Extension<Principal>,
+    Extension(waits): Extension<Arc<ConsistencyWaits>>,
     Path(transfer_id): Path<String>,
     query: Result<Query<ReadQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -67,7 +70,7 @@ pub async fn get(
     };
     // Not a UUID: no such transfer (ids are UUIDs), not a malformed request.
     let id = Uuid::parse_str(&transfer_id).map_err(|_| not_found())?;
-    consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
+    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
     // A token bound to an owner sees the transfers of that owner's accounts, either way.
     let transfer: TransferView = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM transfers t WHERE transfer_id = $1
@@ -112,6 +115,7 @@ pub struct AccountTransfersQuery {
 pub async fn of_account(
     State(pool): State<PgPool>,
     Extension(principal): Extension<Principal>,
+    Extension(waits): Extension<Arc<ConsistencyWaits>>,
     Path(account_id): Path<String>,
     query: Result<Query<AccountTransfersQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -127,7 +131,7 @@ pub async fn of_account(
             });
         }
     };
-    consistency::wait(&pool, &headers, query.consistency_token.as_deref()).await?;
+    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
     let limit = pagination::limit(query.limit)?;
     let after = match query.cursor.as_deref() {
         None => None,
