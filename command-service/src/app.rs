@@ -92,6 +92,7 @@ impl Application {
             .with_conflict_counter(metrics.conflict_retries.clone()),
         );
         let relay = Relay::new(
+            executor.repository().commit_signal(),
             infra.pool.clone(),
             platform::db::connect_options(&config.postgres, "command-service-relay")?,
             infra.jetstream.clone(),

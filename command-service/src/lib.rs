@@ -12,6 +12,7 @@ mod aggregate_cache;
 mod aggregate_locks;
 mod app;
 mod audit_digests;
+mod commit_signal;
 mod config;
 pub mod executor;
 mod handling;

@@ -8,7 +8,12 @@
 //! a crash is dropped by the stream inside its duplicate window; beyond it, start-up
 //! reconciliation moves the checkpoint to the event the stream actually holds last.
 //! One relay at a time: instances compete for a PostgreSQL advisory lock; the others stand by.
+//! Woken by commits (`commit_signal`), with a poll behind it. The checkpoint is written at most
+//! every `CHECKPOINT_EVERY`, not per batch: after a crash the events since it are published
+//! again and dropped by the stream as duplicates, so a lagging checkpoint costs nothing but a
+//! little re-publication, while one write per batch cost a commit (a WAL flush) per batch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -19,9 +24,15 @@ use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+use crate::commit_signal::{CommitSignal, NOTIFY_CHANNEL};
+
 mod reconcile;
 
-const NOTIFY_CHANNEL: &str = "tally_events";
+/// Longest the stored checkpoint trails what was published (well inside the stream's
+/// duplicate window, so what a crash re-publishes is dropped there).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// How often the leader checks that its lock connection is still there.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping relay waits for committed events held back by open transactions.
 const FLUSH_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Longest pause between attempts after a failure (PostgreSQL or JetStream down).
@@ -73,6 +84,7 @@ struct OutboxRow {
 }
 
 pub struct Relay {
+    signal: Arc<CommitSignal>,
     pool: PgPool,
     connect: sqlx::postgres::PgConnectOptions,
     jetstream: jetstream::Context,
@@ -92,6 +104,7 @@ impl std::fmt::Debug for Relay {
 
 impl Relay {
     pub fn new(
+        signal: Arc<CommitSignal>,
         pool: PgPool,
         connect: sqlx::postgres::PgConnectOptions,
         jetstream: jetstream::Context,
@@ -100,6 +113,7 @@ impl Relay {
         config: RelayConfig,
     ) -> Self {
         Relay {
+            signal,
             pool,
             connect,
             jetstream,
@@ -160,12 +174,33 @@ impl Relay {
             }
         }
         tracing::info!(stream = %self.stream, "relay is the leader");
+        self.signal.set_leading_here(true);
+        let led = self.relay_while_leader(&mut lock_conn, shutdown).await;
+        self.signal.set_leading_here(false);
+        drop(lock_conn);
+        led
+    }
+
+    async fn relay_while_leader(
+        &self,
+        lock_conn: &mut PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         let mut position = self.reconcile().await?;
+        let mut saved = position;
+        let mut saved_at = tokio::time::Instant::now();
+        let mut lock_checked_at = tokio::time::Instant::now();
         let mut flush_deadline = None;
         loop {
             let published = self.publish_batch(&mut position).await?;
+            if position != saved
+                && (saved_at.elapsed() >= CHECKPOINT_EVERY || shutdown.is_cancelled())
+            {
+                saved = self.save_checkpoint(position).await?;
+                saved_at = tokio::time::Instant::now();
+            }
             if shutdown.is_cancelled() {
                 // Flush what is already committed before stopping. Rows can be held back by
                 // unrelated transactions still open (the xmin guard), so wait for them, bounded.
@@ -189,8 +224,12 @@ impl Relay {
             if published as i64 >= self.config.batch_max {
                 continue;
             }
+            // Until a commit (here or, by NOTIFY, elsewhere), the poll, or the checkpoint due.
+            let checkpoint_due = saved_at + CHECKPOINT_EVERY;
             tokio::select! {
                 () = shutdown.cancelled() => {}
+                () = self.signal.next_local_commit() => {}
+                () = tokio::time::sleep_until(checkpoint_due), if position != saved => {}
                 notification = tokio::time::timeout(self.config.poll, listener.recv()) => {
                     if let Ok(Err(error)) = notification {
                         return Err(error.into());
@@ -198,9 +237,14 @@ impl Relay {
                 }
             }
             // The leader lock lives as long as this connection: check it is still there.
-            lock_conn.ping().await?;
+            if lock_checked_at.elapsed() >= LOCK_CHECK_EVERY {
+                lock_conn.ping().await?;
+                lock_checked_at = tokio::time::Instant::now();
+            }
         }
-        drop(lock_conn);
+        if position != saved {
+            self.save_checkpoint(position).await?;
+        }
         Ok(())
     }
 
@@ -291,7 +335,7 @@ impl Relay {
             *position = self.save_checkpoint(START).await?;
             return Ok(rows.len());
         }
-        *position = self.save_checkpoint(next).await?;
+        *position = next;
         tracing::debug!(
             published = rows.len(),
             stream_sequence = next.stream_sequence,

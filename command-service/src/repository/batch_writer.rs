@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::LogRow;
+use crate::commit_signal::CommitSignal;
 
 /// Statements in flight at once; more writes than this wait and go in the next statement.
 const WRITERS_MAX: usize = 4;
@@ -39,6 +40,8 @@ struct Queued {
 #[derive(Clone)]
 pub struct BatchWriter {
     pool: PgPool,
+    /// Told after every commit, so the relay publishes without polling.
+    signal: Arc<CommitSignal>,
     /// Started by the first write, so a repository can be made outside a runtime.
     queue: Arc<OnceLock<mpsc::Sender<Queued>>>,
 }
@@ -52,9 +55,10 @@ impl std::fmt::Debug for BatchWriter {
 impl BatchWriter {
     /// The writer task starts with the first write and ends when the last clone of this is
     /// dropped and the queue is empty.
-    pub fn new(pool: PgPool) -> BatchWriter {
+    pub fn new(pool: PgPool, signal: Arc<CommitSignal>) -> BatchWriter {
         BatchWriter {
             pool,
+            signal,
             queue: Arc::new(OnceLock::new()),
         }
     }
@@ -63,7 +67,7 @@ impl BatchWriter {
     pub async fn write(&self, write: Write) -> Result<(), sqlx::Error> {
         let queue = self.queue.get_or_init(|| {
             let (queue, incoming) = mpsc::channel(QUEUE_MAX);
-            tokio::spawn(run(self.pool.clone(), incoming));
+            tokio::spawn(run(self.pool.clone(), Arc::clone(&self.signal), incoming));
             queue
         });
         let (done, outcome) = oneshot::channel();
@@ -77,7 +81,7 @@ impl BatchWriter {
     }
 }
 
-async fn run(pool: PgPool, mut incoming: mpsc::Receiver<Queued>) {
+async fn run(pool: PgPool, signal: Arc<CommitSignal>, mut incoming: mpsc::Receiver<Queued>) {
     let writers = Arc::new(Semaphore::new(WRITERS_MAX));
     loop {
         // A free writer first: while none is free, writes pile up and go out together.
@@ -94,18 +98,19 @@ async fn run(pool: PgPool, mut incoming: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        let (pool, signal) = (pool.clone(), Arc::clone(&signal));
         tokio::spawn(async move {
-            write_batch(&pool, batch).await;
+            write_batch(&pool, &signal, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn write_batch(pool: &PgPool, batch: Vec<Queued>) {
+async fn write_batch(pool: &PgPool, signal: &Arc<CommitSignal>, batch: Vec<Queued>) {
     let writes: Vec<&Write> = batch.iter().map(|q| &q.write).collect();
     match insert(pool, &writes).await {
         Ok(()) => {
+            signal.committed(pool);
             for queued in batch {
                 let _ = queued.done.send(Ok(()));
             }
@@ -119,6 +124,9 @@ async fn write_batch(pool: &PgPool, batch: Vec<Queued>) {
             tracing::debug!(%error, writes = batch.len(), "combined write failed; writing each alone");
             let alone = batch.into_iter().map(|queued| async move {
                 let outcome = insert(pool, &[&queued.write]).await;
+                if outcome.is_ok() {
+                    signal.committed(pool);
+                }
                 let _ = queued.done.send(outcome);
             });
             futures::future::join_all(alone).await;

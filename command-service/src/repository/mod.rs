@@ -21,6 +21,7 @@ use uuid::Uuid;
 mod batch_writer;
 mod group_persist;
 
+use crate::commit_signal::CommitSignal;
 use batch_writer::{BatchWriter, Write};
 
 pub use group_persist::LogRow;
@@ -76,6 +77,7 @@ pub struct TallyRepository {
     reads: Arc<PostgresEventRepository>,
     heads: Arc<Mutex<ChainHeads>>,
     writer: BatchWriter,
+    signal: Arc<CommitSignal>,
 }
 
 impl std::fmt::Debug for TallyRepository {
@@ -117,9 +119,11 @@ pub fn persistence_error(error: sqlx::Error) -> PersistenceError {
 
 impl TallyRepository {
     pub fn new(pool: PgPool) -> Self {
+        let signal = Arc::new(CommitSignal::default());
         TallyRepository {
             reads: Arc::new(PostgresEventRepository::new(pool.clone())),
-            writer: BatchWriter::new(pool.clone()),
+            writer: BatchWriter::new(pool.clone(), Arc::clone(&signal)),
+            signal,
             pool,
             heads: Arc::new(Mutex::new(LruCache::new(
                 NonZeroUsize::new(CHAIN_HEADS_MAX).unwrap_or(NonZeroUsize::MIN),
@@ -129,6 +133,11 @@ impl TallyRepository {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// What this repository's commits signal, for the relay of the same process.
+    pub fn commit_signal(&self) -> Arc<CommitSignal> {
+        Arc::clone(&self.signal)
     }
 
     /// The stored reply of a command id, if it ran.
