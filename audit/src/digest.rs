@@ -5,6 +5,8 @@
 //! events it names can never grow, and per aggregate it is a prefix of the chain (a later event
 //! is always written by a transaction that started after the earlier one committed).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use domain::hash_chain::{self, ChainHash};
 use futures::TryStreamExt;
@@ -57,54 +59,138 @@ struct Head {
 
 /// Takes a digest of everything committed so far, from one consistent snapshot.
 pub async fn take(pool: &PgPool) -> Result<Digest, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let (xmin, taken_at): (String, DateTime<Utc>) =
-        sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text, now()")
-            .fetch_one(&mut *tx)
+    DigestTracker::default().take(pool).await
+}
+
+/// Chain heads kept between digests, so that each digest after the first reads only the
+/// events committed since the one before: the set of events below an `as_of_tx` never
+/// changes, so the events from the last `as_of_tx` up to the new one are exactly what is new.
+/// A full read per digest grew with the store (3.4 s of PostgreSQL CPU per minute at 2.9 M
+/// events, a core taken from the command path). Memory: one entry per aggregate (about
+/// 100 bytes).
+#[derive(Debug, Default)]
+pub struct DigestTracker {
+    /// Ordered by (type, id) bytes, the Merkle tree's leaf order.
+    heads: BTreeMap<(String, String), (u64, ChainHash)>,
+    event_count: i64,
+    position: i64,
+    /// The last digest's `as_of_tx`; none before the first.
+    as_of_tx: Option<u64>,
+    /// A head without a hash was seen (a row from before the hash chain, which a starting
+    /// instance may hash later): the next digest reads every head again.
+    unhashed: bool,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct NewEvent {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    hash: Option<Vec<u8>>,
+    global_position: i64,
+}
+
+fn chain_hash(hash: Option<&[u8]>) -> ChainHash {
+    hash.and_then(|h| ChainHash::try_from(h).ok())
+        .unwrap_or(hash_chain::GENESIS)
+}
+
+impl DigestTracker {
+    /// A digest of everything committed so far; the first reads every head, the next ones
+    /// only what committed since.
+    pub async fn take(&mut self, pool: &PgPool) -> Result<Digest, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
             .await?;
-    let (event_count, position): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), COALESCE(max(global_position), 0) FROM events WHERE tx_id < $1::text::xid8",
-    )
-    .bind(&xmin)
-    .fetch_one(&mut *tx)
-    .await?;
-    let mut heads = Vec::new();
-    {
-        let mut rows = sqlx::query_as::<_, Head>(
-            "SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, sequence, hash
-             FROM events WHERE tx_id < $1::text::xid8
-             ORDER BY aggregate_type, aggregate_id, sequence DESC",
-        )
-        .bind(&xmin)
-        .fetch(&mut *tx);
-        while let Some(head) = rows.try_next().await? {
-            let hash = head
-                .hash
-                .as_deref()
-                .and_then(|h| ChainHash::try_from(h).ok())
-                .unwrap_or(hash_chain::GENESIS);
-            heads.push((
-                head.aggregate_type,
-                head.aggregate_id,
-                u64::try_from(head.sequence).unwrap_or(0),
-                hash,
-            ));
+        let (xmin, taken_at): (String, DateTime<Utc>) =
+            sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text, now()")
+                .fetch_one(&mut *tx)
+                .await?;
+        let as_of_tx: u64 = xmin.parse().unwrap_or(0);
+        match self.as_of_tx.filter(|_| !self.unhashed) {
+            Some(previous) => {
+                let new: Vec<NewEvent> = sqlx::query_as(
+                    "SELECT aggregate_type, aggregate_id, sequence, hash, global_position
+                     FROM events WHERE tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8",
+                )
+                .bind(previous.to_string())
+                .bind(&xmin)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.event_count += i64::try_from(new.len()).unwrap_or(i64::MAX);
+                for event in new {
+                    self.position = self.position.max(event.global_position);
+                    let sequence = u64::try_from(event.sequence).unwrap_or(0);
+                    self.unhashed |= event.hash.is_none();
+                    let head = (sequence, chain_hash(event.hash.as_deref()));
+                    self.heads
+                        .entry((event.aggregate_type, event.aggregate_id))
+                        .and_modify(|h| {
+                            if sequence > h.0 {
+                                *h = head;
+                            }
+                        })
+                        .or_insert(head);
+                }
+            }
+            None => {
+                let (event_count, position): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*), COALESCE(max(global_position), 0) FROM events WHERE tx_id < $1::text::xid8",
+                )
+                .bind(&xmin)
+                .fetch_one(&mut *tx)
+                .await?;
+                let mut heads = BTreeMap::new();
+                let mut unhashed = false;
+                {
+                    let mut rows = sqlx::query_as::<_, Head>(
+                        "SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, sequence, hash
+                         FROM events WHERE tx_id < $1::text::xid8
+                         ORDER BY aggregate_type, aggregate_id, sequence DESC",
+                    )
+                    .bind(&xmin)
+                    .fetch(&mut *tx);
+                    while let Some(head) = rows.try_next().await? {
+                        unhashed |= head.hash.is_none();
+                        heads.insert(
+                            (head.aggregate_type, head.aggregate_id),
+                            (
+                                u64::try_from(head.sequence).unwrap_or(0),
+                                chain_hash(head.hash.as_deref()),
+                            ),
+                        );
+                    }
+                }
+                tx.commit().await?;
+                *self = DigestTracker {
+                    heads,
+                    event_count,
+                    position,
+                    as_of_tx: None,
+                    unhashed,
+                };
+            }
         }
+        self.as_of_tx = Some(as_of_tx);
+        let root = hash_chain::merkle_root(
+            self.heads
+                .iter()
+                .map(|((t, id), (seq, head))| hash_chain::merkle_leaf(t, id, *seq, head))
+                .collect(),
+        );
+        Ok(Digest {
+            format: DIGEST_FORMAT.to_owned(),
+            as_of_tx,
+            position: self.position,
+            event_count: self.event_count,
+            aggregate_count: i64::try_from(self.heads.len()).unwrap_or(i64::MAX),
+            merkle_root: hex::encode(root),
+            taken_at,
+            signature: None,
+        })
     }
-    tx.commit().await?;
-    Ok(Digest {
-        format: DIGEST_FORMAT.to_owned(),
-        as_of_tx: xmin.parse().unwrap_or(0),
-        position,
-        event_count,
-        aggregate_count: i64::try_from(heads.len()).unwrap_or(i64::MAX),
-        merkle_root: hex::encode(root_of(&heads)),
-        taken_at,
-        signature: None,
-    })
 }
 
 /// What a verify run restricted to `digest.as_of_tx` found that contradicts the digest, and

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use audit::digest::Digest;
+use audit::digest::{Digest, DigestTracker};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -27,12 +27,13 @@ impl DigestPublisher {
         if self.interval.is_zero() {
             return;
         }
+        let mut tracker = DigestTracker::default();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.interval) => {}
             }
-            match self.publish_once().await {
+            match self.publish_once(&mut tracker).await {
                 Ok(Some(digest)) => tracing::info!(
                     as_of_tx = digest.as_of_tx,
                     events = digest.event_count,
@@ -48,8 +49,12 @@ impl DigestPublisher {
     }
 
     /// Takes a digest and publishes it unless it equals the last one. Returns what it published.
-    pub async fn publish_once(&self) -> Result<Option<Digest>, String> {
-        let mut digest = audit::digest::take(&self.pool)
+    pub async fn publish_once(
+        &self,
+        tracker: &mut DigestTracker,
+    ) -> Result<Option<Digest>, String> {
+        let mut digest = tracker
+            .take(&self.pool)
             .await
             .map_err(|e| format!("taking the digest failed: {e}"))?;
         if let Ok(stream) = self.jetstream.get_stream(&self.stream).await
