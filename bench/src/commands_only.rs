@@ -26,6 +26,10 @@ pub struct CommandsArgs {
     /// Then `GET /v1/accounts/{id}` over the mix's accounts, with the same CPU figures.
     #[arg(long)]
     pub reads: bool,
+    /// Instead of the closed loop: this many commands per second offered (open loop), with the
+    /// projection lag (reply to visible over HTTP).
+    #[arg(long)]
+    pub rate: Option<u64>,
 }
 
 #[allow(clippy::print_stdout)]
@@ -58,12 +62,31 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<()> {
     let reads = args.reads.then(|| scenarios[0].1.accounts.clone());
     for (name, mix) in scenarios {
         let before = Usage::now(&args.stack.run_dir);
-        let run = command_load::closed_loop(&nats, &token, &mix, args.clients, args.seconds).await;
+        let run = match args.rate {
+            Some(rate) => {
+                let http = args.stack.http()?;
+                command_load::open_loop(&nats, &http, &args.stack, &mix, rate, args.seconds).await
+            }
+            None => {
+                command_load::closed_loop(&nats, &token, &mix, args.clients, args.seconds).await
+            }
+        };
         let spent = Usage::now(&args.stack.run_dir).since(&before);
         println!(
             "{name}: {:.0} accepted/s, p50 {:.1} ms p99 {:.1} ms, errors {:?}",
             run.accepted_per_s, run.latency.p50_ms, run.latency.p99_ms, run.errors
         );
+        if let Some(visible) = &run.visible {
+            println!(
+                "  projection lag: p50 {:.1} ms p90 {:.1} ms p99 {:.1} ms max {:.1} ms ({} samples, {} timeouts)",
+                visible.p50_ms,
+                visible.p90_ms,
+                visible.p99_ms,
+                visible.max_ms,
+                run.visible_samples,
+                run.visible_timeouts
+            );
+        }
         print_cpu(&spent, args.seconds, run.accepted, "accepted command");
     }
     if let Some(accounts) = reads {
