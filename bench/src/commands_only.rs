@@ -65,6 +65,9 @@ pub async fn run(args: CommandsArgs) -> anyhow::Result<()> {
         let run = match args.rate {
             Some(rate) => {
                 let http = args.stack.http()?;
+                args.stack
+                    .wait_until_applied(&http, std::time::Duration::from_secs(60))
+                    .await;
                 command_load::open_loop(&nats, &http, &args.stack, &mix, rate, args.seconds).await
             }
             None => {

@@ -45,6 +45,12 @@ pub struct StackArgs {
         default_value = "postgres://tally:tally@127.0.0.1:15432/tally"
     )]
     pub database_url: String,
+    /// The ops endpoints (`/metrics`) of the command-service and the projections worker, to
+    /// wait between scenarios until the previous one's events are all applied.
+    #[arg(long = "command-ops-url", default_value = "http://127.0.0.1:9181")]
+    pub command_ops_url: String,
+    #[arg(long = "projections-ops-url", default_value = "http://127.0.0.1:9182")]
+    pub projections_ops_url: String,
     /// Where `./dev up` keeps the services' pid files (for their memory figures).
     #[arg(
         long = "run-dir",
@@ -55,6 +61,41 @@ pub struct StackArgs {
 }
 
 impl StackArgs {
+    /// Waits, at most `max`, until nothing committed waits for the relay and no projection is
+    /// behind: so a scenario does not measure the backlog the one before it left. Whether it
+    /// got there.
+    pub async fn wait_until_applied(&self, http: &reqwest::Client, max: Duration) -> bool {
+        let deadline = std::time::Instant::now() + max;
+        let gauge_sum = |text: &str, name: &str| -> Option<f64> {
+            let values: Vec<f64> = text
+                .lines()
+                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.iter().sum())
+        };
+        loop {
+            let mut behind = 0.0;
+            for (url, gauge) in [
+                (&self.command_ops_url, "tally_outbox_backlog_events"),
+                (&self.projections_ops_url, "tally_projection_lag_events"),
+            ] {
+                let text = match http.get(format!("{url}/metrics")).send().await {
+                    Ok(response) => response.text().await.unwrap_or_default(),
+                    Err(_) => String::new(),
+                };
+                behind += gauge_sum(&text, gauge).unwrap_or(f64::INFINITY);
+            }
+            if behind == 0.0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn nats(&self) -> anyhow::Result<async_nats::Client> {
         let options = match (&self.nats_user, &self.nats_password) {
             (Some(user), Some(password)) => {

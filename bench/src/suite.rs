@@ -14,6 +14,9 @@ use crate::stack::{self, StackArgs};
 use crate::stats::{Latency, median};
 use crate::{audit_bench, baselines, memory};
 
+/// Longest wait before a fixed-rate run for the stack to apply what the runs before it sent.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
     #[command(flatten)]
@@ -116,6 +119,9 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let rate = args.rate.max(1);
     let mut fixed = vec![];
     for run in 1..=runs {
+        if !args.stack.wait_until_applied(&http, SETTLE_MAX).await {
+            println!("run {run}: the stack was still applying earlier events after {SETTLE_MAX:?}");
+        }
         let f =
             command_load::open_loop(&nats, &http, &args.stack, &plain, rate, args.seconds).await;
         println!(

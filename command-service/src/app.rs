@@ -103,7 +103,8 @@ impl Application {
                 poll: Duration::from_millis(config.relay_poll_ms.max(1)),
             },
         )
-        .with_publish_error_counter(metrics.publish_errors.clone());
+        .with_publish_error_counter(metrics.publish_errors.clone())
+        .with_delay_histogram(metrics.relay_delays.clone());
         let subscription = crate::ingress::subscribe(&infra.nats, &infra.subjects).await?;
         let (ops_listener, ops_addr) = platform::ops_http::bind(config.ops_addr).await?;
         Ok(Application {

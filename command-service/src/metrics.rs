@@ -14,6 +14,7 @@ pub struct CommandMetrics {
     seconds: HistogramVec,
     pub conflict_retries: IntCounter,
     pub publish_errors: IntCounter,
+    pub relay_delays: prometheus::Histogram,
 }
 
 impl CommandMetrics {
@@ -44,6 +45,14 @@ impl CommandMetrics {
                 &["aggregate", "command"],
                 &LATENCY_BUCKETS_S,
             )?,
+            relay_delays: histogram_vec(
+                registry,
+                "tally_relay_event_delay_seconds",
+                "Time from an event's recording in the event store to JetStream's acknowledgement of it.",
+                &[],
+                &LATENCY_BUCKETS_S,
+            )?
+            .with_label_values::<&str>(&[]),
             conflict_retries: retries.with_label_values::<&str>(&[]),
             publish_errors: publish_errors.with_label_values::<&str>(&[]),
         })

@@ -184,20 +184,19 @@ pub async fn apply(
     // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
     let mut rows: Vec<AccountRow> = rows.into_values().collect();
     rows.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
-    write_accounts(tx, rows).await?;
-    write_entries(tx, entries).await?;
-    write_totals(tx, deltas).await?;
-    Ok(())
+    write(tx, rows, entries, deltas).await
 }
 
-async fn write_accounts(
+/// Accounts, entries and currency totals in one statement: one round trip per batch instead
+/// of one per table, which under load (every round trip waits for a busy CPU) was most of a
+/// batch's time.
+async fn write(
     tx: &mut Transaction<'_, Postgres>,
     rows: Vec<AccountRow>,
+    entries: Vec<Entry>,
+    deltas: HashMap<String, CurrencyDelta>,
 ) -> Result<(), ApplyError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut columns = (
+    let mut a = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -208,43 +207,16 @@ async fn write_accounts(
         Vec::new(),
     );
     for r in rows {
-        columns.0.push(r.account_id);
-        columns.1.push(r.owner);
-        columns.2.push(r.currency);
-        columns.3.push(r.balance);
-        columns.4.push(r.status);
-        columns.5.push(r.version);
-        columns.6.push(r.opened_at);
-        columns.7.push(r.updated_at);
+        a.0.push(r.account_id);
+        a.1.push(r.owner);
+        a.2.push(r.currency);
+        a.3.push(r.balance);
+        a.4.push(r.status);
+        a.5.push(r.version);
+        a.6.push(r.opened_at);
+        a.7.push(r.updated_at);
     }
-    sqlx::query(
-        "INSERT INTO accounts (account_id, owner, currency, balance, status, version, opened_at, updated_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])
-         ON CONFLICT (account_id) DO UPDATE SET
-             balance = EXCLUDED.balance, status = EXCLUDED.status,
-             version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
-    )
-    .bind(columns.0)
-    .bind(columns.1)
-    .bind(columns.2)
-    .bind(columns.3)
-    .bind(columns.4)
-    .bind(columns.5)
-    .bind(columns.6)
-    .bind(columns.7)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn write_entries(
-    tx: &mut Transaction<'_, Postgres>,
-    entries: Vec<Entry>,
-) -> Result<(), ApplyError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut c = (
+    let mut e = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -255,68 +227,87 @@ async fn write_entries(
         Vec::new(),
         Vec::new(),
     );
-    for e in entries {
-        c.0.push(e.account_id);
-        c.1.push(e.sequence);
-        c.2.push(e.direction.to_owned());
-        c.3.push(e.amount);
-        c.4.push(e.reference);
-        c.5.push(e.balance_after);
-        c.6.push(e.recorded_at);
-        c.7.push(e.command_id);
-        c.8.push(e.transfer_id);
+    for entry in entries {
+        e.0.push(entry.account_id);
+        e.1.push(entry.sequence);
+        e.2.push(entry.direction.to_owned());
+        e.3.push(entry.amount);
+        e.4.push(entry.reference);
+        e.5.push(entry.balance_after);
+        e.6.push(entry.recorded_at);
+        e.7.push(entry.command_id);
+        e.8.push(entry.transfer_id);
     }
-    // The per-aggregate version check already excludes duplicates; DO NOTHING is a second guard.
-    sqlx::query(
-        "INSERT INTO account_entries (account_id, sequence, direction, amount, reference, balance_after, recorded_at, command_id, transfer_id)
-         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::uuid[], $9::uuid[])
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(c.0)
-    .bind(c.1)
-    .bind(c.2)
-    .bind(c.3)
-    .bind(c.4)
-    .bind(c.5)
-    .bind(c.6)
-    .bind(c.7)
-    .bind(c.8)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn write_totals(
-    tx: &mut Transaction<'_, Postgres>,
-    deltas: HashMap<String, CurrencyDelta>,
-) -> Result<(), ApplyError> {
     // Sorted, so two workers updating the same currencies lock the rows in the same order.
     let mut deltas: Vec<_> = deltas.into_iter().collect();
-    deltas.sort_by(|a, b| a.0.cmp(&b.0));
-    for (currency, delta) in deltas {
-        // A zero delta is still written: whether the row exists must not depend on how events
-        // were batched, or a rebuild would differ from the live model.
-        // Increments, not read-modify-write: concurrent batches on one currency row serialise
-        // on its row lock and both deltas count. Ensure-then-update rather than an upsert:
-        // PostgreSQL checks constraints on the proposed INSERT row before resolving the
-        // conflict, so a negative delta would fail `total_balance >= 0` in an upsert.
-        sqlx::query(
-            "INSERT INTO currency_totals (currency, open_accounts, total_balance)
-             VALUES ($1, 0, 0) ON CONFLICT (currency) DO NOTHING",
-        )
-        .bind(&currency)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "UPDATE currency_totals
-             SET open_accounts = open_accounts + $2, total_balance = total_balance + $3::text::numeric
-             WHERE currency = $1",
-        )
-        .bind(&currency)
-        .bind(delta.open_accounts)
-        .bind(delta.balance.to_string())
-        .execute(&mut **tx)
-        .await?;
-    }
+    deltas.sort_by(|x, y| x.0.cmp(&y.0));
+    let (currencies, opened, balances): (Vec<String>, Vec<i64>, Vec<String>) = deltas
+        .into_iter()
+        .map(|(c, d)| (c, d.open_accounts, d.balance.to_string()))
+        .fold((Vec::new(), Vec::new(), Vec::new()), |mut t, (c, o, b)| {
+            t.0.push(c);
+            t.1.push(o);
+            t.2.push(b);
+            t
+        });
+    // Totals: increments, not read-modify-write, so concurrent batches on one currency row
+    // serialise on its row lock and both deltas count. A zero delta is still written: whether
+    // the row exists must not depend on how events were batched, or a rebuild would differ
+    // from the live model. Existing rows are updated; only a currency seen for the first time
+    // is inserted, with its first delta (never negative: its accounts all open in this batch
+    // or later). Not a plain upsert: PostgreSQL checks constraints on the proposed INSERT row
+    // before resolving the conflict, so a negative delta would fail `total_balance >= 0`.
+    // The per-aggregate version check already excludes duplicate entries; DO NOTHING is a
+    // second guard.
+    sqlx::query(
+        "WITH written_accounts AS (
+             INSERT INTO accounts (account_id, owner, currency, balance, status, version, opened_at, updated_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::timestamptz[])
+             ON CONFLICT (account_id) DO UPDATE SET
+                 balance = EXCLUDED.balance, status = EXCLUDED.status,
+                 version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
+         ), written_entries AS (
+             INSERT INTO account_entries (account_id, sequence, direction, amount, reference, balance_after, recorded_at, command_id, transfer_id)
+             SELECT * FROM UNNEST($9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bigint[], $15::timestamptz[], $16::uuid[], $17::uuid[])
+             ON CONFLICT DO NOTHING
+         ), delta (currency, open_accounts, total_balance) AS (
+             SELECT * FROM UNNEST($18::text[], $19::bigint[], $20::text[]::numeric[])
+         ), updated AS (
+             UPDATE currency_totals t
+             SET open_accounts = t.open_accounts + d.open_accounts,
+                 total_balance = t.total_balance + d.total_balance
+             FROM delta d WHERE t.currency = d.currency
+             RETURNING t.currency
+         )
+         INSERT INTO currency_totals (currency, open_accounts, total_balance)
+         SELECT currency, open_accounts, total_balance FROM delta
+         WHERE currency NOT IN (SELECT currency FROM updated)
+         -- Another worker inserted it meanwhile (a hand-over): add to it all the same.
+         ON CONFLICT (currency) DO UPDATE SET
+             open_accounts = currency_totals.open_accounts + EXCLUDED.open_accounts,
+             total_balance = currency_totals.total_balance + EXCLUDED.total_balance",
+    )
+    .bind(a.0)
+    .bind(a.1)
+    .bind(a.2)
+    .bind(a.3)
+    .bind(a.4)
+    .bind(a.5)
+    .bind(a.6)
+    .bind(a.7)
+    .bind(e.0)
+    .bind(e.1)
+    .bind(e.2)
+    .bind(e.3)
+    .bind(e.4)
+    .bind(e.5)
+    .bind(e.6)
+    .bind(e.7)
+    .bind(e.8)
+    .bind(currencies)
+    .bind(opened)
+    .bind(balances)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -40,6 +40,13 @@ impl Application {
             &["projection"],
             &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
         )?;
+        let event_delays = platform::metrics::histogram_vec(
+            &infra.registry,
+            "tally_projection_event_delay_seconds",
+            "Time from an event's recording in the event store to its commit in the read model.",
+            &["projection"],
+            &platform::metrics::LATENCY_BUCKETS_S,
+        )?;
         let runners = crate::Projection::ALL
             .into_iter()
             .map(|projection| crate::runner::Runner {
@@ -58,6 +65,7 @@ impl Application {
                     poison_attempts: config.poison_attempts.max(1),
                 },
                 batch_sizes: batch_sizes.with_label_values(&[projection.name()]),
+                event_delays: event_delays.with_label_values(&[projection.name()]),
             })
             .collect();
         Ok(Application {

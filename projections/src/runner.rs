@@ -74,6 +74,8 @@ pub struct Runner {
     pub config: RunnerConfig,
     /// Events per applied batch.
     pub batch_sizes: prometheus::Histogram,
+    /// From each applied event's recording to the read model's commit.
+    pub event_delays: prometheus::Histogram,
 }
 
 pub(crate) struct Delivery {
@@ -228,36 +230,38 @@ impl Runner {
             .iter()
             .map(|d| d.event.aggregate_id.clone())
             .collect();
-        let current: Vec<(String, i64)> = sqlx::query_as(
-            // The whole key, so this is an index probe per id rather than a scan of every
-            // aggregate the projection has seen.
-            "SELECT aggregate_id, version FROM projection_versions
-             WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
-             FOR UPDATE",
+        // One round trip for both: the versions (FOR UPDATE, the whole key, so an index probe
+        // per id rather than a scan of every aggregate the projection has seen) and the
+        // aggregates held back by a dead-lettered event (FOR SHARE: an operator action
+        // releasing one, which locks it FOR UPDATE, finishes before we decide).
+        let current: Vec<(String, i64, bool)> = sqlx::query_as(
+            "WITH versions AS (
+                 SELECT aggregate_id, version FROM projection_versions
+                 WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
+                 FOR UPDATE
+             ), parked AS (
+                 SELECT aggregate_id FROM projection_parked
+                 WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
+                 FOR SHARE
+             )
+             SELECT aggregate_id, version, false FROM versions
+             UNION ALL
+             SELECT aggregate_id, 0, true FROM parked",
         )
         .bind(self.projection.name())
         .bind(&ids)
         .bind(self.projection.aggregate_type())
         .fetch_all(&mut *tx)
         .await?;
-        let mut versions: HashMap<String, u64> = current
-            .into_iter()
-            .map(|(id, v)| (id, u64::try_from(v).unwrap_or(0)))
-            .collect();
-        // Aggregates held back by a dead-lettered event. FOR SHARE: an operator action
-        // releasing one (which locks it FOR UPDATE) finishes before we decide.
-        let parked: std::collections::HashSet<String> = sqlx::query_scalar(
-            "SELECT aggregate_id FROM projection_parked
-             WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
-             FOR SHARE",
-        )
-        .bind(self.projection.name())
-        .bind(&ids)
-        .bind(self.projection.aggregate_type())
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        let mut parked = std::collections::HashSet::new();
+        for (id, version, is_parked) in current {
+            if is_parked {
+                parked.insert(id);
+            } else {
+                versions.insert(id, u64::try_from(version).unwrap_or(0));
+            }
+        }
         let mut apply = Vec::new();
         let mut done = Vec::new();
         let mut gaps = Vec::new();
@@ -290,40 +294,43 @@ impl Runner {
             .execute(&mut *tx)
             .await?;
         }
+        let mut changed: Vec<(&str, i64)> = Vec::new();
         if !apply.is_empty() {
             self.projection.apply(&mut tx, &apply).await?;
-            let changed: HashMap<&str, u64> = apply
+            let latest: HashMap<&str, u64> = apply
                 .iter()
                 .map(|e| (e.aggregate_id.as_str(), versions[&e.aggregate_id]))
                 .collect();
-            let mut changed: Vec<(&str, u64)> = changed.into_iter().collect();
-            // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
-            changed.sort_unstable();
-            let (ids, seqs): (Vec<&str>, Vec<i64>) = changed
+            changed = latest
                 .into_iter()
                 .map(|(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)))
-                .unzip();
-            versions::record(&mut tx, self.projection, &ids, &seqs).await?;
+                .collect();
+            // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
+            changed.sort_unstable();
         }
         let last_stream_sequence = deliveries
             .iter()
             .filter_map(|d| d.message.info().ok().map(|i| i.stream_sequence))
             .max()
             .unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (projection, stream_sequence, events_applied)
-             VALUES ($1, $2, $3)
-             ON CONFLICT (projection) DO UPDATE SET
-                 stream_sequence = GREATEST(projection_checkpoints.stream_sequence, EXCLUDED.stream_sequence),
-                 events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
-                 updated_at = now()",
+        let (ids, seqs): (Vec<&str>, Vec<i64>) = changed.into_iter().unzip();
+        versions::record_with_checkpoint(
+            &mut tx,
+            self.projection,
+            &ids,
+            &seqs,
+            i64::try_from(last_stream_sequence).unwrap_or(i64::MAX),
+            i64::try_from(apply.len()).unwrap_or(i64::MAX),
         )
-        .bind(self.projection.name())
-        .bind(i64::try_from(last_stream_sequence).unwrap_or(i64::MAX))
-        .bind(i64::try_from(apply.len()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        let committed_at = chrono::Utc::now();
+        for event in &apply {
+            let delay = (committed_at - event.recorded_at)
+                .num_microseconds()
+                .unwrap_or(0);
+            self.event_delays.observe(delay.max(0) as f64 / 1e6);
+        }
         // The read-model update's hop in each event's trace (the command's trace id).
         for event in &apply {
             let applied = tracing::debug_span!(

@@ -92,6 +92,7 @@ pub struct Relay {
     stream: String,
     config: RelayConfig,
     publish_errors: Option<prometheus::IntCounter>,
+    delays: Option<prometheus::Histogram>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -121,12 +122,19 @@ impl Relay {
             stream: streams.events.clone(),
             config,
             publish_errors: None,
+            delays: None,
         }
     }
 
     /// Counts failed publications on `counter`.
     pub fn with_publish_error_counter(mut self, counter: prometheus::IntCounter) -> Self {
         self.publish_errors = Some(counter);
+        self
+    }
+
+    /// Observes each event's time from commit to JetStream's acknowledgement on `histogram`.
+    pub fn with_delay_histogram(mut self, histogram: prometheus::Histogram) -> Self {
+        self.delays = Some(histogram);
         self
     }
 
@@ -336,6 +344,13 @@ impl Relay {
             return Ok(rows.len());
         }
         *position = next;
+        if let Some(delays) = &self.delays {
+            let acked_at = chrono::Utc::now();
+            for row in &rows {
+                let delay = (acked_at - row.recorded_at).num_microseconds().unwrap_or(0);
+                delays.observe(delay.max(0) as f64 / 1e6);
+            }
+        }
         tracing::debug!(
             published = rows.len(),
             stream_sequence = next.stream_sequence,
