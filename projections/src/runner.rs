@@ -141,8 +141,11 @@ impl Runner {
                     continue;
                 }
             }
+            // Unconstrained: tokio's cooperative budget would otherwise report the channel
+            // empty after about 128 receives in one poll, capping every batch there even with
+            // thousands of events waiting (so a projection that fell behind caught up slowly).
             while batch.len() < self.config.batch_max {
-                match messages.next().now_or_never() {
+                match tokio::task::unconstrained(messages.next()).now_or_never() {
                     Some(Some(Ok(message))) => batch.push(message),
                     _ => break,
                 }
