@@ -61,7 +61,7 @@ pub async fn apply(
     ids.dedup();
     let existing: Vec<AccountRow> = sqlx::query_as(
         "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
-         FROM accounts WHERE account_id = ANY($1) FOR UPDATE",
+         FROM accounts WHERE account_id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut **tx)

@@ -126,7 +126,7 @@ impl Runner {
     /// `Ok(None)`: not yet possible (a parked event is still in flight); the action stays.
     async fn release(&self, aggregate_id: &str, retry: bool) -> Result<Option<usize>, ApplyError> {
         let mut tx = self.pool.begin().await?;
-        write_lock::shared(&mut tx, self.projection.name()).await?;
+        write_lock::apply(&mut tx, self.projection.name()).await?;
         let head: Option<(sqlx::types::Json<EventMessage>,)> = sqlx::query_as(
             "SELECT event FROM projection_parked
              WHERE projection = $1 AND aggregate_id = $2

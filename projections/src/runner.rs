@@ -228,28 +228,21 @@ impl Runner {
 
     async fn apply_batch(&self, deliveries: &[Delivery]) -> Result<(), ApplyError> {
         let mut tx = self.pool.begin().await?;
-        write_lock::shared(&mut tx, self.projection.name()).await?;
+        // No row locks below: the apply lock makes this the only writer (write_lock).
+        write_lock::apply(&mut tx, self.projection.name()).await?;
         let ids: Vec<String> = deliveries
             .iter()
             .map(|d| d.event.aggregate_id.clone())
             .collect();
-        // One round trip for both: the versions (FOR UPDATE, the whole key, so an index probe
-        // per id rather than a scan of every aggregate the projection has seen) and the
-        // aggregates held back by a dead-lettered event (FOR SHARE: an operator action
-        // releasing one, which locks it FOR UPDATE, finishes before we decide).
+        // One round trip for both: the versions (the whole key, so an index probe per id
+        // rather than a scan of every aggregate the projection has seen) and the aggregates
+        // held back by a dead-lettered event.
         let current: Vec<(String, i64, bool)> = sqlx::query_as(
-            "WITH versions AS (
-                 SELECT aggregate_id, version FROM projection_versions
-                 WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
-                 FOR UPDATE
-             ), parked AS (
-                 SELECT aggregate_id FROM projection_parked
-                 WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
-                 FOR SHARE
-             )
-             SELECT aggregate_id, version, false FROM versions
+            "SELECT aggregate_id, version, false FROM projection_versions
+             WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)
              UNION ALL
-             SELECT aggregate_id, 0, true FROM parked",
+             SELECT aggregate_id, 0, true FROM projection_parked
+             WHERE projection = $1 AND aggregate_type = $3 AND aggregate_id = ANY($2)",
         )
         .bind(self.projection.name())
         .bind(&ids)

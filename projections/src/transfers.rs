@@ -45,7 +45,7 @@ pub async fn apply(
     let existing: Vec<TransferRow> = sqlx::query_as(
         "SELECT transfer_id, from_account, to_account, amount, currency, reference, status,
                 failure_code, failure_reason, version, requested_at, updated_at, settled_at
-         FROM transfers WHERE transfer_id = ANY($1) FOR UPDATE",
+         FROM transfers WHERE transfer_id = ANY($1)",
     )
     .bind(&ids)
     .fetch_all(&mut **tx)
