@@ -136,6 +136,16 @@ impl DigestTracker {
                 }
             }
             None => {
+                // Reads every event once: on a large store longer than the pool's statement
+                // timeout (every attempt then failed, and was retried each minute at the cost
+                // of seconds of CPU on all cores). One worker and no timeout: it finishes, once,
+                // without taking the machine from the command path.
+                sqlx::query("SET LOCAL statement_timeout = 0")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+                    .execute(&mut *tx)
+                    .await?;
                 let (event_count, position): (i64, i64) = sqlx::query_as(
                     "SELECT count(*), COALESCE(max(global_position), 0) FROM events WHERE tx_id < $1::text::xid8",
                 )
