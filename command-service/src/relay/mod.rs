@@ -16,9 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture};
-use domain::envelope::{self, EventMessage};
 use platform::nats::{StreamNames, Subjects};
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Connection, PgConnection};
@@ -26,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commit_signal::{CommitSignal, NOTIFY_CHANNEL};
 
+mod outbox_row;
 mod reconcile;
+
+use outbox_row::OutboxRow;
 
 /// Longest the stored checkpoint trails what was published (well inside the stream's
 /// duplicate window, so what a crash re-publishes is dropped there).
@@ -68,20 +69,6 @@ const START: Position = Position {
     global_position: 0,
     stream_sequence: 0,
 };
-
-#[derive(Debug, sqlx::FromRow)]
-struct OutboxRow {
-    tx_id: String,
-    global_position: i64,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: serde_json::Value,
-    metadata: serde_json::Value,
-    recorded_at: chrono::DateTime<chrono::Utc>,
-}
 
 pub struct Relay {
     signal: Arc<CommitSignal>,
@@ -322,7 +309,7 @@ impl Relay {
                 &span,
                 row.metadata.get("traceparent").and_then(|v| v.as_str()),
             );
-            let (subject, publish) = self.message(row);
+            let (subject, publish) = outbox_row::message(&self.subjects, row);
             let sent = tracing::Instrument::instrument(
                 self.jetstream.send_publish(subject, publish),
                 span,
@@ -357,49 +344,6 @@ impl Relay {
             "relayed"
         );
         Ok(rows.len())
-    }
-
-    fn message(&self, row: &OutboxRow) -> (String, jetstream::message::PublishMessage) {
-        let sequence = u64::try_from(row.sequence).unwrap_or_default();
-        let body = EventMessage {
-            aggregate_type: row.aggregate_type.clone(),
-            aggregate_id: row.aggregate_id.clone(),
-            sequence,
-            event_type: row.event_type.clone(),
-            event_version: row.event_version.clone(),
-            global_position: row.global_position,
-            recorded_at: row.recorded_at,
-            payload: row.payload.clone(),
-            metadata: row.metadata.clone(),
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(envelope::headers::EVENT_TYPE, row.event_type.as_str());
-        headers.insert(envelope::headers::EVENT_VERSION, row.event_version.as_str());
-        headers.insert(
-            envelope::headers::AGGREGATE_TYPE,
-            row.aggregate_type.as_str(),
-        );
-        headers.insert(envelope::headers::AGGREGATE_ID, row.aggregate_id.as_str());
-        headers.insert(envelope::headers::SEQUENCE, sequence.to_string().as_str());
-        if let Some(command_id) = row.metadata.get("command_id").and_then(|v| v.as_str()) {
-            headers.insert(envelope::headers::COMMAND_ID, command_id);
-        }
-        // The trace continues from the command to every consumer of its events.
-        if let Some(traceparent) = row.metadata.get("traceparent").and_then(|v| v.as_str()) {
-            headers.insert(envelope::headers::TRACEPARENT, traceparent);
-        }
-        let publish = jetstream::message::PublishMessage::build()
-            .headers(headers)
-            .message_id(envelope::event_message_id(
-                &row.aggregate_type,
-                &row.aggregate_id,
-                sequence,
-            ))
-            .payload(serde_json::to_vec(&body).unwrap_or_default().into());
-        (
-            self.subjects.event(&row.aggregate_type, &row.aggregate_id),
-            publish,
-        )
     }
 }
 
