@@ -87,6 +87,8 @@ impl Application {
                     snapshot_every: config.snapshot_every,
                     aggregate_cache_max: config.aggregate_cache_max,
                     group_commit: config.group_commit,
+                    transfers_at_once: config.transfer_settlement
+                        == crate::config::TransferSettlement::AtOnce,
                 },
             )
             .with_conflict_counter(metrics.conflict_retries.clone()),

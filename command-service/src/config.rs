@@ -95,6 +95,16 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub group_commit: bool,
+    /// How a transfer request is settled: `at-once` decides the debit, the credit and the
+    /// settle with the request and commits all three aggregates in one transaction;
+    /// `steps` records the request and leaves each step to the process manager (design §4).
+    #[arg(
+        long = "transfer-settlement",
+        env = "TALLY_TRANSFER_SETTLEMENT",
+        value_enum,
+        default_value_t = TransferSettlement::AtOnce
+    )]
+    pub transfer_settlement: TransferSettlement,
     /// Most events the outbox relay publishes per batch (one checkpoint write per batch).
     #[arg(
         long = "relay-batch-max",
@@ -128,4 +138,13 @@ pub struct Config {
     /// digests are then signed with it. Unset: digests are published unsigned.
     #[arg(long = "audit-signing-key-file", env = "TALLY_AUDIT_SIGNING_KEY_FILE")]
     pub audit_signing_key_file: Option<std::path::PathBuf>,
+}
+
+/// How the command-service settles a transfer request (`--transfer-settlement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransferSettlement {
+    /// In the request's own transaction, on all three aggregates.
+    AtOnce,
+    /// Step by step, by the process manager.
+    Steps,
 }

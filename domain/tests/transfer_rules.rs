@@ -44,6 +44,7 @@ fn requested() -> TransferEvent {
         amount: 500,
         currency: "EUR".into(),
         reference: "rent".into(),
+        at_once: false,
     })
 }
 

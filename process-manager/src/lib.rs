@@ -14,3 +14,5 @@ mod worker;
 
 pub use app::{Application, StartupError};
 pub use config::Config;
+/// The durable consumer's name, for operators and tests that look at its progress.
+pub use worker::CONSUMER;

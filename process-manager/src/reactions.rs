@@ -9,6 +9,9 @@
 //! | `DebitRecorded`     | `credit` the target | `record_credit`      | `fail` (refund next)|
 //! | `CreditRecorded`    | `settle` the source | `complete`           | —                   |
 //! | `CreditFailed`      | `refund` the source | `record_refund`      | —                   |
+//!
+//! A transfer requested with `at_once` (the command-service settled it in the request's own
+//! write) needs nothing from the process manager.
 
 use domain::ErrorCode;
 use domain::envelope::EventMessage;
@@ -75,6 +78,8 @@ pub fn react(event: &EventMessage) -> Result<Reaction, String> {
         fail_command_id: fail_step.map(|s| command_id(transfer_id, s)),
     };
     Ok(match payload {
+        // Settled in the request's own write: its outcome follows in the same commit.
+        TransferEvent::TransferRequested(e) if e.at_once => Reaction::Nothing,
         TransferEvent::TransferRequested(e) => step(
             on_account("debit", &e.from),
             on_transfer("record_debit"),
@@ -169,6 +174,7 @@ mod tests {
                 amount: 5,
                 currency: "EUR".into(),
                 reference: String::new(),
+                at_once: false,
             }),
             1,
         ));
@@ -220,6 +226,26 @@ mod tests {
             5,
         ));
         assert_eq!(failed, Ok(Reaction::Nothing));
+    }
+
+    #[test]
+    fn a_transfer_settled_at_once_needs_no_step() {
+        let requested = |at_once| {
+            react(&event(
+                TransferEvent::TransferRequested(TransferRequested {
+                    transfer_id: T,
+                    from: "a".into(),
+                    to: "b".into(),
+                    amount: 5,
+                    currency: "EUR".into(),
+                    reference: String::new(),
+                    at_once,
+                }),
+                1,
+            ))
+        };
+        assert_eq!(requested(true), Ok(Reaction::Nothing));
+        assert!(matches!(requested(false), Ok(Reaction::Step { .. })));
     }
 
     #[test]

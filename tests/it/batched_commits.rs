@@ -27,6 +27,7 @@ fn instance(pool: &PgPool) -> Executor {
             snapshot_every: 0,
             aggregate_cache_max: 1_000,
             group_commit: true,
+            transfers_at_once: false,
         },
     )
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::PersistedEventStore;
-use domain::transfer::Transfer;
+use domain::transfer::{Transfer, TransferCommand};
 use domain::{Account, CommandReply, ErrorCode, EventMetadata};
 use rand::Rng;
 use serde::Serialize;
@@ -16,10 +16,11 @@ mod attempt;
 mod facts;
 mod group_commit;
 mod load;
+mod transfer_at_once;
 
 use crate::aggregate_cache::AggregateCache;
 use crate::aggregate_locks::AggregateLocks;
-use crate::incoming::IncomingCommand;
+use crate::incoming::{Command, IncomingCommand};
 use crate::rejection::Rejection;
 use crate::repository::{self, TallyRepository};
 use crate::snapshots;
@@ -57,6 +58,8 @@ pub struct ExecutorLimits {
     pub aggregate_cache_max: usize,
     /// Commit commands queued on one account together (`group_commit`).
     pub group_commit: bool,
+    /// Settle transfer requests in their own write (`transfer_at_once`).
+    pub transfers_at_once: bool,
 }
 
 /// What the executor needs of an aggregate besides cqrs-es's trait: its snapshots are JSON, and
@@ -170,6 +173,12 @@ impl Executor {
             // No log lookup first: a repeated id fails its group's write on the command log's
             // key, and the path alone then answers it from the log.
             return self.execute_grouped(incoming).await;
+        }
+        if self.limits.transfers_at_once
+            && let Command::Transfer(TransferCommand::Request(request)) = &incoming.command
+        {
+            let request = request.clone();
+            return self.run_transfer_at_once(incoming, request).await;
         }
         // Nor here: a repeated id's write fails on the command log's key (then the log answers
         // it), and a refusal or an empty outcome is answered from the log if the id is there.

@@ -24,7 +24,7 @@ const WRITES_PER_STATEMENT_MAX: usize = 256;
 /// Writes waiting for a statement before a new one waits for room.
 const QUEUE_MAX: usize = 4096;
 
-/// One write: events of one aggregate, consecutive, with their chain hashes, and log rows.
+/// One write: events (each aggregate's consecutive), their chain hashes, and log rows.
 #[derive(Debug)]
 pub struct Write {
     pub events: Vec<SerializedEvent>,

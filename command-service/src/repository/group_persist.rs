@@ -1,5 +1,6 @@
-//! The write of a command group (`executor::group_commit`): every event of the group and every
-//! command-log row, accepted and rejected, in one write, so they stand or fall together.
+//! The write of a command group (`executor::group_commit`) or of a command on several aggregates
+//! (a transfer settled at once): every event and every command-log row in one write, so they
+//! stand or fall together.
 
 use cqrs_es::persist::SerializedEvent;
 use domain::CommandReply;
@@ -55,6 +56,44 @@ impl TallyRepository {
             .await?;
         if let Some(last) = events.last() {
             self.remember_head(last, &hashes);
+        }
+        Ok(())
+    }
+}
+
+impl TallyRepository {
+    /// Writes the events of several aggregates (each slice consecutive events of one aggregate)
+    /// and `log` in one statement: a taken sequence of any of them or a taken command id fails
+    /// the whole of it.
+    pub async fn persist_aggregates(
+        &self,
+        aggregates: &[&[SerializedEvent]],
+        log: &[LogRow],
+    ) -> Result<(), sqlx::Error> {
+        let mut events = Vec::new();
+        let mut hashes = Vec::new();
+        for part in aggregates {
+            let part_hashes = self
+                .chain_hashes(part)
+                .await
+                .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+            events.extend_from_slice(part);
+            hashes.extend(part_hashes);
+        }
+        self.writer
+            .write(Write {
+                events,
+                hashes: hashes.clone(),
+                log: log.to_vec(),
+            })
+            .await?;
+        let mut offset = 0;
+        for part in aggregates {
+            let end = offset + part.len();
+            if let (Some(last), Some(part_hashes)) = (part.last(), hashes.get(offset..end)) {
+                self.remember_head(last, part_hashes);
+            }
+            offset = end;
         }
         Ok(())
     }

@@ -18,6 +18,11 @@ pub struct TransferRequested {
     /// Both accounts' currency, checked when requested.
     pub currency: String,
     pub reference: String,
+    /// Settled in the same write as this request: the debit, the credit and the settle (or,
+    /// on a refusal, the failure) were committed with it, so no step follows. Absent (false)
+    /// on a transfer the process manager settles step by step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_once: bool,
 }
 
 /// The source account was debited. Step events name both accounts, so a consumer (the process

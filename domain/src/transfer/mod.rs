@@ -6,10 +6,12 @@
 //! Every step is idempotent: recording a step the transfer is already past writes nothing, so
 //! a process manager that repeats itself after a crash changes nothing.
 
+mod at_once;
 mod commands;
 mod error;
 mod events;
 
+pub use at_once::{SettledAtOnce, decide_at_once};
 pub use commands::{
     AccountFacts, FailTransfer, RecordStep, RequestTransfer, StepsRecorded, TRANSFER_COMMAND_NAMES,
     TransferCommand, TransferFacts,
@@ -125,6 +127,7 @@ impl Transfer {
                     amount: amount.minor(),
                     currency: from.currency.clone(),
                     reference: c.reference.clone(),
+                    at_once: false,
                 })])
             }
             TransferCommand::RecordDebit(_) => match self.status {
@@ -244,7 +247,11 @@ impl Aggregate for Transfer {
                 self.status = TransferStatus::Debited;
             }
             TransferEvent::CreditRecorded(_) => self.status = TransferStatus::Credited,
-            TransferEvent::TransferCompleted(_) => self.status = TransferStatus::Completed,
+            TransferEvent::TransferCompleted(_) => {
+                // Completion implies the debit, also when it was written at once.
+                self.debited = true;
+                self.status = TransferStatus::Completed;
+            }
             TransferEvent::CreditFailed(e) => {
                 self.failure = Some((e.code, e.reason));
                 self.status = TransferStatus::Refunding;

@@ -79,7 +79,7 @@ async fn the_transfers_projection_rebuilds_to_the_same_rows() {
 
 #[tokio::test]
 async fn a_transfer_state_at_each_version_is_folded_from_its_events() {
-    let app = TestApp::spawn().await;
+    let app = super::spawn_steps().await;
     open(&app, "sa", "EUR", 100).await;
     open(&app, "sb", "EUR", 0).await;
     let id = Uuid::now_v7();

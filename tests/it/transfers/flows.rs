@@ -10,7 +10,7 @@ use super::{balance, caught_up, open, request, settled};
 
 #[tokio::test]
 async fn a_transfer_completes_and_both_accounts_link_to_it() {
-    let app = TestApp::spawn().await;
+    let app = super::spawn_steps().await;
     open(&app, "alice", "EUR", 1_000).await;
     open(&app, "bob", "EUR", 0).await;
     let id = Uuid::now_v7();
@@ -100,7 +100,7 @@ async fn insufficient_funds_fails_the_transfer_and_moves_nothing() {
 
 #[tokio::test]
 async fn a_closed_destination_refunds_the_source() {
-    let app = TestApp::spawn().await;
+    let app = super::spawn_steps().await;
     open(&app, "src", "EUR", 500).await;
     open(&app, "dst", "EUR", 0).await;
     // Closed after the request was accepted (a request to a closed account is refused), so
@@ -172,7 +172,7 @@ async fn impossible_requests_are_refused_and_write_nothing() {
 
 #[tokio::test]
 async fn steps_cannot_be_forged_by_a_client() {
-    let mut app = TestApp::spawn().await;
+    let mut app = super::spawn_steps().await;
     open(&app, "victim", "EUR", 100).await;
     open(&app, "thief", "EUR", 0).await;
     let events_before = app.events_in_store().await;
@@ -258,7 +258,7 @@ async fn steps_cannot_be_forged_by_a_client() {
 
 #[tokio::test]
 async fn a_transfer_history_is_retrievable_by_its_correlation_id() {
-    let app = TestApp::spawn().await;
+    let app = super::spawn_steps().await;
     open(&app, "a", "EUR", 100).await;
     open(&app, "b", "EUR", 0).await;
     let id = Uuid::now_v7();

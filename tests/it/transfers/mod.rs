@@ -1,6 +1,7 @@
-//! Transfers end to end: the process manager drives each one through the normal command path,
-//! against the real servers.
+//! Transfers end to end, against the real servers: settled at once by the command-service (the
+//! default), or step by step by the process manager through the normal command path.
 
+mod at_once;
 mod audit;
 mod chaos;
 mod cli;
@@ -11,6 +12,16 @@ use serde_json::{Value, json};
 use tests::TestApp;
 use tests::client::accepted;
 use uuid::Uuid;
+
+/// The stack with transfers settled step by step by the process manager
+/// (`--transfer-settlement steps`).
+pub async fn spawn_steps() -> TestApp {
+    let mut app = TestApp::spawn().await;
+    app.stop_command_service().await;
+    app.start_command_service(&["--transfer-settlement=steps"])
+        .await;
+    app
+}
 
 /// Opens `id` in `currency` and deposits `balance` into it.
 pub async fn open(app: &TestApp, id: &str, currency: &str, balance: i64) {

@@ -1,0 +1,122 @@
+//! A transfer settled in the same write as its request: what the process manager would do step
+//! by step (debit the source, credit the destination, settle the source), decided in one go on
+//! the three aggregates, so the command-service can commit it as one transaction.
+//!
+//! Every step is decided by the same rules as the process manager's commands
+//! ([`Account::decide_with`] with the transfer as it would be at that step), so the accounts
+//! end in the state the steps would have left them in. The transfer records only its request and
+//! its outcome: there are no steps in between to record. A refused debit or credit fails the
+//! transfer with that refusal's code, and nothing moves: unlike the step-by-step path, a
+//! refused credit needs no refund, since nothing was debited.
+
+use cqrs_es::Aggregate;
+
+use super::{
+    AccountFacts, RequestTransfer, StepsRecorded, Transfer, TransferCommand, TransferCompleted,
+    TransferError, TransferEvent, TransferFacts, TransferFailed,
+};
+use crate::account::{
+    Account, AccountCommand, AccountError, AccountEvent, AccountServices, AccountStatus,
+    TransferSettled, TransferStep,
+};
+
+/// The events of a transfer settled at once, per aggregate; all of them or none are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledAtOnce {
+    pub transfer: Vec<TransferEvent>,
+    /// Empty when the transfer failed.
+    pub from: Vec<AccountEvent>,
+    pub to: Vec<AccountEvent>,
+}
+
+impl SettledAtOnce {
+    pub fn completed(&self) -> bool {
+        matches!(
+            self.transfer.last(),
+            Some(TransferEvent::TransferCompleted(_))
+        )
+    }
+}
+
+/// Decides `request` on the transfer (not yet requested) and both accounts as they are now.
+/// An impossible request (unknown or closed account, same account, currencies differ, a bad
+/// amount) is an error and writes nothing, as on the step-by-step path; a refused step is a
+/// failed transfer.
+pub fn decide_at_once(
+    transfer: &Transfer,
+    request: &RequestTransfer,
+    from: &Account,
+    to: &Account,
+) -> Result<SettledAtOnce, TransferError> {
+    let facts = TransferFacts {
+        from: account_facts(from),
+        to: account_facts(to),
+        recorded: StepsRecorded::default(),
+    };
+    let mut requested = transfer.decide(&TransferCommand::Request(request.clone()), &facts)?;
+    for event in &mut requested {
+        if let TransferEvent::TransferRequested(e) = event {
+            e.at_once = true;
+        }
+    }
+    let mut state = transfer.clone();
+    for event in requested.clone() {
+        state.apply(event);
+    }
+    let step = |account: &Account| TransferStep {
+        account_id: account.id.clone(),
+        transfer_id: request.transfer_id,
+    };
+    let failed = |error: AccountError| {
+        let mut events = requested.clone();
+        events.push(TransferEvent::TransferFailed(TransferFailed {
+            code: error.code().as_str().to_owned(),
+            reason: error.to_string(),
+        }));
+        SettledAtOnce {
+            transfer: events,
+            from: Vec::new(),
+            to: Vec::new(),
+        }
+    };
+
+    let debit = match from.decide_with(
+        &AccountCommand::Debit(step(from)),
+        &AccountServices {
+            transfer: Some(state.clone()),
+        },
+    ) {
+        Ok(events) => events,
+        Err(error) => return Ok(failed(error)),
+    };
+    state.status = super::TransferStatus::Debited;
+    let credit = match to.decide_with(
+        &AccountCommand::Credit(step(to)),
+        &AccountServices {
+            transfer: Some(state),
+        },
+    ) {
+        Ok(events) => events,
+        Err(error) => return Ok(failed(error)),
+    };
+
+    let mut transfer_events = requested;
+    transfer_events.push(TransferEvent::TransferCompleted(TransferCompleted {}));
+    let mut from_events = debit;
+    // The source's hold ends with the credit, as the process manager's settle step ends it.
+    from_events.push(AccountEvent::TransferSettled(TransferSettled {
+        transfer_id: request.transfer_id,
+    }));
+    Ok(SettledAtOnce {
+        transfer: transfer_events,
+        from: from_events,
+        to: credit,
+    })
+}
+
+fn account_facts(account: &Account) -> Option<AccountFacts> {
+    (account.status != AccountStatus::Unopened).then(|| AccountFacts {
+        currency: account.currency.clone(),
+        status: account.status,
+    })
+}
