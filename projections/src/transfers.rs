@@ -109,34 +109,44 @@ pub async fn apply(
     }
 
     let mut rows: Vec<TransferRow> = rows.into_values().collect();
-    // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
+    // Sorted, so concurrent transactions lock rows in the same order (no deadlocks). One
+    // statement for the batch: each transfer appears once, so no row is upserted twice.
     rows.sort_unstable_by_key(|r| r.transfer_id);
-    for r in rows {
-        sqlx::query(
-            "INSERT INTO transfers (transfer_id, from_account, to_account, amount, currency,
-                 reference, status, failure_code, failure_reason, version, requested_at,
-                 updated_at, settled_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-             ON CONFLICT (transfer_id) DO UPDATE SET
-                 status = EXCLUDED.status, failure_code = EXCLUDED.failure_code,
-                 failure_reason = EXCLUDED.failure_reason, version = EXCLUDED.version,
-                 updated_at = EXCLUDED.updated_at, settled_at = EXCLUDED.settled_at",
-        )
-        .bind(r.transfer_id)
-        .bind(r.from_account)
-        .bind(r.to_account)
-        .bind(r.amount)
-        .bind(r.currency)
-        .bind(r.reference)
-        .bind(r.status)
-        .bind(r.failure_code)
-        .bind(r.failure_reason)
-        .bind(r.version)
-        .bind(r.requested_at)
-        .bind(r.updated_at)
-        .bind(r.settled_at)
-        .execute(&mut **tx)
-        .await?;
-    }
+    let column = |f: fn(&TransferRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO transfers (transfer_id, from_account, to_account, amount, currency,
+             reference, status, failure_code, failure_reason, version, requested_at,
+             updated_at, settled_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[],
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::timestamptz[],
+             $12::timestamptz[], $13::timestamptz[])
+         ON CONFLICT (transfer_id) DO UPDATE SET
+             status = EXCLUDED.status, failure_code = EXCLUDED.failure_code,
+             failure_reason = EXCLUDED.failure_reason, version = EXCLUDED.version,
+             updated_at = EXCLUDED.updated_at, settled_at = EXCLUDED.settled_at",
+    )
+    .bind(rows.iter().map(|r| r.transfer_id).collect::<Vec<_>>())
+    .bind(column(|r| r.from_account.clone()))
+    .bind(column(|r| r.to_account.clone()))
+    .bind(rows.iter().map(|r| r.amount).collect::<Vec<_>>())
+    .bind(column(|r| r.currency.clone()))
+    .bind(column(|r| r.reference.clone()))
+    .bind(column(|r| r.status.clone()))
+    .bind(
+        rows.iter()
+            .map(|r| r.failure_code.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.failure_reason.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.requested_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.settled_at).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -72,7 +72,18 @@ impl Executor {
         fresh: bool,
     ) -> Result<Attempt, ExecuteError> {
         let transfer_id = request.transfer_id.to_string();
-        let transfer = self.current::<Transfer>(&transfer_id, fresh).await?;
+        // A transfer id is new unless it was used before: decide as if it were, and let the
+        // write's key on (transfer, 1) catch one that exists (every later attempt reads fresh).
+        let transfer = match (fresh, self.cached::<Transfer>(&transfer_id)) {
+            (false, Some(cached)) => cached,
+            (false, None) => EventStoreAggregateContext {
+                aggregate_id: transfer_id.clone(),
+                aggregate: Transfer::default(),
+                current_sequence: 0,
+                current_snapshot: None,
+            },
+            (true, _) => self.load::<Transfer>(&transfer_id).await?,
+        };
         let from = self.current::<Account>(&request.from, fresh).await?;
         let to = self.current::<Account>(&request.to, fresh).await?;
         let verified = fresh;
