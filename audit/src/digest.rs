@@ -110,25 +110,47 @@ impl DigestTracker {
         let as_of_tx: u64 = xmin.parse().unwrap_or(0);
         match self.as_of_tx.filter(|_| !self.unhashed) {
             Some(previous) => {
-                let new: Vec<NewEvent> = sqlx::query_as(
-                    "SELECT aggregate_type, aggregate_id, sequence, hash, global_position
-                     FROM events WHERE tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8",
-                )
-                .bind(previous.to_string())
-                .bind(&xmin)
-                .fetch_all(&mut *tx)
-                .await?;
+                // Streamed and folded to one head per aggregate as it arrives: a minute of a
+                // busy ledger is hundreds of thousands of rows, never held at once. Merged only
+                // after the whole read, so a failed read leaves the tracker as it was.
+                let mut touched: BTreeMap<(String, String), (u64, hash_chain::ChainHash)> =
+                    BTreeMap::new();
+                let (mut count, mut position, mut unhashed) = (0i64, self.position, false);
+                {
+                    let mut rows = sqlx::query_as::<_, NewEvent>(
+                        "SELECT aggregate_type, aggregate_id, sequence, hash, global_position
+                         FROM events WHERE tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8",
+                    )
+                    .bind(previous.to_string())
+                    .bind(&xmin)
+                    .fetch(&mut *tx);
+                    while let Some(event) = rows.try_next().await? {
+                        count = count.saturating_add(1);
+                        position = position.max(event.global_position);
+                        unhashed |= event.hash.is_none();
+                        let head = (
+                            u64::try_from(event.sequence).unwrap_or(0),
+                            chain_hash(event.hash.as_deref()),
+                        );
+                        touched
+                            .entry((event.aggregate_type, event.aggregate_id))
+                            .and_modify(|h| {
+                                if head.0 > h.0 {
+                                    *h = head;
+                                }
+                            })
+                            .or_insert(head);
+                    }
+                }
                 tx.commit().await?;
-                self.event_count += i64::try_from(new.len()).unwrap_or(i64::MAX);
-                for event in new {
-                    self.position = self.position.max(event.global_position);
-                    let sequence = u64::try_from(event.sequence).unwrap_or(0);
-                    self.unhashed |= event.hash.is_none();
-                    let head = (sequence, chain_hash(event.hash.as_deref()));
+                self.event_count = self.event_count.saturating_add(count);
+                self.position = position;
+                self.unhashed |= unhashed;
+                for (key, head) in touched {
                     self.heads
-                        .entry((event.aggregate_type, event.aggregate_id))
+                        .entry(key)
                         .and_modify(|h| {
-                            if sequence > h.0 {
+                            if head.0 > h.0 {
                                 *h = head;
                             }
                         })
