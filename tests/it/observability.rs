@@ -202,7 +202,8 @@ async fn wait_for_spans(trace: &str, names: &[&str]) -> Vec<tests::span_capture:
 
 #[tokio::test]
 async fn one_trace_from_a_command_to_every_read_model_update() {
-    let app = TestApp::spawn().await;
+    // Settled step by step: the process manager's commands are what this checks.
+    let app = super::transfers::spawn_steps().await;
     accepted(
         &app.send(
             "account.open",

@@ -136,7 +136,8 @@ async fn every_command_needs_a_valid_token_and_its_scope_and_nothing_is_written_
 
 #[tokio::test]
 async fn the_actor_of_every_event_is_the_token_subject_and_the_process_manager_acts_as_itself() {
-    let app = TestApp::spawn().await;
+    // Settled step by step: the process manager's commands are what this checks.
+    let app = super::super::transfers::spawn_steps().await;
     let alice = tests::app::mint_token(
         "alice@example",
         &[Scope::AccountsWrite, Scope::TransfersWrite],
