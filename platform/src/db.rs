@@ -56,6 +56,11 @@ pub async fn connect(config: &PostgresConfig, application_name: &str) -> Result<
         .acquire_timeout(config.acquire_timeout())
         .max_lifetime(CONNECTION_LIFETIME_MAX)
         .idle_timeout(Duration::from_secs(10 * 60))
+        // sqlx already pings every connection when it is released (and closes one that does
+        // not answer); a second ping on acquire was one more round trip per statement. A
+        // connection that died while idle fails its next statement, which every caller
+        // handles as a transient error (`unavailable`, a nak, a retry).
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(DbError::Connect)

@@ -297,19 +297,17 @@ impl Relay {
         // Pipelined: send every message, then await the acks (one round trip per batch).
         let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(rows.len());
         for row in &rows {
+            let metadata = row.relayed_metadata();
             // One span per event, carrying the command's trace id: the relay's hop in the trace.
             let span = tracing::debug_span!(
                 "relay_publish",
                 aggregate_type = %row.aggregate_type,
                 aggregate_id = %row.aggregate_id,
                 sequence = row.sequence,
-                trace_id = row.metadata.get("trace_id").and_then(|v| v.as_str()).unwrap_or(""),
+                trace_id = metadata.trace_id.as_deref().unwrap_or(""),
             );
-            platform::telemetry::continue_trace(
-                &span,
-                row.metadata.get("traceparent").and_then(|v| v.as_str()),
-            );
-            let (subject, publish) = outbox_row::message(&self.subjects, row);
+            platform::telemetry::continue_trace(&span, metadata.traceparent.as_deref());
+            let (subject, publish) = outbox_row::message(&self.subjects, row, &metadata);
             let sent = tracing::Instrument::instrument(
                 self.jetstream.send_publish(subject, publish),
                 span,
