@@ -81,7 +81,10 @@ impl Application {
         let metrics = crate::metrics::CommandMetrics::register(&infra.registry)?;
         let executor = Arc::new(
             Executor::new(
-                TallyRepository::new(infra.pool.clone()),
+                TallyRepository::with_write_statements_max(
+                    infra.pool.clone(),
+                    config.write_statements_max,
+                ),
                 ExecutorLimits {
                     conflict_retries_max: config.conflict_retries_max,
                     snapshot_every: config.snapshot_every,

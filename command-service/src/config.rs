@@ -95,6 +95,15 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub group_commit: bool,
+    /// Write statements in flight at once. Whatever queues while they run goes out together in
+    /// the next one: fewer means bigger statements (less PostgreSQL CPU per command), more
+    /// means less waiting at low load. Values below 1 count as 1.
+    #[arg(
+        long = "write-statements-max",
+        env = "TALLY_WRITE_STATEMENTS_MAX",
+        default_value_t = crate::repository::WRITE_STATEMENTS_DEFAULT
+    )]
+    pub write_statements_max: usize,
     /// How a transfer request is settled: `at-once` decides the debit, the credit and the
     /// settle with the request and commits all three aggregates in one transaction;
     /// `steps` records the request and leaves each step to the process manager (design §4).

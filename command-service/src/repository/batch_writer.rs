@@ -17,8 +17,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::LogRow;
 use crate::commit_signal::CommitSignal;
 
-/// Statements in flight at once; more writes than this wait and go in the next statement.
-const WRITERS_MAX: usize = 4;
+/// Statements in flight at once unless configured (`TALLY_WRITE_STATEMENTS_MAX`); more writes
+/// than this wait and go in the next statement.
+pub const WRITE_STATEMENTS_DEFAULT: usize = 4;
 /// Most writes (commands or command groups) combined in one statement.
 const WRITES_PER_STATEMENT_MAX: usize = 256;
 /// Writes waiting for a statement before a new one waits for room.
@@ -42,6 +43,8 @@ pub struct BatchWriter {
     pool: PgPool,
     /// Told after every commit, so the relay publishes without polling.
     signal: Arc<CommitSignal>,
+    /// Statements in flight at once (at least 1).
+    statements_max: usize,
     /// Started by the first write, so a repository can be made outside a runtime.
     queue: Arc<OnceLock<mpsc::Sender<Queued>>>,
 }
@@ -55,10 +58,11 @@ impl std::fmt::Debug for BatchWriter {
 impl BatchWriter {
     /// The writer task starts with the first write and ends when the last clone of this is
     /// dropped and the queue is empty.
-    pub fn new(pool: PgPool, signal: Arc<CommitSignal>) -> BatchWriter {
+    pub fn new(pool: PgPool, signal: Arc<CommitSignal>, statements_max: usize) -> BatchWriter {
         BatchWriter {
             pool,
             signal,
+            statements_max: statements_max.max(1),
             queue: Arc::new(OnceLock::new()),
         }
     }
@@ -67,7 +71,12 @@ impl BatchWriter {
     pub async fn write(&self, write: Write) -> Result<(), sqlx::Error> {
         let queue = self.queue.get_or_init(|| {
             let (queue, incoming) = mpsc::channel(QUEUE_MAX);
-            tokio::spawn(run(self.pool.clone(), Arc::clone(&self.signal), incoming));
+            tokio::spawn(run(
+                self.pool.clone(),
+                Arc::clone(&self.signal),
+                self.statements_max,
+                incoming,
+            ));
             queue
         });
         let (done, outcome) = oneshot::channel();
@@ -81,8 +90,13 @@ impl BatchWriter {
     }
 }
 
-async fn run(pool: PgPool, signal: Arc<CommitSignal>, mut incoming: mpsc::Receiver<Queued>) {
-    let writers = Arc::new(Semaphore::new(WRITERS_MAX));
+async fn run(
+    pool: PgPool,
+    signal: Arc<CommitSignal>,
+    statements_max: usize,
+    mut incoming: mpsc::Receiver<Queued>,
+) {
+    let writers = Arc::new(Semaphore::new(statements_max));
     loop {
         // A free writer first: while none is free, writes pile up and go out together.
         let Ok(permit) = Arc::clone(&writers).acquire_owned().await else {

@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 mod batch_writer;
+pub use batch_writer::WRITE_STATEMENTS_DEFAULT;
 mod group_persist;
 
 use crate::commit_signal::CommitSignal;
@@ -119,10 +120,15 @@ pub fn persistence_error(error: sqlx::Error) -> PersistenceError {
 
 impl TallyRepository {
     pub fn new(pool: PgPool) -> Self {
+        Self::with_write_statements_max(pool, WRITE_STATEMENTS_DEFAULT)
+    }
+
+    /// With at most `statements_max` write statements in flight at once (see `batch_writer`).
+    pub fn with_write_statements_max(pool: PgPool, statements_max: usize) -> Self {
         let signal = Arc::new(CommitSignal::default());
         TallyRepository {
             reads: Arc::new(PostgresEventRepository::new(pool.clone())),
-            writer: BatchWriter::new(pool.clone(), Arc::clone(&signal)),
+            writer: BatchWriter::new(pool.clone(), Arc::clone(&signal), statements_max),
             signal,
             pool,
             heads: Arc::new(Mutex::new(LruCache::new(

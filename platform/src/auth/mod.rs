@@ -10,6 +10,7 @@
 mod config;
 mod mint;
 mod scope;
+mod verified_tokens;
 mod verifier;
 
 pub use verifier::hs256_secret;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::config::AuthConfig;
 use super::scope::{Principal, Scope};
+use super::verified_tokens::{VERIFIED_TOKENS_MAX, VerifiedTokens};
 
 /// Why a request is not authenticated. The messages are safe to return to the caller: they
 /// never include the token or key material.
@@ -58,6 +59,10 @@ struct Claims {
     scope: String,
     #[serde(default)]
     owner: Option<String>,
+    /// Required (checked by jsonwebtoken); kept to re-check the window on a cached token.
+    exp: u64,
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
 /// One usable key with the algorithm it verifies.
@@ -72,6 +77,7 @@ pub struct TokenVerifier {
     issuer: String,
     audience: String,
     clock_skew_s: u64,
+    verified: VerifiedTokens,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -161,11 +167,16 @@ impl TokenVerifier {
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             clock_skew_s: config.clock_skew_s,
+            verified: VerifiedTokens::new(VERIFIED_TOKENS_MAX),
         })
     }
 
     /// The principal a token describes, if it is valid now.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let now_s = jsonwebtoken::get_current_timestamp();
+        if let Some(principal) = self.verified.get(token, now_s, self.clock_skew_s) {
+            return Ok(principal);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         // The header's algorithm only selects among the keys we hold for it: a token cannot
         // choose a weaker algorithm than its key (no `none`, no HS256 with a public key).
@@ -182,7 +193,12 @@ impl TokenVerifier {
             validation.set_audience(&[&self.audience]);
             validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
             match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                Ok(data) => return principal(data.claims),
+                Ok(data) => {
+                    let (exp, nbf) = (data.claims.exp, data.claims.nbf);
+                    let principal = principal(data.claims)?;
+                    self.verified.put(token, principal.clone(), exp, nbf);
+                    return Ok(principal);
+                }
                 Err(error) => {
                     let mapped = map_error(&error);
                     // Another key may still verify it; remember the most telling failure.
