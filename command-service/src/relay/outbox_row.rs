@@ -126,7 +126,7 @@ mod tests {
     use super::*;
 
     fn raw(value: &serde_json::Value) -> Json<Box<RawValue>> {
-        // As PostgreSQL sends jsonb: spaces after separators, keys in its own order.
+        // Whitespace the compact form lacks, as jsonb text has: the body must carry it as is.
         Json(RawValue::from_string(serde_json::to_string_pretty(value).unwrap()).unwrap())
     }
 
