@@ -11,6 +11,8 @@ use crate::config::PostgresConfig;
 /// A connection is recycled after this long, so a connection left in a bad state (see
 /// `notes/postgres.md`, the sqlx cancellation bug) cannot live forever.
 const CONNECTION_LIFETIME_MAX: Duration = Duration::from_secs(30 * 60);
+/// A pooled connection idle for this long is pinged before it is handed out.
+const PING_WHEN_IDLE_FOR: Duration = Duration::from_millis(250);
 /// The server ends any session left idle inside a transaction for this long.
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 
@@ -57,10 +59,19 @@ pub async fn connect(config: &PostgresConfig, application_name: &str) -> Result<
         .max_lifetime(CONNECTION_LIFETIME_MAX)
         .idle_timeout(Duration::from_secs(10 * 60))
         // sqlx already pings every connection when it is released (and closes one that does
-        // not answer); a second ping on acquire was one more round trip per statement. A
-        // connection that died while idle fails its next statement, which every caller
-        // handles as a transient error (`unavailable`, a nak, a retry).
+        // not answer); a second ping on every acquire was one more round trip per statement.
+        // Only a connection that sat idle is pinged: under load none does, and after a
+        // PostgreSQL restart in a quiet moment the dead ones are replaced before use rather
+        // than each failing one command with `unavailable`.
         .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_WHEN_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(DbError::Connect)

@@ -104,3 +104,41 @@ async fn postgres_down_answers_unavailable_promptly_and_recovers_without_restart
         }
     }
 }
+
+/// When PostgreSQL ends the services' sessions (a restart, a failover, an operator's
+/// `pg_terminate_backend`), the pool's connections are dead. Those that sat idle are checked
+/// before use and replaced, so the next commands all go through rather than each dead
+/// connection failing one of them with `unavailable`.
+#[tokio::test]
+async fn connections_ended_by_postgres_while_idle_fail_no_command() {
+    let app = TestApp::spawn().await;
+    let open = |n: usize| {
+        app.send(
+            "account.open",
+            json!({"account_id": format!("b{n}"), "owner": "o", "currency": "EUR"}),
+        )
+    };
+    // Many aggregates at once, so the pool holds all the connections it may.
+    for reply in futures::future::join_all((0..32).map(open)).await {
+        tests::client::accepted(&reply);
+    }
+
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(ended > 0);
+    // Longer than a connection may sit idle unchecked (250 ms, `platform::db`), and short
+    // enough that the services' own background queries have not yet met every dead one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replies = futures::future::join_all((32..64).map(open)).await;
+    for (n, reply) in replies.iter().enumerate() {
+        assert!(
+            matches!(reply, CommandReply::Accepted { .. }),
+            "command {n} after the sessions ended: {reply:?}"
+        );
+    }
+}
