@@ -95,7 +95,9 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_scalar(&Value::String(key.clone()), out);
+                // Serialised as a JSON string, exactly as `Value::String` would be, without
+                // copying the key into one.
+                let _ = serde_json::to_writer(&mut *out, key.as_str());
                 out.push(b':');
                 write_canonical(item, out);
             }

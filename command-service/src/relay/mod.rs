@@ -183,13 +183,20 @@ impl Relay {
     ) -> Result<(), RelayError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
+        // The outbox read runs on this connection, planned once: a custom plan per call cost
+        // as much PostgreSQL time as running it (pg_stat_statements: 0.37 ms of planning per
+        // call, each one probing the end of `events_tx_order` to estimate the range). The
+        // generic plan is the same ordered index scan with its LIMIT.
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *lock_conn)
+            .await?;
         let mut position = self.reconcile().await?;
         let mut saved = position;
         let mut saved_at = tokio::time::Instant::now();
         let mut lock_checked_at = tokio::time::Instant::now();
         let mut flush_deadline = None;
         loop {
-            let published = self.publish_batch(&mut position).await?;
+            let published = self.publish_batch(lock_conn, &mut position).await?;
             if position != saved
                 && (saved_at.elapsed() >= CHECKPOINT_EVERY || shutdown.is_cancelled())
             {
@@ -270,7 +277,11 @@ impl Relay {
     }
 
     /// Publishes the next batch of committed events; returns how many.
-    async fn publish_batch(&self, position: &mut Position) -> Result<usize, RelayError> {
+    async fn publish_batch(
+        &self,
+        conn: &mut PgConnection,
+        position: &mut Position,
+    ) -> Result<usize, RelayError> {
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT tx_id::text AS tx_id, global_position, aggregate_type, aggregate_id, sequence,
                     event_type, event_version, payload, metadata, recorded_at
@@ -284,7 +295,7 @@ impl Relay {
         .bind(position.tx_id.to_string())
         .bind(position.global_position)
         .bind(self.config.batch_max)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await?;
         let Some(last) = rows.last() else {
             return Ok(0);

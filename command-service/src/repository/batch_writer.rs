@@ -11,7 +11,9 @@
 use std::sync::{Arc, OnceLock};
 
 use cqrs_es::persist::SerializedEvent;
+use serde_json::value::RawValue;
 use sqlx::PgPool;
+use sqlx::types::Json;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::LogRow;
@@ -28,9 +30,45 @@ const QUEUE_MAX: usize = 4096;
 /// One write: events (each aggregate's consecutive), their chain hashes, and log rows.
 #[derive(Debug)]
 pub struct Write {
-    pub events: Vec<SerializedEvent>,
+    pub events: Vec<EventRow>,
     pub hashes: Vec<Vec<u8>>,
     pub log: Vec<LogRow>,
+}
+
+/// An event as it is inserted: payload and metadata already JSON text, so a write queued for
+/// the writer task owns two strings per event rather than deep copies of two `Value` trees,
+/// and binding them is a copy rather than a second serialisation.
+#[derive(Debug)]
+pub struct EventRow {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: usize,
+    event_type: String,
+    event_version: String,
+    payload: Box<RawValue>,
+    metadata: Box<RawValue>,
+}
+
+impl EventRow {
+    pub fn of(event: &SerializedEvent) -> Result<EventRow, serde_json::Error> {
+        Ok(EventRow {
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            payload: serde_json::value::to_raw_value(&event.payload)?,
+            metadata: serde_json::value::to_raw_value(&event.metadata)?,
+        })
+    }
+
+    pub fn all(events: &[SerializedEvent]) -> Result<Vec<EventRow>, sqlx::Error> {
+        events
+            .iter()
+            .map(EventRow::of)
+            .collect::<Result<_, _>>()
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))
+    }
 }
 
 struct Queued {
@@ -170,14 +208,14 @@ async fn insert(pool: &PgPool, writes: &[&Write]) -> Result<(), sqlx::Error> {
     .bind(&sequences)
     .bind(events.clone().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
     .bind(events.clone().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
-    .bind(events.clone().map(|e| &e.payload).collect::<Vec<_>>())
-    .bind(events.map(|e| &e.metadata).collect::<Vec<_>>())
+    .bind(events.clone().map(|e| Json(&*e.payload)).collect::<Vec<_>>())
+    .bind(events.map(|e| Json(&*e.metadata)).collect::<Vec<_>>())
     .bind(writes.iter().flat_map(|w| w.hashes.iter()).collect::<Vec<_>>())
     .bind(log.clone().map(|r| r.command_id).collect::<Vec<_>>())
     .bind(log.clone().map(|r| r.aggregate_type.as_str()).collect::<Vec<_>>())
     .bind(log.clone().map(|r| r.aggregate_id.as_str()).collect::<Vec<_>>())
     .bind(log.clone().map(|r| r.status).collect::<Vec<_>>())
-    .bind(log.map(|r| &r.reply).collect::<Vec<_>>())
+    .bind(log.map(|r| Json(&*r.reply)).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

@@ -7,7 +7,7 @@ use domain::CommandReply;
 use uuid::Uuid;
 
 use super::TallyRepository;
-use super::batch_writer::Write;
+use super::batch_writer::{EventRow, Write};
 
 /// One command's row in the command log.
 #[derive(Debug, Clone)]
@@ -16,7 +16,8 @@ pub struct LogRow {
     pub(super) aggregate_type: String,
     pub(super) aggregate_id: String,
     pub(super) status: &'static str,
-    pub(super) reply: serde_json::Value,
+    /// The reply as JSON text: serialised once, not built as a `Value` tree and copied.
+    pub(super) reply: Box<serde_json::value::RawValue>,
 }
 
 impl LogRow {
@@ -30,7 +31,8 @@ impl LogRow {
             aggregate_type: aggregate_type.to_owned(),
             aggregate_id: aggregate_id.to_owned(),
             status,
-            reply: serde_json::to_value(reply).unwrap_or(serde_json::Value::Null),
+            // A reply is plain data, so serialising it cannot fail; the default is `null`.
+            reply: serde_json::value::to_raw_value(reply).unwrap_or_default(),
         }
     }
 }
@@ -49,7 +51,7 @@ impl TallyRepository {
             .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
         self.writer
             .write(Write {
-                events: events.to_vec(),
+                events: EventRow::all(events)?,
                 hashes: hashes.clone(),
                 log: log.to_vec(),
             })
@@ -77,7 +79,7 @@ impl TallyRepository {
                 .chain_hashes(part)
                 .await
                 .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-            events.extend_from_slice(part);
+            events.extend(EventRow::all(part)?);
             hashes.extend(part_hashes);
         }
         self.writer

@@ -23,7 +23,7 @@ pub use batch_writer::WRITE_STATEMENTS_DEFAULT;
 mod group_persist;
 
 use crate::commit_signal::CommitSignal;
-use batch_writer::{BatchWriter, Write};
+use batch_writer::{BatchWriter, EventRow, Write};
 
 pub use group_persist::LogRow;
 
@@ -357,7 +357,7 @@ impl PersistedEventRepository for TallyRepository {
         // command log row stand or fall together, in one statement with other commands' writes.
         self.writer
             .write(Write {
-                events: events.to_vec(),
+                events: EventRow::all(events).map_err(persistence_error)?,
                 hashes: hashes.clone(),
                 log: vec![LogRow::of(&reply, &last.aggregate_type, &last.aggregate_id)],
             })
