@@ -77,6 +77,7 @@ fn a_debit_takes_the_transfers_amount_and_holds_the_account_open() {
             to: "dst".into(),
             amount: 60,
             balance_after: 40,
+            settled: false,
         })]
     );
     let src = after(src, events);

@@ -73,6 +73,14 @@ fn a_transfer_at_once_moves_the_money_and_completes() {
         "marked, so the process manager leaves it alone"
     );
     assert_eq!(settled.transfer.len(), 2);
+    assert!(
+        matches!(
+            settled.from.as_slice(),
+            [AccountEvent::TransferDebited(d)] if d.settled && d.amount == 400
+        ),
+        "one final debit on the source, no settle event: {:?}",
+        settled.from
+    );
     let (from, to) = (apply_all(from, &settled.from), apply_all(to, &settled.to));
     assert_eq!((from.balance, to.balance), (500, 405));
     assert!(from.transfers_in_flight.is_empty(), "no hold is left open");

@@ -64,7 +64,8 @@ pub struct AccountUnfrozen {}
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AccountClosed {}
 
-/// The transfer's amount left this account; it stays in flight until settled or refunded.
+/// The transfer's amount left this account. Debited step by step, it stays in flight until
+/// settled or refunded; debited by a transfer settled at once (`settled`), it never is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TransferDebited {
     pub transfer_id: Uuid,
@@ -73,6 +74,10 @@ pub struct TransferDebited {
     /// Minor units.
     pub amount: i64,
     pub balance_after: i64,
+    /// Written with the credit of the destination in one transaction (a transfer settled at
+    /// once): the debit is final, with no hold to settle. Absent (false) on a step's debit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub settled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

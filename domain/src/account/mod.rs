@@ -181,6 +181,7 @@ impl Account {
                     to: transfer.to.clone(),
                     amount: transfer.amount,
                     balance_after,
+                    settled: false,
                 })])
             }
             AccountCommand::Credit(c) => {
@@ -293,7 +294,9 @@ impl Aggregate for Account {
             AccountEvent::AccountClosed(_) => self.status = AccountStatus::Closed,
             AccountEvent::TransferDebited(e) => {
                 self.balance = e.balance_after;
-                self.transfers_in_flight.insert(e.transfer_id);
+                if !e.settled {
+                    self.transfers_in_flight.insert(e.transfer_id);
+                }
             }
             AccountEvent::TransferCredited(e) => self.balance = e.balance_after,
             AccountEvent::TransferRefunded(e) => {

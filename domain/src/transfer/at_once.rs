@@ -1,6 +1,7 @@
 //! A transfer settled in the same write as its request: what the process manager would do step
 //! by step (debit the source, credit the destination, settle the source), decided in one go on
-//! the three aggregates, so the command-service can commit it as one transaction.
+//! the three aggregates, so the command-service can commit it as one transaction. The source's
+//! debit is final (`TransferDebited::settled`), so it needs no settle event of its own.
 //!
 //! Every step is decided by the same rules as the process manager's commands
 //! ([`Account::decide_with`] with the transfer as it would be at that step), so the accounts
@@ -17,7 +18,7 @@ use super::{
 };
 use crate::account::{
     Account, AccountCommand, AccountError, AccountEvent, AccountServices, AccountStatus,
-    TransferSettled, TransferStep,
+    TransferStep,
 };
 
 /// The events of a transfer settled at once, per aggregate; all of them or none are written.
@@ -102,11 +103,14 @@ pub fn decide_at_once(
 
     let mut transfer_events = requested;
     transfer_events.push(TransferEvent::TransferCompleted(TransferCompleted {}));
+    // Debited in the same write as the credit, so there is no hold to settle afterwards: one
+    // event on the source where the steps write two (`TransferDebited`, `TransferSettled`).
     let mut from_events = debit;
-    // The source's hold ends with the credit, as the process manager's settle step ends it.
-    from_events.push(AccountEvent::TransferSettled(TransferSettled {
-        transfer_id: request.transfer_id,
-    }));
+    for event in &mut from_events {
+        if let AccountEvent::TransferDebited(debited) = event {
+            debited.settled = true;
+        }
+    }
     Ok(SettledAtOnce {
         transfer: transfer_events,
         from: from_events,
