@@ -176,3 +176,42 @@ async fn a_repeated_id_on_the_path_alone_gets_its_first_reply() {
     let state = a.load::<Account>("alone").await.unwrap();
     assert_eq!((state.aggregate.balance, state.current_sequence), (12, 4));
 }
+
+/// Two statements that wait on each other's uncommitted keys deadlock, and PostgreSQL rolls
+/// one back (40P01). That is a lost race, not a fault: the command-service decides again on
+/// fresh reads instead of answering `internal`.
+#[tokio::test]
+async fn a_deadlock_between_writers_counts_as_a_lost_race() {
+    let pool = fresh_pool().await;
+    sqlx::query("CREATE TABLE keys (k int PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (mut one, mut two) = (pool.begin().await.unwrap(), pool.begin().await.unwrap());
+    sqlx::query("INSERT INTO keys VALUES (1)")
+        .execute(&mut *one)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO keys VALUES (2)")
+        .execute(&mut *two)
+        .await
+        .unwrap();
+    // Each now inserts the other's key: each waits for the other to end.
+    let (first, second) = tokio::join!(
+        sqlx::query("INSERT INTO keys VALUES (2)").execute(&mut *one),
+        sqlx::query("INSERT INTO keys VALUES (1)").execute(&mut *two),
+    );
+    let error = [first, second]
+        .into_iter()
+        .find_map(Result::err)
+        .expect("PostgreSQL ends one of them");
+    assert_eq!(
+        error.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("40P01"),
+        "{error}"
+    );
+    assert!(matches!(
+        command_service::repository::persistence_error(error),
+        cqrs_es::persist::PersistenceError::OptimisticLockError
+    ));
+}

@@ -99,6 +99,12 @@ pub fn persistence_error(error: sqlx::Error) -> PersistenceError {
         if code == UNIQUE_VIOLATION {
             return PersistenceError::OptimisticLockError;
         }
+        // Transaction rollback (40): a deadlock (40P01) between two instances' writes that
+        // wait on each other's keys, or a serialization failure. The statement wrote nothing,
+        // so it is a lost race like any other: decide again on fresh reads.
+        if code.starts_with("40") {
+            return PersistenceError::OptimisticLockError;
+        }
         // Connection exceptions (08), insufficient resources (53) and operator intervention
         // such as a shutdown or recovery in progress (57) are outages, not bugs.
         if ["08", "53", "57"]
