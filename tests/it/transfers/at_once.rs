@@ -123,8 +123,19 @@ async fn a_transfer_at_once_is_one_transaction_over_three_aggregates() {
     assert_eq!(count, 2);
 }
 
-fn second_command_service(app: &TestApp) -> Child {
-    Command::new(workspace_binary("command-service"))
+/// A command-service binary that is killed when this is dropped, so a failing assertion does
+/// not leave it running after the test.
+struct SecondInstance(Child);
+
+impl Drop for SecondInstance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn second_command_service(app: &TestApp) -> SecondInstance {
+    let child = Command::new(workspace_binary("command-service"))
         .args(app.service_flags())
         .arg(format!("--ops-addr=127.0.0.1:{}", free_port()))
         .env(tests::app::TEST_AUTH_ENV.0, tests::app::TEST_AUTH_ENV.1)
@@ -133,7 +144,8 @@ fn second_command_service(app: &TestApp) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("command-service binary (cargo build --workspace --bins): {e}"))
+        .unwrap_or_else(|e| panic!("command-service binary (cargo build --workspace --bins): {e}"));
+    SecondInstance(child)
 }
 
 const ACCOUNTS: usize = 4;
@@ -149,7 +161,7 @@ async fn transfers_at_once_race_each_other_and_deposits_without_deadlock_or_lost
     }
     // A second instance in the same queue group: the two race on the same accounts, and only
     // the events' keys keep them apart.
-    let mut other = second_command_service(&app);
+    let other = second_command_service(&app);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let app = std::sync::Arc::new(app);
@@ -220,8 +232,7 @@ async fn transfers_at_once_race_each_other_and_deposits_without_deadlock_or_lost
     for sender in senders {
         net += sender.await.unwrap();
     }
-    other.kill().unwrap();
-    other.wait().unwrap();
+    drop(other);
 
     // Every account folded from its events: no balance below zero, the total conserved.
     let rows: Vec<(String, Value)> = sqlx::query_as(
