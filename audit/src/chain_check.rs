@@ -94,7 +94,7 @@ impl AggregateCheck {
             // Transfers' rules are checked across aggregates (`transfer_ledger`); here, only
             // that each event is one.
             if let Err(error) =
-                serde_json::from_value::<domain::transfer::TransferEvent>(event.payload.clone())
+                <domain::transfer::TransferEvent as serde::Deserialize>::deserialize(&event.payload)
             {
                 self.fold_broken = true;
                 findings.push(Finding::Unreadable {

@@ -3,7 +3,7 @@
 //! by the rules (a stated `balance_after` must follow from the amount, and so on).
 
 use cqrs_es::{Aggregate, DomainEvent};
-use domain::account::upcast::upcast_payload;
+use domain::account::upcast::read_event;
 use domain::{Account, AccountEvent, AccountStatus};
 
 use crate::StoredEvent;
@@ -23,13 +23,8 @@ pub struct AccountFold {
 
 impl AccountFold {
     pub fn apply(&mut self, event: &StoredEvent) -> Result<(), FoldError> {
-        let (_, payload) = upcast_payload(
-            &event.event_type,
-            &event.event_version,
-            event.payload.clone(),
-        );
-        let parsed: AccountEvent =
-            serde_json::from_value(payload).map_err(|e| FoldError::Unreadable(e.to_string()))?;
+        let parsed = read_event(&event.event_type, &event.event_version, &event.payload)
+            .map_err(|e| FoldError::Unreadable(e.to_string()))?;
         let payload_type = parsed.event_type();
         if payload_type != event.event_type {
             return Err(FoldError::Unreadable(format!(

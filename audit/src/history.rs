@@ -193,7 +193,7 @@ pub async fn transfer_state(
         aggregate_id,
         point,
         |transfer: &mut Transfer, event| {
-            let parsed: TransferEvent = serde_json::from_value(event.payload.clone())
+            let parsed: TransferEvent = serde::Deserialize::deserialize(&event.payload)
                 .map_err(|e| format!("unreadable payload: {e}"))?;
             transfer.apply(parsed);
             Ok(())

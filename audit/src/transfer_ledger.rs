@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use domain::account::AccountEvent;
 use domain::transfer::TransferEvent;
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{Finding, StoredEvent};
@@ -39,8 +40,7 @@ impl TransferLedger {
     pub fn observe(&mut self, event: &StoredEvent) {
         match event.aggregate_type.as_str() {
             "account" if event.event_type.starts_with("Transfer") => {
-                let Ok(parsed) = serde_json::from_value::<AccountEvent>(event.payload.clone())
-                else {
+                let Ok(parsed) = AccountEvent::deserialize(&event.payload) else {
                     return;
                 };
                 let account = event.aggregate_id.clone();
@@ -61,7 +61,7 @@ impl TransferLedger {
             "transfer" => {
                 let (Ok(id), Ok(parsed)) = (
                     Uuid::parse_str(&event.aggregate_id),
-                    serde_json::from_value::<TransferEvent>(event.payload.clone()),
+                    TransferEvent::deserialize(&event.payload),
                 ) else {
                     return;
                 };

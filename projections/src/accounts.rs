@@ -74,13 +74,12 @@ pub async fn apply(
     let mut deltas: HashMap<String, CurrencyDelta> = HashMap::new();
 
     for event in events {
-        let (_, payload) = domain::account::upcast::upcast_payload(
+        let payload = domain::account::upcast::read_event(
             &event.event_type,
             &event.event_version,
-            event.payload.clone(),
-        );
-        let payload: AccountEvent = serde_json::from_value(payload)
-            .map_err(|e| ApplyError::poison(event, format!("unreadable payload: {e}")))?;
+            &event.payload,
+        )
+        .map_err(|e| ApplyError::poison(event, format!("unreadable payload: {e}")))?;
         let sequence = i64::try_from(event.sequence)
             .map_err(|_| ApplyError::poison(event, "sequence out of range"))?;
         if let AccountEvent::AccountOpened(opened) = &payload {

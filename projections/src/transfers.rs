@@ -54,7 +54,7 @@ pub async fn apply(
         existing.into_iter().map(|r| (r.transfer_id, r)).collect();
 
     for (event, id) in events.iter().zip(ids) {
-        let payload: TransferEvent = serde_json::from_value(event.payload.clone())
+        let payload: TransferEvent = serde::Deserialize::deserialize(&event.payload)
             .map_err(|e| ApplyError::poison(event, format!("unreadable payload: {e}")))?;
         let sequence = i64::try_from(event.sequence)
             .map_err(|_| ApplyError::poison(event, "sequence out of range"))?;

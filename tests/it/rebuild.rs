@@ -28,6 +28,23 @@ async fn read_model_rows(app: &TestApp) -> Vec<String> {
     rows
 }
 
+/// The indexes and constraints of the accounts projection's tables, by name and definition.
+async fn read_model_schema(app: &TestApp) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT indexname || ': ' || indexdef FROM pg_indexes
+         WHERE schemaname = current_schema()
+           AND tablename IN ('accounts', 'account_entries', 'currency_totals')
+         UNION ALL
+         SELECT conrelid::regclass::text || ' ' || conname || ': ' || pg_get_constraintdef(oid)
+         FROM pg_constraint
+         WHERE conrelid IN ('accounts'::regclass, 'account_entries'::regclass, 'currency_totals'::regclass)
+         ORDER BY 1",
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap()
+}
+
 /// Waits until the projection has applied every event in the store.
 async fn wait_caught_up(app: &TestApp) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -121,6 +138,8 @@ async fn rebuild_under_load_never_fails_a_read_and_ends_equal_to_live() {
         })
     };
 
+    let schema_before = read_model_schema(&app).await;
+    assert!(schema_before.len() >= 6, "{schema_before:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let table_before: i64 = sqlx::query_scalar("SELECT 'accounts'::regclass::oid::bigint")
         .fetch_one(&app.db)
@@ -160,6 +179,8 @@ async fn rebuild_under_load_never_fails_a_read_and_ends_equal_to_live() {
     let again = app.tally(&["projections", "rebuild", "accounts"]).await;
     assert_eq!(again.status.code(), Some(0), "{again:?}");
     assert_eq!(read_model_rows(&app).await, live);
+    // The swapped-in tables carry the live ones' indexes and constraints, names included.
+    assert_eq!(read_model_schema(&app).await, schema_before);
     let verify = app.tally(&["audit", "verify"]).await;
     assert_eq!(verify.status.code(), Some(0), "{}", stdout(&verify));
 

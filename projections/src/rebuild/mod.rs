@@ -5,12 +5,13 @@
 //! faster than a consumer pulls, and the store's commit-safe horizon (`tx_id` below the
 //! snapshot's xmin) gives passes that never miss a late-committing event.
 //!
-//! 1. Shadow tables are created in schema `tally_rebuild_<projection>` (`LIKE … INCLUDING ALL`),
-//!    and the rebuild's connection puts that schema first on its search path, so the
-//!    projection's own `apply` writes them unchanged.
+//! 1. Shadow tables are created in schema `tally_rebuild_<projection>` (`shadow_tables`: like
+//!    the live ones, but without their read-only indexes), and the rebuild's connection puts
+//!    that schema first on its search path, so the projection's own `apply` writes them
+//!    unchanged.
 //! 2. Copy: every event of a transaction below the current xmin, in `global_position` order
 //!    (per aggregate that is sequence order), folded in batches; a reader task streams the
-//!    next batch while the last one is written.
+//!    next batch while the last one is written. Then the read-only indexes are built.
 //! 3. Catch-up passes take the events between the previous horizon and a new one, until a pass
 //!    is small.
 //! 4. Swap, in one transaction: take the projection's write lock exclusively (live batches
@@ -32,6 +33,8 @@ use crate::event_store_reader::{Row, current_horizon, range_sql, read_range};
 use crate::runner::ApplyError;
 use crate::versions;
 use crate::write_lock;
+
+mod shadow_tables;
 
 /// Events folded per shadow transaction.
 const BATCH_EVENTS: usize = 10_000;
@@ -138,7 +141,7 @@ pub async fn rebuild(
         .await?;
     let shadow = format!("tally_rebuild_{projection}");
     let retired = format!("tally_retired_{projection}");
-    create_shadow(&mut conn, kind, &live, &shadow).await?;
+    let deferred_indexes = shadow_tables::create(&mut conn, kind, &live, &shadow).await?;
 
     let mut horizon = current_horizon(&mut conn).await?;
     let events_total: u64 = sqlx::query_scalar::<_, i64>(
@@ -166,6 +169,8 @@ pub async fn rebuild(
         &mut on_progress,
     )
     .await?;
+
+    shadow_tables::build_deferred_indexes(&mut conn, &deferred_indexes).await?;
 
     progress.phase = Phase::CatchUp;
     let mut passes = 0;
@@ -233,32 +238,6 @@ pub async fn rebuild(
         elapsed_s: started.elapsed().as_secs_f64(),
         swap_ms,
     })
-}
-
-async fn create_shadow(
-    conn: &mut PgConnection,
-    kind: Projection,
-    live: &str,
-    shadow: &str,
-) -> Result<(), sqlx::Error> {
-    // A rebuild that died half way leaves its schemas behind; they hold nothing live.
-    let mut ddl = format!(
-        "DROP SCHEMA IF EXISTS {shadow} CASCADE; CREATE SCHEMA {shadow};
-         DROP SCHEMA IF EXISTS tally_retired_{name} CASCADE; CREATE SCHEMA tally_retired_{name};
-         CREATE TABLE {shadow}.projection_versions (LIKE {live}.projection_versions INCLUDING ALL);",
-        name = kind.name()
-    );
-    for table in kind.tables() {
-        ddl.push_str(&format!(
-            "CREATE TABLE {shadow}.{table} (LIKE {live}.{table} INCLUDING ALL);"
-        ));
-    }
-    sqlx::raw_sql(&ddl).execute(&mut *conn).await?;
-    // From here on this connection's unqualified names are the shadow tables.
-    sqlx::raw_sql(&format!("SET search_path = {shadow}, {live}"))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
 /// Streams `[from, to)` from the pool into the shadow tables on `conn`, one batch in flight.
