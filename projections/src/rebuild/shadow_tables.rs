@@ -49,9 +49,10 @@ pub async fn create(
     // Every index of the live tables: (table, index, unique, the constraint that owns it if
     // one does, its definition after USING).
     let indexes: Vec<(String, String, bool, Option<String>, String)> = sqlx::query_as(
-        "SELECT t.relname::text, c.relname::text, i.indisunique, pg_get_constraintdef(k.oid),
-                split_part(pg_get_indexdef(i.indexrelid), ' USING ', 2)
+        "SELECT quote_ident(t.relname), quote_ident(c.relname), i.indisunique, pg_get_constraintdef(k.oid),
+                substr(d.def, strpos(d.def, ' USING ') + 7)
          FROM pg_index i
+         CROSS JOIN LATERAL (SELECT pg_get_indexdef(i.indexrelid) AS def) d
          JOIN pg_class c ON c.oid = i.indexrelid
          JOIN pg_class t ON t.oid = i.indrelid
          LEFT JOIN pg_constraint k
@@ -67,13 +68,13 @@ pub async fn create(
     for (table, index, unique, constraint, method_and_columns) in indexes {
         match constraint {
             Some(constraint) => now.push_str(&format!(
-                "ALTER TABLE {shadow}.{table} ADD CONSTRAINT \"{index}\" {constraint};"
+                "ALTER TABLE {shadow}.{table} ADD CONSTRAINT {index} {constraint};"
             )),
             None if unique => now.push_str(&format!(
-                "CREATE UNIQUE INDEX \"{index}\" ON {shadow}.{table} USING {method_and_columns};"
+                "CREATE UNIQUE INDEX {index} ON {shadow}.{table} USING {method_and_columns};"
             )),
             None => deferred.push(format!(
-                "CREATE INDEX \"{index}\" ON {shadow}.{table} USING {method_and_columns};"
+                "CREATE INDEX {index} ON {shadow}.{table} USING {method_and_columns};"
             )),
         }
     }

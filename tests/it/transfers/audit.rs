@@ -65,6 +65,23 @@ async fn the_transfers_projection_rebuilds_to_the_same_rows() {
         .unwrap();
         rows
     };
+    let indexes = || async {
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname || ': ' || indexdef FROM pg_indexes
+             WHERE schemaname = current_schema() AND tablename = 'transfers' ORDER BY 1",
+        )
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        indexes
+    };
+    let indexes_before = indexes().await;
+    assert!(
+        indexes_before
+            .iter()
+            .any(|i| i.starts_with("transfers_by_from:")),
+        "{indexes_before:?}"
+    );
     let before = rows().await;
     assert_eq!(before.len(), 3);
     assert_eq!(
@@ -75,6 +92,7 @@ async fn the_transfers_projection_rebuilds_to_the_same_rows() {
     let rebuilt = app.tally(&["projections", "rebuild", "transfers"]).await;
     assert_eq!(rebuilt.status.code(), Some(0), "{rebuilt:?}");
     assert_eq!(rows().await, before);
+    assert_eq!(indexes().await, indexes_before);
 }
 
 #[tokio::test]
