@@ -100,12 +100,8 @@ async fn after_k_commands_the_counters_say_k() {
     // nothing about the projection, so the reads wait for the last deposit.
     for _ in 0..3 {
         let read = app
-            .http
-            .get(format!("{}/v1/accounts/m-1", app.http_base))
-            .header("Tally-Consistency-Token", &last_token)
-            .send()
-            .await
-            .unwrap();
+            .http_get_with_token("/v1/accounts/m-1", &last_token)
+            .await;
         assert_eq!(read.status(), 200);
     }
     assert_eq!(app.http_get("/v1/accounts/nobody").await.status(), 404);
@@ -449,12 +445,8 @@ async fn the_dashboard_charts_only_metrics_the_services_export() {
         unreachable!()
     };
     let read = app
-        .http
-        .get(format!("{}/v1/accounts/dash-1", app.http_base))
-        .header("Tally-Consistency-Token", consistency_token)
-        .send()
-        .await
-        .unwrap();
+        .http_get_with_token("/v1/accounts/dash-1", consistency_token)
+        .await;
     assert_eq!(read.status(), 200);
     let mut exported = String::new();
     for base in [

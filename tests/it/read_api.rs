@@ -15,16 +15,6 @@ fn token(reply: &CommandReply) -> String {
     }
 }
 
-async fn get_with_token(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
-    app.http
-        .get(format!("{}{path}", app.http_base))
-        .header("Tally-Consistency-Token", token)
-        .header("Tally-Wait-Ms", "5000")
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn read_your_writes_on_the_first_try_every_time() {
     let app = TestApp::spawn().await;
@@ -34,13 +24,17 @@ async fn read_your_writes_on_the_first_try_every_time() {
             json!({"account_id": "ryw", "owner": "o", "currency": "EUR"}),
         )
         .await;
-    let response = get_with_token(&app, "/v1/accounts/ryw", &token(&opened)).await;
+    let response = app
+        .http_get_with_token("/v1/accounts/ryw", &token(&opened))
+        .await;
     assert_eq!(response.status(), 200);
     for i in 1..=1_000i64 {
         let reply = app
             .send("account.deposit", json!({"account_id": "ryw", "amount": 1}))
             .await;
-        let response = get_with_token(&app, "/v1/accounts/ryw", &token(&reply)).await;
+        let response = app
+            .http_get_with_token("/v1/accounts/ryw", &token(&reply))
+            .await;
         assert_eq!(response.status(), 200, "iteration {i}");
         let account: Value = response.json().await.unwrap();
         assert_eq!(account["balance"], i, "iteration {i}: stale read");
@@ -76,7 +70,9 @@ async fn single_account_has_an_etag_and_honours_if_none_match() {
             json!({"account_id": "et", "owner": "o", "currency": "EUR"}),
         )
         .await;
-    let response = get_with_token(&app, "/v1/accounts/et", &token(&reply)).await;
+    let response = app
+        .http_get_with_token("/v1/accounts/et", &token(&reply))
+        .await;
     let etag = response.headers()["etag"].to_str().unwrap().to_owned();
     let again = app
         .http
@@ -123,7 +119,8 @@ async fn lists_filter_and_paginate_stably() {
         if let Some(c) = &cursor {
             path.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = get_with_token(&app, &path, &last_token)
+        let page: Value = app
+            .http_get_with_token(&path, &last_token)
             .await
             .json()
             .await
@@ -185,7 +182,8 @@ async fn entries_and_totals() {
         );
     }
     let t = token(&last.unwrap());
-    let first: Value = get_with_token(&app, "/v1/accounts/en/entries?limit=4", &t)
+    let first: Value = app
+        .http_get_with_token("/v1/accounts/en/entries?limit=4", &t)
         .await
         .json()
         .await

@@ -374,6 +374,18 @@ impl TestApp {
             .expect("query-service answers")
     }
 
+    /// GET on the query-service with a command reply's consistency token, waiting up to the
+    /// API's longest wait for the read model to reach it.
+    pub async fn http_get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.http_base))
+            .header("Tally-Consistency-Token", token)
+            .header("Tally-Wait-Ms", "5000")
+            .send()
+            .await
+            .expect("query-service answers")
+    }
+
     /// Stops every service gracefully and waits for each to return; returns their results.
     pub async fn stop(mut self) -> Vec<std::io::Result<()>> {
         self.shutdown.cancel();
