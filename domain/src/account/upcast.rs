@@ -58,9 +58,25 @@ impl EventUpcaster for MoneyDepositedV2 {
 /// Every upcaster, oldest first.
 static UPCASTERS: [&dyn EventUpcaster; 1] = [&MoneyDepositedV2];
 
+/// One of [`UPCASTERS`] as the owned upcaster cqrs-es takes.
+struct Listed(&'static dyn EventUpcaster);
+
+impl EventUpcaster for Listed {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        self.0.can_upcast(event_type, event_version)
+    }
+
+    fn upcast(&self, event: SerializedEvent) -> SerializedEvent {
+        self.0.upcast(event)
+    }
+}
+
 /// The upcasters for cqrs-es's `PersistedEventStore::with_upcasters`, oldest first.
 pub fn account_upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    vec![Box::new(MoneyDepositedV2)]
+    UPCASTERS
+        .iter()
+        .map(|u| Box::new(Listed(*u)) as Box<dyn EventUpcaster>)
+        .collect()
 }
 
 /// Applies every upcaster that matches, in order.
