@@ -19,6 +19,8 @@ use crate::stats::{Latency, elapsed_us};
 const IN_FLIGHT_MAX: usize = 4_096;
 /// Projection-lag probes per second at most (each one is an HTTP wait).
 const LAG_SAMPLES_PER_S: u64 = 100;
+/// The error counted when the open loop's commands in flight reach [`IN_FLIGHT_MAX`].
+pub const CLIENT_BACKLOG: &str = "client_backlog";
 
 /// What a scenario sends.
 #[derive(Debug, Clone)]
@@ -182,7 +184,7 @@ pub async fn open_loop(
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
             let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
             t.sent += 1;
-            *t.errors.entry("client_backlog".into()).or_default() += 1;
+            *t.errors.entry(CLIENT_BACKLOG.into()).or_default() += 1;
             continue;
         };
         let (nats, http, token, tally) = (

@@ -4,10 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::memory::SERVICES;
+use platform::process_stat::{cpu_seconds, parent_pid};
 
-/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on every Linux we run on).
-const TICKS_PER_S: f64 = 100.0;
+use crate::memory::SERVICES;
 
 /// CPU seconds used so far by each process group of the stack: the services, nats-server, all
 /// of PostgreSQL (postmaster and its backends) and this benchmark itself.
@@ -66,22 +65,6 @@ impl Usage {
     }
 }
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat)
-}
-
-/// utime + stime of a `/proc/<pid>/stat` line; the command name may hold spaces, so fields are
-/// counted from its closing parenthesis.
-fn parse_stat(stat: &str) -> Option<f64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // After ")": state is field 3 of the line, utime field 14, stime field 15.
-    let utime: f64 = fields.nth(11)?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / TICKS_PER_S)
-}
-
 fn children(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -91,23 +74,8 @@ fn children(parent: u32) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| {
-                    let rest = &s[s.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
+                .and_then(|s| parent_pid(&s))
                 == Some(parent)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_user_and_system_ticks() {
-        let stat = "42 (tokio runtime) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0";
-        assert_eq!(parse_stat(stat), Some(3.0));
-        assert_eq!(parse_stat("garbage"), None);
-    }
 }

@@ -186,6 +186,7 @@ impl Application {
             }),
             shutdown.clone(),
         ));
+        tokio::spawn(platform::allocator_trim::run(shutdown.clone()));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
 
         if let Err(error) = ingress.await {

@@ -1,7 +1,9 @@
 //! Plumbing every Tally service shares, kept in one place so the services do not copy it:
 //! configuration pieces, telemetry, the Postgres pool and migrations, the NATS connection and
-//! JetStream streams, the ops HTTP endpoints, and shutdown signalling.
+//! JetStream streams, the ops HTTP endpoints, shutdown signalling, and returning the allocator's
+//! free memory once a service is quiet.
 
+pub mod allocator_trim;
 pub mod auth;
 pub mod config;
 pub mod db;
@@ -9,6 +11,7 @@ pub mod infra;
 pub mod metrics;
 pub mod nats;
 pub mod ops_http;
+pub mod process_stat;
 pub mod projection_metrics;
 pub mod shutdown;
 pub mod telemetry;

@@ -80,6 +80,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let router = platform::ops_http::router(self.infra.readiness());
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        tokio::spawn(platform::allocator_trim::run(shutdown.clone()));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
         platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
         match worker.await {

@@ -93,6 +93,7 @@ impl Application {
             .into_iter()
             .map(|runner| tokio::spawn(runner.run(shutdown.clone())))
             .collect();
+        tokio::spawn(platform::allocator_trim::run(shutdown.clone()));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
         platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
         for runner in runners {

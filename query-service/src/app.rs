@@ -97,6 +97,7 @@ impl Application {
             self.read_cache,
             self.waits,
         );
+        tokio::spawn(platform::allocator_trim::run(shutdown.clone()));
         tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
         platform::ops_http::serve(self.listener, app, shutdown).await?;
         let _ = following.await;
