@@ -7,10 +7,10 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::routing::get;
 use platform::ops_http::Readiness;
+use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -76,41 +76,54 @@ pub fn build(
         .layer(axum::Extension(waits))
         .route("/openapi.json", get(crate::openapi::serve))
         .with_state(readiness.pool.clone());
-    let mut router = platform::ops_http::router(readiness).merge(api).layer(
-        axum::middleware::from_fn_with_state(metrics, crate::http_metrics::record),
-    );
-    for (name, value) in SECURITY_HEADERS {
-        router = router.layer(SetResponseHeaderLayer::overriding(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        ));
-    }
     let origins: Vec<HeaderValue> = limits
         .cors_origins
         .iter()
         .filter(|o| !o.trim().is_empty())
         .filter_map(|o| HeaderValue::from_str(o.trim()).ok())
         .collect();
-    if !origins.is_empty() {
-        router = router.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET])
-                .allow_headers([
-                    header::AUTHORIZATION,
-                    HeaderName::from_static("tally-consistency-token"),
-                    HeaderName::from_static("tally-wait-ms"),
-                ]),
+    let cors = (!origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET])
+            .allow_headers([
+                header::AUTHORIZATION,
+                HeaderName::from_static("tally-consistency-token"),
+                HeaderName::from_static("tally-wait-ms"),
+            ])
+    });
+    // The tower-http middleware composed statically into one layer rather than one
+    // `Router::layer` each: every `Router::layer` boxes every route again, and each box is
+    // cloned and its future allocated on every request.
+    platform::ops_http::router(readiness)
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            crate::http_metrics::record,
+        ))
+        .layer(axum::middleware::map_response(security_headers))
+        .layer(
+            ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(RequestBodyLimitLayer::new(limits.body_max_bytes))
+                .layer(CompressionLayer::new())
+                .option_layer(cors)
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    limits.request_timeout,
+                )),
+        )
+}
+
+async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
         );
     }
-    router
-        .layer(CompressionLayer::new())
-        .layer(RequestBodyLimitLayer::new(limits.body_max_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+    response
 }
 
 /// The request's span, continuing the caller's W3C trace when it sent a `traceparent`.
