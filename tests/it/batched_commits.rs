@@ -20,8 +20,12 @@ const ACCOUNTS: usize = 24;
 const DEPOSITS_EACH: i64 = 10;
 
 fn instance(pool: &PgPool) -> Executor {
+    writing_through(TallyRepository::new(pool.clone()))
+}
+
+fn writing_through(repo: TallyRepository) -> Executor {
     Executor::new(
-        TallyRepository::new(pool.clone()),
+        repo,
         ExecutorLimits {
             conflict_retries_max: 5,
             snapshot_every: 0,
@@ -48,7 +52,12 @@ fn accepted(reply: &CommandReply) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through() {
     let pool = fresh_pool().await;
-    let (a, b) = (Arc::new(instance(&pool)), instance(&pool));
+    // One statement in flight at a time, so writes that arrive while it runs wait for the next.
+    let a = Arc::new(writing_through(TallyRepository::with_write_statements_max(
+        pool.clone(),
+        1,
+    )));
+    let b = instance(&pool);
     let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acc-{i}")).collect();
     for id in &accounts {
         let open = AccountCommand::Open(OpenAccount {
@@ -71,7 +80,14 @@ async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through(
     }
 
     // On `a`, all at once: deposits on every account, the repeated id, and on each stale
-    // account a withdrawal only b's deposit pays for.
+    // account a withdrawal only b's deposit pays for. Inserts into `events` wait behind a
+    // lock until the first of them is seen waiting, so the rest pile up behind it however
+    // slowly this machine schedules the tasks; reads go on.
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     let mut expected: HashMap<String, i64> = accounts.iter().map(|id| (id.clone(), 0)).collect();
     *expected.entry(accounts[0].clone()).or_default() += 7;
@@ -95,6 +111,9 @@ async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through(
     let a2 = a.clone();
     let again = repeated.clone();
     tasks.spawn(async move { ("repeat", a2.execute(again).await.unwrap()) });
+    wait_for_an_insert_blocked_on_a_lock(&pool).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    blocker.commit().await.unwrap();
     while let Some(joined) = tasks.join_next().await {
         let (what, reply) = joined.unwrap();
         match what {
@@ -131,6 +150,23 @@ async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through(
         .await
         .unwrap();
     assert_eq!(report.findings_total, 0, "hash chain or replay findings");
+}
+
+async fn wait_for_an_insert_blocked_on_a_lock(pool: &PgPool) {
+    for _ in 0..200 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no insert waited on the lock within 10 s");
 }
 
 /// The path alone (here: commands with an expected version) looks nothing up before deciding:
