@@ -14,6 +14,7 @@ use domain::{Account, CommandReply};
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 
+use super::dead_letters::eventually;
 use super::snapshots::{fresh_pool, incoming};
 
 const ACCOUNTS: usize = 24;
@@ -111,7 +112,17 @@ async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through(
     let a2 = a.clone();
     let again = repeated.clone();
     tasks.spawn(async move { ("repeat", a2.execute(again).await.unwrap()) });
-    wait_for_an_insert_blocked_on_a_lock(&pool).await;
+    eventually("an insert waits on the lock", async || {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     blocker.commit().await.unwrap();
     while let Some(joined) = tasks.join_next().await {
@@ -150,23 +161,6 @@ async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through(
         .await
         .unwrap();
     assert_eq!(report.findings_total, 0, "hash chain or replay findings");
-}
-
-async fn wait_for_an_insert_blocked_on_a_lock(pool: &PgPool) {
-    for _ in 0..200 {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("no insert waited on the lock within 10 s");
 }
 
 /// The path alone (here: commands with an expected version) looks nothing up before deciding:

@@ -19,7 +19,8 @@ async fn version(app: &TestApp, id: &str) -> i64 {
     .unwrap()
 }
 
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+/// Polls `check` every 50 ms until it holds, for at most 30 s.
+pub(crate) async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !check().await {
         assert!(Instant::now() < deadline, "never: {what}");
