@@ -7,6 +7,7 @@ mod baselines;
 mod command_load;
 mod commands_only;
 mod cpu;
+mod cpu_budget;
 mod fixed_rate;
 mod generate;
 mod memory;

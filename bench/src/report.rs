@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::cpu_budget::{self, CpuRow};
 use crate::memory::Rss;
 use crate::stats::Latency;
 
@@ -58,6 +59,8 @@ pub struct Report {
     pub runs: usize,
     pub seconds_per_run: u64,
     pub rows: Vec<Row>,
+    /// CPU per accepted command in each closed-loop command scenario.
+    pub cpu: Vec<CpuRow>,
     /// Each service's memory before the load (idle) and its peak after it.
     pub memory_idle: BTreeMap<String, Rss>,
     pub memory_after: BTreeMap<String, Rss>,
@@ -109,6 +112,7 @@ impl Report {
                 row.target
             ));
         }
+        out.push_str(&cpu_budget::markdown(&self.cpu, self.cores));
         out.push_str("\n| service | idle RSS MiB | RSS after load MiB | peak RSS MiB | target |\n|---|---:|---:|---:|---|\n");
         for (service, after) in &self.memory_after {
             let idle = self.memory_idle.get(service).map_or(0.0, |r| r.rss_mib);
@@ -178,6 +182,7 @@ mod tests {
             rows: vec![
                 Row::new("commands", 500.0, "accepted/s", "≥ 5,000").against("inserts", 1000.0),
             ],
+            cpu: vec![],
             memory_idle: BTreeMap::new(),
             memory_after: BTreeMap::new(),
             total_seconds: 1.0,

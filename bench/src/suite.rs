@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::command_load::{self, LoadRun, Mix};
+use crate::cpu_budget::{CpuRow, Spent, measured};
 use crate::queries::{self, QueryRun, Read};
 use crate::report::{Report, Row};
 use crate::stack::{self, StackArgs};
@@ -86,13 +87,19 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let half = (args.seconds / 2).max(1);
     let (mut mixed, mut hots, mut inserts, mut batched) = (vec![], vec![], vec![], vec![]);
     let (mut wides, mut wide_mixes) = (vec![], vec![]);
+    let mut spent: [Vec<Spent>; 4] = Default::default();
     for run in 1..=runs {
-        let m = command_load::closed_loop(&nats, &token, &spread, args.clients, args.seconds).await;
-        let wm = command_load::closed_loop(&nats, &token, &spread, args.wide_clients, args.seconds)
-            .await;
-        let w =
-            command_load::closed_loop(&nats, &token, &plain, args.wide_clients, args.seconds).await;
-        let h = command_load::closed_loop(&nats, &token, &hot, args.clients, args.seconds).await;
+        let dir = &args.stack.run_dir;
+        let accepted = |r: &LoadRun| r.accepted;
+        let loop_of =
+            |mix, clients| command_load::closed_loop(&nats, &token, mix, clients, args.seconds);
+        let (m, m_cpu) = measured(dir, loop_of(&spread, args.clients), accepted).await;
+        let (wm, wm_cpu) = measured(dir, loop_of(&spread, args.wide_clients), accepted).await;
+        let (w, w_cpu) = measured(dir, loop_of(&plain, args.wide_clients), accepted).await;
+        let (h, h_cpu) = measured(dir, loop_of(&hot, args.clients), accepted).await;
+        for (all, one) in spent.iter_mut().zip([m_cpu, wm_cpu, w_cpu, h_cpu]) {
+            all.push(one);
+        }
         let i = baselines::postgres_inserts(&pool, args.clients, half, 1).await?;
         let b =
             baselines::postgres_inserts(&pool, args.clients, half, baselines::BATCH_ROWS).await?;
@@ -179,42 +186,36 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
 
     let (insert_rate, batched_rate, publish_rate) =
         (median(&inserts), median(&batched), median(&publishes));
+    let scenarios = [
+        format!(
+            "commands: {} accounts, {} clients, {}% transfers, max rate",
+            spread.accounts.len(),
+            args.clients,
+            args.transfer_percent
+        ),
+        format!(
+            "commands: the same mix, {} clients, max rate",
+            args.wide_clients
+        ),
+        format!(
+            "commands: deposits/withdrawals on the same accounts, {} clients, max rate",
+            args.wide_clients
+        ),
+        format!("one hot account, {} clients, max rate", args.clients),
+    ];
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = scenarios
+        .iter()
+        .zip(&spent)
+        .filter_map(|(scenario, runs)| CpuRow::of(scenario.clone(), runs, cores))
+        .collect();
+    let [mix_name, wide_mix_name, wide_name, hot_name] = scenarios;
+    let commands_target = "≥ 5,000/s at p99 ≤ 50 ms";
     let mut rows = vec![
-        load_row(
-            format!(
-                "commands: {} accounts, {} clients, {}% transfers, max rate",
-                spread.accounts.len(),
-                args.clients,
-                args.transfer_percent
-            ),
-            &mixed,
-            "≥ 5,000/s at p99 ≤ 50 ms",
-        )
-        .against(INSERTS, insert_rate),
-        load_row(
-            format!(
-                "commands: the same mix, {} clients, max rate",
-                args.wide_clients
-            ),
-            &wide_mixes,
-            "≥ 5,000/s at p99 ≤ 50 ms",
-        )
-        .against(INSERTS, insert_rate),
-        load_row(
-            format!(
-                "commands: deposits/withdrawals on the same accounts, {} clients, max rate",
-                args.wide_clients
-            ),
-            &wides,
-            "≥ 5,000/s at p99 ≤ 50 ms",
-        )
-        .against(INSERTS, insert_rate),
-        load_row(
-            format!("one hot account, {} clients, max rate", args.clients),
-            &hots,
-            "≥ 2,000/s, 0 errors",
-        )
-        .against(INSERTS, insert_rate),
+        load_row(mix_name, &mixed, commands_target).against(INSERTS, insert_rate),
+        load_row(wide_mix_name, &wide_mixes, commands_target).against(INSERTS, insert_rate),
+        load_row(wide_name, &wides, commands_target).against(INSERTS, insert_rate),
+        load_row(hot_name, &hots, "≥ 2,000/s, 0 errors").against(INSERTS, insert_rate),
         fixed_rate::load_row(rate, &fixed, ""),
         fixed_rate::visible_row(rate, &fixed, ""),
         query_row(
@@ -284,10 +285,11 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let report = Report {
         commit: git_commit(),
         taken_at: chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cores,
         runs,
         seconds_per_run: args.seconds,
         rows,
+        cpu,
         memory_idle,
         memory_after,
         total_seconds: started.elapsed().as_secs_f64(),
