@@ -4,7 +4,7 @@
 //! a wait. Whether a rate target fits the machine at all follows from it: 5,000 commands/s on
 //! 2 cores leaves 400 µs of CPU per command for the whole stack, the load generator included.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::time::Instant;
@@ -74,13 +74,7 @@ impl CpuRow {
             return None;
         }
         let per_command = |r: &Spent, cpu_s: f64| 1e6 * cpu_s / r.accepted as f64;
-        let processes: Vec<&String> = runs
-            .iter()
-            .flat_map(|r| r.cpu_s.keys())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let per_process_us = processes
+        let per_process_us = process_names(runs.iter().map(|r| &r.cpu_s))
             .into_iter()
             .map(|name| {
                 let each: Vec<f64> = runs
@@ -113,17 +107,21 @@ impl CpuRow {
     }
 }
 
+/// Every process named in any of `maps`, once each, in name order: a process that did not
+/// run in one run (or scenario) still gets its column.
+fn process_names<'a>(maps: impl Iterator<Item = &'a BTreeMap<String, f64>>) -> Vec<&'a String> {
+    maps.flat_map(BTreeMap::keys)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
 /// The markdown table of [`CpuRow`]s, one column per process group.
 pub fn markdown(rows: &[CpuRow], cores: usize) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let processes: Vec<&String> = rows
-        .iter()
-        .flat_map(|r| r.per_process_us.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let processes = process_names(rows.iter().map(|r| &r.per_process_us));
     let mut out = format!(
         "\nCPU per accepted command, µs (medians of the runs above; `tally-bench` is this load generator)\n\n| scenario | all | {} | cores busy of {cores} | rate {cores} cores allow at this cost |\n|---|---:|{}---:|---:|\n",
         processes
