@@ -103,7 +103,10 @@ impl StackArgs {
             }
             _ => async_nats::ConnectOptions::new(),
         };
+        // The server lets each user read only its own inboxes (deploy/nats-server.conf).
+        let inbox_prefix = platform::nats::inbox_prefix(self.nats_user.as_deref(), None)?;
         options
+            .custom_inbox_prefix(inbox_prefix)
             .connect(self.nats_url.as_str())
             .await
             .context("connecting to NATS (is `./dev up` running? did you `eval \"$(./dev env)\"`?)")

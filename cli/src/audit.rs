@@ -247,7 +247,7 @@ fn print_report(report: &VerifyReport, elapsed_s: f64, digest: Option<&Digest>) 
 async fn load_digest(source: &str, nats: &Connection) -> anyhow::Result<Digest> {
     if let Ok(sequence) = source.parse::<u64>() {
         let client = nats
-            .options()
+            .options()?
             .connect(nats.urls.join(","))
             .await
             .context("cannot connect to NATS (--nats-url / TALLY_NATS_URL)")?;

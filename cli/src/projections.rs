@@ -144,8 +144,11 @@ pub async fn run(
 /// a projection reads only its own aggregate type's subjects, so "head minus position" would
 /// count other projections' events. Keeps the position-based figure when NATS is unreachable.
 async fn with_consumer_lag(mut rows: Vec<Status>, nats: &Connection, stream: &str) -> Vec<Status> {
-    let client = nats.options().connect(nats.urls.as_slice()).await;
-    let Ok(client) = client else {
+    let client = match nats.options() {
+        Ok(options) => options.connect(nats.urls.as_slice()).await.ok(),
+        Err(_) => None,
+    };
+    let Some(client) = client else {
         eprintln!("NATS unreachable: lag is the distance to the stream head, all subjects");
         return rows;
     };

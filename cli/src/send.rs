@@ -1,5 +1,5 @@
 //! Sending one command: request/reply on `<prefix>.cmd.…`, or durably on `<prefix>.jobs.…` and
-//! then waiting for `<prefix>.results.<command_id>`.
+//! then waiting for its result on the inbox named in `Tally-Reply-To`.
 
 use std::time::Duration;
 
@@ -51,20 +51,27 @@ pub struct Connection {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// Prefix of the reply inboxes; default `_INBOX_<user>`, the only one the server lets that
+    /// user read (`deploy/nats-server.conf`).
+    #[arg(long = "nats-inbox-prefix", env = "TALLY_NATS_INBOX_PREFIX", global = true)]
+    pub inbox_prefix: Option<String>,
 }
 
 impl Connection {
-    /// Connect options with this connection's timeout and credentials.
-    pub fn options(&self) -> async_nats::ConnectOptions {
+    /// Connect options with this connection's timeout, credentials and inbox prefix.
+    pub fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
         let options = match (&self.user, &self.password) {
             (Some(user), Some(password)) => {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
             }
             _ => async_nats::ConnectOptions::new(),
         };
-        options
+        let inbox_prefix =
+            platform::nats::inbox_prefix(self.user.as_deref(), self.inbox_prefix.as_deref())?;
+        Ok(options
             .name("tally-cli")
-            .connection_timeout(Duration::from_millis(self.timeout_ms))
+            .custom_inbox_prefix(inbox_prefix)
+            .connection_timeout(Duration::from_millis(self.timeout_ms)))
     }
 }
 
@@ -98,7 +105,7 @@ pub async fn send(
 ) -> anyhow::Result<CommandReply> {
     let timeout = Duration::from_millis(connection.timeout_ms);
     let client = connection
-        .options()
+        .options()?
         .connect(connection.urls.as_slice())
         .await
         .with_context(|| format!("cannot connect to NATS at {}", connection.urls.join(",")))?;
@@ -113,9 +120,12 @@ pub async fn send(
     }
     let payload = serde_json::to_vec(body)?;
     let response = if options.durable {
-        let results = format!("{}.results.{command_id}", connection.prefix);
-        let mut subscription = client.subscribe(results).await?;
+        // The result comes to an inbox of ours, named in the header: only this connection's
+        // NATS user can read it.
+        let inbox = client.new_inbox();
+        let mut subscription = client.subscribe(inbox.clone()).await?;
         headers.insert("Nats-Msg-Id", command_id.to_string().as_str());
+        headers.insert("Tally-Reply-To", inbox.as_str());
         let subject = format!("{}.jobs.{aggregate}.{command}", connection.prefix);
         async_nats::jetstream::new(client.clone())
             .publish_with_headers(subject.clone(), headers, payload.into())

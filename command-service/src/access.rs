@@ -2,14 +2,13 @@
 //! command needs, the `owner` claim on bodies, and the per-actor rate limit. Checked before the
 //! body is even parsed, so an unauthenticated sender learns nothing about commands' shapes.
 
-use std::num::NonZeroU32;
-
 use async_nats::HeaderMap;
 use domain::ErrorCode;
 use domain::account::AccountCommand;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use platform::auth::{AuthError, Principal, Scope, TokenVerifier, bearer_token};
+use platform::auth::{
+    AuthError, KeyedLimiter, Principal, RATE_KEYS_MAX_DEFAULT, Scope, Throttled, TokenVerifier,
+    bearer_token,
+};
 use serde_json::json;
 
 use crate::incoming::Command;
@@ -19,8 +18,11 @@ pub const HEADER_AUTHORIZATION: &str = "Authorization";
 
 pub struct Access {
     verifier: TokenVerifier,
-    /// Per actor (token subject); `None` when unlimited.
-    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Per actor (token subject); `None` when unlimited. Idle actors are dropped and at most
+    /// [`RATE_KEYS_MAX_DEFAULT`] are tracked at once (beyond, a new actor is `rate_limited`
+    /// until idle ones are dropped): subjects come only from valid tokens, but a token issuer
+    /// may mint without end.
+    limiter: Option<KeyedLimiter>,
 }
 
 impl std::fmt::Debug for Access {
@@ -45,11 +47,10 @@ pub fn required_scope(aggregate: &str, command: &str) -> Scope {
 impl Access {
     /// `per_second` commands per actor on average, bursts of `burst`; 0 means unlimited.
     pub fn new(verifier: TokenVerifier, per_second: u32, burst: u32) -> Self {
-        let limiter = NonZeroU32::new(per_second).map(|rate| {
-            let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
-        Access { verifier, limiter }
+        Access {
+            verifier,
+            limiter: KeyedLimiter::new(per_second, burst, RATE_KEYS_MAX_DEFAULT),
+        }
     }
 
     /// The sender of a command to `<aggregate>.<command>`, if it may send it now.
@@ -76,18 +77,22 @@ impl Access {
         // Operators and the process manager are not throttled: they act for everyone.
         if let Some(limiter) = &self.limiter
             && !principal.is_admin()
-            && let Err(not_until) = limiter.check_key(&principal.subject)
+            && let Err(throttled) = limiter.check(&principal.subject)
         {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            return Err(Rejection::new(
-                ErrorCode::RateLimited,
-                format!(
+            let retry_after_ms = u64::try_from(throttled.retry_after().as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            let message = match throttled {
+                Throttled::TooFast { .. } => format!(
                     "too many commands from {}; retry in {retry_after_ms} ms",
                     principal.subject
                 ),
-            )
-            .with_details(json!({"retry_after_ms": retry_after_ms})));
+                Throttled::Crowded { .. } => {
+                    format!("too many actors at once; retry in {retry_after_ms} ms")
+                }
+            };
+            return Err(Rejection::new(ErrorCode::RateLimited, message)
+                .with_details(json!({"retry_after_ms": retry_after_ms})));
         }
         Ok(principal)
     }

@@ -49,6 +49,7 @@ pub struct Application {
     schemas: Arc<SchemaRegistry>,
     access: Arc<crate::access::Access>,
     metrics: crate::metrics::CommandMetrics,
+    jobs_waiting: Arc<crate::jobs::Waiting>,
     relay: Relay,
     subscription: async_nats::Subscriber,
     digest_key: Option<ed25519_dalek::SigningKey>,
@@ -79,6 +80,7 @@ impl Application {
             config.command_rate_burst,
         ));
         let metrics = crate::metrics::CommandMetrics::register(&infra.registry)?;
+        let jobs_waiting = crate::jobs::Waiting::register(&infra.registry)?;
         let executor = Arc::new(
             Executor::new(
                 TallyRepository::with_write_statements_max(
@@ -106,6 +108,7 @@ impl Application {
             RelayConfig {
                 batch_max: config.relay_batch_max.max(1),
                 poll: Duration::from_millis(config.relay_poll_ms.max(1)),
+                fail_publish: config.relay_fail_publish,
             },
         )
         .with_publish_error_counter(metrics.publish_errors.clone())
@@ -120,6 +123,7 @@ impl Application {
             schemas,
             access,
             metrics,
+            jobs_waiting,
             relay,
             subscription,
             digest_key,
@@ -159,6 +163,8 @@ impl Application {
             in_flight,
             deadline,
             max_deliver: self.config.jobs_max_deliver.max(1),
+            retry_max: Duration::from_millis(self.config.jobs_retry_max_ms.max(1)),
+            waiting: Arc::clone(&self.jobs_waiting),
         };
         let relay_shutdown = CancellationToken::new();
         let relay = tokio::spawn(self.relay.run(relay_shutdown.clone()));
@@ -175,15 +181,20 @@ impl Application {
         );
         let ingress = tokio::spawn(ingress.run(self.subscription, shutdown.clone()));
         let jobs = tokio::spawn(jobs.run(shutdown.clone()));
+        let readiness = platform::ops_http::Readiness {
+            outbox: Some(platform::metrics::OutboxWatch {
+                stream: self.infra.streams.events.clone(),
+                backlog_max: self.config.ready_outbox_backlog_max,
+            }),
+            ..self.infra.readiness()
+        };
         let ops = tokio::spawn(platform::ops_http::serve(
             self.ops_listener,
-            platform::ops_http::router(platform::ops_http::Readiness {
-                outbox: Some(platform::metrics::OutboxWatch {
-                    stream: self.infra.streams.events.clone(),
-                    backlog_max: self.config.ready_outbox_backlog_max,
-                }),
-                ..self.infra.readiness()
-            }),
+            crate::jobs::with_readiness(
+                platform::ops_http::router(readiness.clone()),
+                readiness,
+                Arc::clone(&self.jobs_waiting),
+            ),
             shutdown.clone(),
         ));
         tokio::spawn(platform::allocator_trim::run(shutdown.clone()));

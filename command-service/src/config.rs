@@ -128,13 +128,28 @@ pub struct Config {
         default_value_t = 200
     )]
     pub relay_poll_ms: u64,
-    /// Deliveries of a durable command before it is given up (answered `unavailable`).
+    /// Tests only, and no flag or variable on purpose: the relay's Nth publication (1-based,
+    /// counted from its start) is sent so that JetStream rejects it, once. Lets a test fail one
+    /// publish in the middle of a pipelined batch against a real server.
+    #[arg(skip)]
+    pub relay_fail_publish: Option<u64>,
+    /// Attempts of a durable command that may end in an internal error, or with no answer at
+    /// all (the process died in them), before it is answered `internal`. Waiting out an outage
+    /// (PostgreSQL down or too slow) never counts: that is never an answer.
     #[arg(
         long = "jobs-max-deliver",
         env = "TALLY_JOBS_MAX_DELIVER",
         default_value_t = 20
     )]
     pub jobs_max_deliver: i64,
+    /// Longest pause between two attempts of a durable command that could not be decided
+    /// (the pauses double from 100 ms up to this).
+    #[arg(
+        long = "jobs-retry-max-ms",
+        env = "TALLY_JOBS_RETRY_MAX_MS",
+        default_value_t = 2_000
+    )]
+    pub jobs_retry_max_ms: u64,
     /// Publish an audit digest (Merkle root over the hash-chain heads) to
     /// `<prefix>.audit.digest` this often; 0 turns digests off.
     #[arg(

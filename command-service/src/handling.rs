@@ -20,14 +20,23 @@ pub struct Outcome {
 /// shutdown) can never cancel it in the middle of a database transaction (see the sqlx
 /// cancellation bug in `notes/postgres.md`). After `deadline` the caller gets `unavailable`;
 /// the work still finishes and its result is in the command log for a retry with the same id.
+///
+/// `permit` (a place among the commands executing at once) is held until the command has
+/// finished, not merely until its caller stopped waiting: a command whose caller timed out
+/// still runs, and must still count against the limit.
 pub async fn run(
     executor: &Arc<Executor>,
     incoming: IncomingCommand,
     deadline: Duration,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Outcome {
     let command_id = incoming.command_id;
     let executor = Arc::clone(executor);
-    let task = tokio::spawn(async move { executor.execute(incoming).await });
+    let task = tokio::spawn(async move {
+        let executed = executor.execute(incoming).await;
+        drop(permit);
+        executed
+    });
     match tokio::time::timeout(deadline, task).await {
         Ok(Ok(Ok(reply))) => Outcome {
             reply,

@@ -23,6 +23,8 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 pub const HEADER_CORRELATION_ID: &str = "Tally-Correlation-Id";
 /// What caused the command (a process manager sets the event it reacted to).
 pub const HEADER_CAUSATION_ID: &str = "Tally-Causation-Id";
+/// Durable commands: the inbox their result is published to.
+pub const HEADER_REPLY_TO: &str = "Tally-Reply-To";
 
 /// A parsed command for one of the aggregates.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use platform::nats::Subjects;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -83,18 +83,32 @@ impl Ingress {
                 break;
             };
             let this = self.clone();
-            tasks.spawn(async move {
-                this.handle(message).await;
-                drop(permit);
-            });
+            tasks.spawn(async move { this.handle(message, permit).await });
         }
         tasks.close();
         tasks.wait().await;
         tracing::info!("command ingress stopped");
     }
 
-    async fn handle(&self, message: async_nats::Message) {
+    /// Answers one request; `permit` is released once its command has finished (or at once
+    /// when there is nothing to execute).
+    async fn handle(&self, message: async_nats::Message, permit: OwnedSemaphorePermit) {
         let started = std::time::Instant::now();
+        // Before anything is read or run: a reply goes only to an inbox. Any other "reply
+        // subject" (an event, audit or result subject, the JetStream API) would make this
+        // service publish there with its own rights, so the request is dropped unexecuted and
+        // unanswered (there is nowhere safe to answer).
+        if let Some(reply) = &message.reply
+            && !platform::nats::is_inbox_subject(reply)
+        {
+            self.metrics.refused_reply_subjects.inc();
+            tracing::warn!(
+                subject = %message.subject,
+                reply_len = reply.len(),
+                "request dropped: its reply subject is not an inbox"
+            );
+            return;
+        }
         let generated = Uuid::now_v7();
         let reply = match incoming::command_id(message.headers.as_ref(), generated) {
             Err(rejection) => rejection.into_reply(generated),
@@ -124,7 +138,7 @@ impl Ingress {
                 match parsed {
                     Err(rejection) => rejection.into_reply(command_id),
                     Ok(command) => {
-                        handling::run(&self.executor, command, self.deadline)
+                        handling::run(&self.executor, command, self.deadline, Some(permit))
                             .await
                             .reply
                     }

@@ -14,6 +14,8 @@ mod app;
 mod audit_digests;
 mod commit_signal;
 mod config;
+#[cfg(test)]
+mod decode_fuzz;
 pub mod executor;
 mod handling;
 pub mod incoming;

@@ -15,6 +15,8 @@ pub struct CommandMetrics {
     pub conflict_retries: IntCounter,
     pub publish_errors: IntCounter,
     pub relay_delays: prometheus::Histogram,
+    /// Requests dropped unexecuted because their reply subject is not an inbox.
+    pub refused_reply_subjects: IntCounter,
 }
 
 impl CommandMetrics {
@@ -51,6 +53,13 @@ impl CommandMetrics {
                 "Time from an event's recording in the event store to JetStream's acknowledgement of it.",
                 &[],
                 &LATENCY_BUCKETS_S,
+            )?
+            .with_label_values::<&str>(&[]),
+            refused_reply_subjects: counter_vec(
+                registry,
+                "tally_command_reply_subjects_refused_total",
+                "Requests dropped unexecuted because their reply subject is not an inbox (`_INBOX…`).",
+                &[],
             )?
             .with_label_values::<&str>(&[]),
             conflict_retries: retries.with_label_values::<&str>(&[]),

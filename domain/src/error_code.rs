@@ -28,6 +28,9 @@ pub enum ErrorCode {
     /// The aggregate is not in a state that allows the command (including an expected version
     /// that does not match).
     Conflict,
+    /// The command id was already used by another sender or for another command (aggregate,
+    /// name or body differ); nothing of that command is revealed. Send a new command id.
+    IdempotencyMismatch,
     /// The withdrawal is larger than the balance.
     InsufficientFunds,
     /// The account is frozen and does not accept this command.
@@ -48,7 +51,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of design §3.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidJson,
         ErrorCode::SchemaViolation,
         ErrorCode::UnknownCommand,
@@ -58,6 +61,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::AlreadyExists,
         ErrorCode::Conflict,
+        ErrorCode::IdempotencyMismatch,
         ErrorCode::InsufficientFunds,
         ErrorCode::AccountFrozen,
         ErrorCode::AccountClosed,
@@ -79,6 +83,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::IdempotencyMismatch => "idempotency_mismatch",
             ErrorCode::InsufficientFunds => "insufficient_funds",
             ErrorCode::AccountFrozen => "account_frozen",
             ErrorCode::AccountClosed => "account_closed",

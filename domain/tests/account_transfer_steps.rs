@@ -40,6 +40,7 @@ fn transfer(status: TransferStatus, amount: i64) -> AccountServices {
             status,
             ..Transfer::default()
         }),
+        owner: None,
     }
 }
 
@@ -248,4 +249,69 @@ fn a_frozen_destination_is_still_credited() {
             ..
         })]
     ));
+}
+
+/// Issue 21 (finding 6): money arriving while a transfer is in flight must leave room for its
+/// refund, or a refused credit would leave the transfer stuck with the amount held forever.
+#[test]
+fn a_refund_always_fits_however_much_arrives_while_the_transfer_is_in_flight() {
+    let amount = domain::AMOUNT_MAX_MINOR;
+    let src = account("src", amount);
+    let debited = src
+        .decide_with(
+            &AccountCommand::Debit(step("src")),
+            &transfer(TransferStatus::Requested, amount),
+        )
+        .unwrap();
+    let mut src = after(src, debited);
+    assert_eq!(src.balance, 0);
+    // Fill the balance as far as the rules allow: the largest deposit that is accepted, then
+    // half of it, down to one minor unit; then a credit from another transfer on top.
+    let mut deposit = amount;
+    while deposit >= 1 {
+        match src.decide(&AccountCommand::Deposit(Deposit {
+            account_id: "src".into(),
+            amount: deposit,
+            reference: String::new(),
+            channel: DepositChannel::Unspecified,
+        })) {
+            Ok(events) => src = after(src, events),
+            Err(error) => {
+                assert_eq!(error.code(), ErrorCode::AmountOutOfRange, "{error}");
+                deposit /= 2;
+            }
+        }
+    }
+    let incoming = AccountServices {
+        transfer: Some(Transfer {
+            id: Some(Uuid::from_u128(43)),
+            from: "elsewhere".into(),
+            to: "src".into(),
+            amount: 1,
+            currency: "EUR".into(),
+            status: TransferStatus::Debited,
+            ..Transfer::default()
+        }),
+        owner: None,
+    };
+    let credit = AccountCommand::Credit(TransferStep {
+        account_id: "src".into(),
+        transfer_id: Uuid::from_u128(43),
+    });
+    if let Ok(events) = src.decide_with(&credit, &incoming) {
+        src = after(src, events);
+    }
+    // The credit of the destination was refused: the refund must land.
+    let refunded = src
+        .decide_with(
+            &AccountCommand::Refund(step("src")),
+            &transfer(TransferStatus::Refunding, amount),
+        )
+        .expect("the refund of a transfer in flight always fits");
+    let src = after(src, refunded);
+    assert!(src.transfers_in_flight.is_empty());
+    assert!(
+        src.balance > i64::MAX - amount,
+        "the rule costs little headroom"
+    );
 }

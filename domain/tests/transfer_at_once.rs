@@ -63,7 +63,7 @@ fn a_transfer_at_once_moves_the_money_and_completes() {
         account("src", "EUR", 900, AccountStatus::Open),
         account("dst", "EUR", 5, AccountStatus::Open),
     );
-    let settled = decide_at_once(&Transfer::default(), &request(400), &from, &to).unwrap();
+    let settled = decide_at_once(&Transfer::default(), &request(400), &from, &to, None).unwrap();
     assert!(settled.completed());
     let TransferEvent::TransferRequested(requested) = &settled.transfer[0] else {
         panic!("the request first: {:?}", settled.transfer);
@@ -103,7 +103,8 @@ fn a_refused_step_fails_the_transfer_and_moves_nothing() {
     for (balance, amount, status, code) in cases {
         let from = account("src", "EUR", balance, status);
         let to = account("dst", "EUR", 0, AccountStatus::Open);
-        let settled = decide_at_once(&Transfer::default(), &request(amount), &from, &to).unwrap();
+        let settled =
+            decide_at_once(&Transfer::default(), &request(amount), &from, &to, None).unwrap();
         assert!(!settled.completed());
         assert!(settled.from.is_empty() && settled.to.is_empty());
         let transfer = apply_all(Transfer::default(), &settled.transfer);
@@ -118,7 +119,7 @@ fn a_refused_step_fails_the_transfer_and_moves_nothing() {
     let to = account("dst", "EUR", AMOUNT_MAX_MINOR, AccountStatus::Open);
     let mut full = to.clone();
     full.balance = i64::MAX;
-    let settled = decide_at_once(&Transfer::default(), &request(10), &from, &full).unwrap();
+    let settled = decide_at_once(&Transfer::default(), &request(10), &from, &full, None).unwrap();
     assert!(!settled.completed() && settled.from.is_empty());
     assert!(matches!(
         settled.transfer.last(),
@@ -130,7 +131,7 @@ fn a_refused_step_fails_the_transfer_and_moves_nothing() {
 fn impossible_requests_are_refused_as_on_the_step_by_step_path() {
     let open = |id: &str, currency: &str| account(id, currency, 100, AccountStatus::Open);
     let refused = |from: &Account, to: &Account, req: RequestTransfer| {
-        decide_at_once(&Transfer::default(), &req, from, to)
+        decide_at_once(&Transfer::default(), &req, from, to, None)
             .unwrap_err()
             .code()
     };
@@ -158,7 +159,8 @@ fn impossible_requests_are_refused_as_on_the_step_by_step_path() {
             &Transfer::default(),
             &same,
             &open("src", "EUR"),
-            &open("src", "EUR")
+            &open("src", "EUR"),
+            None,
         )
         .is_err()
     );
@@ -167,6 +169,7 @@ fn impossible_requests_are_refused_as_on_the_step_by_step_path() {
         &request(1),
         &open("src", "EUR"),
         &open("dst", "EUR"),
+        None,
     )
     .unwrap();
     let existing = apply_all(Transfer::default(), &requested.transfer);
@@ -177,7 +180,7 @@ fn impossible_requests_are_refused_as_on_the_step_by_step_path() {
 }
 
 fn refused_existing(transfer: &Transfer, from: &Account, to: &Account) -> ErrorCode {
-    decide_at_once(transfer, &request(1), from, to)
+    decide_at_once(transfer, &request(1), from, to, None)
         .unwrap_err()
         .code()
 }
@@ -186,15 +189,10 @@ fn refused_existing(transfer: &Transfer, from: &Account, to: &Account) -> ErrorC
 /// facts the command-service would load.
 fn by_steps(request: &RequestTransfer, from: Account, to: Account) -> (Account, Account, Transfer) {
     let facts = |from: &Account, to: &Account| TransferFacts {
-        from: Some(AccountFacts {
-            currency: from.currency.clone(),
-            status: from.status,
-        }),
-        to: Some(AccountFacts {
-            currency: to.currency.clone(),
-            status: to.status,
-        }),
+        from: AccountFacts::of(from),
+        to: AccountFacts::of(to),
         recorded: StepsRecorded::default(),
+        owner: None,
     };
     let mut transfer = Transfer::default();
     let decided = transfer
@@ -210,6 +208,7 @@ fn by_steps(request: &RequestTransfer, from: Account, to: Account) -> (Account, 
     };
     let services = |t: &Transfer| AccountServices {
         transfer: Some(t.clone()),
+        owner: None,
     };
     let record = |t: Transfer, command: TransferCommand, recorded: StepsRecorded| {
         let events = t
@@ -294,7 +293,7 @@ proptest! {
         to.balance = to_balance;
         let req = request(amount);
         let (step_from, step_to, step_transfer) = by_steps(&req, from.clone(), to.clone());
-        let settled = decide_at_once(&Transfer::default(), &req, &from, &to).unwrap();
+        let settled = decide_at_once(&Transfer::default(), &req, &from, &to, None).unwrap();
         let (once_from, once_to) = (apply_all(from, &settled.from), apply_all(to, &settled.to));
         let once_transfer = apply_all(Transfer::default(), &settled.transfer);
         prop_assert_eq!(once_from.balance, step_from.balance);
@@ -307,4 +306,95 @@ proptest! {
             i128::from(from_balance) + i128::from(to_balance)
         );
     }
+}
+
+/// Issue 21, finding 3: the requester's owner is part of the decision, judged on the accounts
+/// the transfer is decided on. Another owner's source is a missing one, word for word, even
+/// closed or short of funds, and nothing moves; the requester's own source, or no owner (an
+/// admin), pays as before.
+#[test]
+fn a_source_of_another_owner_is_refused_as_a_missing_one_and_moves_nothing() {
+    let bob = account("src", "EUR", 1_000, AccountStatus::Open); // owner "o"
+    let alice = account("dst", "EUR", 0, AccountStatus::Open);
+    let wire = |e: &TransferError| (e.code(), e.to_string());
+    let missing = decide_at_once(
+        &Transfer::default(),
+        &request(10),
+        &Account::default(),
+        &alice,
+        Some("alice"),
+    )
+    .unwrap_err();
+    assert!(
+        !missing.refuses_the_sender(),
+        "a missing account is the command's refusal"
+    );
+    for source in [
+        bob.clone(),
+        account("src", "EUR", 0, AccountStatus::Closed),
+        account("src", "EUR", 0, AccountStatus::Frozen),
+        account("src", "USD", 0, AccountStatus::Open),
+    ] {
+        let refused = decide_at_once(
+            &Transfer::default(),
+            &request(10),
+            &source,
+            &alice,
+            Some("alice"),
+        )
+        .unwrap_err();
+        assert_eq!(wire(&refused), wire(&missing), "{source:?}");
+        assert!(refused.refuses_the_sender(), "{refused:?}");
+    }
+    // Before the destination too: a missing destination does not tell a foreign source apart.
+    let both = decide_at_once(
+        &Transfer::default(),
+        &request(10),
+        &bob,
+        &Account::default(),
+        Some("alice"),
+    )
+    .unwrap_err();
+    assert_eq!(wire(&both), wire(&missing));
+    for owner in [Some("o"), None] {
+        let settled =
+            decide_at_once(&Transfer::default(), &request(10), &bob, &alice, owner).unwrap();
+        assert!(settled.completed(), "{owner:?}");
+    }
+}
+
+/// A failed transfer is read by both parties: what it records must not state the balance of
+/// either account (a refused debit's own message names the source's balance, a refused
+/// credit's the destination's).
+#[test]
+fn a_failed_transfer_records_no_balance() {
+    let poor = account("src", "EUR", 1_234_567, AccountStatus::Open);
+    let rich = account("dst", "EUR", 0, AccountStatus::Open);
+    let settled = decide_at_once(
+        &Transfer::default(),
+        &request(7_654_321),
+        &poor,
+        &rich,
+        None,
+    )
+    .unwrap();
+    let Some(TransferEvent::TransferFailed(failed)) = settled.transfer.last() else {
+        panic!("{settled:?}");
+    };
+    assert_eq!(failed.code, "insufficient_funds");
+    assert!(!failed.reason.contains("1234567"), "{failed:?}");
+    assert_eq!(failed.reason, failure_reason("insufficient_funds"));
+
+    let mut full = account("dst", "EUR", 0, AccountStatus::Open);
+    full.balance = i64::MAX - 3;
+    let funded = account("src", "EUR", 100, AccountStatus::Open);
+    let settled = decide_at_once(&Transfer::default(), &request(10), &funded, &full, None).unwrap();
+    let Some(TransferEvent::TransferFailed(failed)) = settled.transfer.last() else {
+        panic!("{settled:?}");
+    };
+    assert_eq!(failed.code, "amount_out_of_range");
+    assert!(
+        !failed.reason.contains(&(i64::MAX - 3).to_string()),
+        "{failed:?}"
+    );
 }

@@ -17,12 +17,14 @@ fn facts(from: &str, to: &str) -> TransferFacts {
         Some(AccountFacts {
             currency: currency.into(),
             status: AccountStatus::Open,
+            owner: "o".into(),
         })
     };
     TransferFacts {
         from: account(from),
         to: account(to),
         recorded: StepsRecorded::default(),
+        owner: None,
     }
 }
 
@@ -255,7 +257,8 @@ fn a_refused_credit_ends_failed_only_after_the_refund() {
         refund[1],
         TransferEvent::TransferFailed(TransferFailed {
             code: "account_closed".into(),
-            reason: "destination closed".into()
+            // The code's wording, not the sender's ("destination closed").
+            reason: "account is closed".into()
         })
     );
     let failed = state(&history);
@@ -369,4 +372,112 @@ proptest! {
             prop_assert_eq!(count("RefundRecorded"), count("DebitRecorded"));
         }
     }
+}
+
+/// Issue 21, finding 3, on the step-by-step path: the request is decided with the requester's
+/// owner among its facts. Another owner's source answers as a missing one (and is marked as
+/// the requester's refusal, so it is not logged); the owner's own, or any for an admin, passes.
+#[test]
+fn a_request_from_another_owners_account_answers_as_a_missing_one() {
+    let owned_by = |owner: &str, status: AccountStatus| AccountFacts {
+        currency: "EUR".into(),
+        status,
+        owner: owner.into(),
+    };
+    let facts = |from: Option<AccountFacts>, requester: Option<&str>| TransferFacts {
+        from,
+        to: Some(owned_by("alice", AccountStatus::Open)),
+        recorded: StepsRecorded::default(),
+        owner: requester.map(str::to_owned),
+    };
+    let command = request("a", "b", 10);
+    let wire = |e: &TransferError| (e.code(), e.to_string());
+    let missing = Transfer::default()
+        .decide(&command, &facts(None, Some("alice")))
+        .unwrap_err();
+    assert_eq!(missing.code(), ErrorCode::NotFound);
+    assert!(!missing.refuses_the_sender());
+    for status in [
+        AccountStatus::Open,
+        AccountStatus::Frozen,
+        AccountStatus::Closed,
+    ] {
+        let refused = Transfer::default()
+            .decide(
+                &command,
+                &facts(Some(owned_by("bob", status)), Some("alice")),
+            )
+            .unwrap_err();
+        assert_eq!(wire(&refused), wire(&missing), "{status:?}");
+        assert!(refused.refuses_the_sender());
+    }
+    for requester in [Some("bob"), None] {
+        let from = Some(owned_by("bob", AccountStatus::Open));
+        assert!(
+            Transfer::default()
+                .decide(&command, &facts(from, requester))
+                .is_ok(),
+            "{requester:?}"
+        );
+    }
+}
+
+/// The step-by-step path records the reason the process manager passes on, which is the
+/// account's refusal and may state its balance: the transfer records the code's own wording.
+#[test]
+fn a_failed_step_records_no_balance() {
+    let leaky = |code: &str, reason: String| {
+        TransferCommand::Fail(FailTransfer {
+            transfer_id: ID,
+            code: code.into(),
+            reason,
+        })
+    };
+    let debit_refusal = domain::AccountError::InsufficientFunds {
+        balance: 1_234_567,
+        requested: 7_654_321,
+    };
+    let mut history = vec![requested()];
+    let failed = run(
+        &mut history,
+        leaky("insufficient_funds", debit_refusal.to_string()),
+    );
+    assert_eq!(
+        failed,
+        vec![TransferEvent::TransferFailed(TransferFailed {
+            code: "insufficient_funds".into(),
+            reason: failure_reason("insufficient_funds").into(),
+        })]
+    );
+    assert!(!format!("{failed:?}").contains("1234567"));
+
+    let credit_refusal = domain::AccountError::BalanceOverflow {
+        balance: 9_222_222_222,
+        amount: 500,
+    };
+    let mut history = vec![requested()];
+    run(&mut history, step(TransferCommand::RecordDebit));
+    let failing = run(
+        &mut history,
+        leaky("amount_out_of_range", credit_refusal.to_string()),
+    );
+    let refunded = run(&mut history, step(TransferCommand::RecordRefund));
+    for events in [&failing, &refunded] {
+        assert!(!format!("{events:?}").contains("9222222222"), "{events:?}");
+    }
+    // A `CreditFailed` stored before this rule may hold such a reason: the final record does
+    // not repeat it.
+    let mut old = vec![requested()];
+    run(&mut old, step(TransferCommand::RecordDebit));
+    old.push(TransferEvent::CreditFailed(CreditFailed {
+        from: "a".into(),
+        to: "b".into(),
+        code: "amount_out_of_range".into(),
+        reason: credit_refusal.to_string(),
+    }));
+    let refunded = run(&mut old, step(TransferCommand::RecordRefund));
+    assert!(
+        !format!("{refunded:?}").contains("9222222222"),
+        "{refunded:?}"
+    );
 }

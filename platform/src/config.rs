@@ -69,6 +69,17 @@ pub struct NatsConfig {
         default_value_t = 1
     )]
     pub stream_replicas: usize,
+    /// How long each stream drops a re-published message by its `Nats-Msg-Id`. The server
+    /// holds every id of the window in memory, hence the upper bound; below a second a retry
+    /// after a slow acknowledgement could already fall outside it. Every service updates the
+    /// streams at start, so set the same value on all of them.
+    #[arg(
+        long = "nats-duplicate-window-ms",
+        env = "TALLY_NATS_DUPLICATE_WINDOW_MS",
+        default_value_t = 120_000,
+        value_parser = clap::value_parser!(u64).range(1_000..=86_400_000)
+    )]
+    pub duplicate_window_ms: u64,
     /// How long to wait for the NATS server when connecting.
     #[arg(
         long = "nats-connect-timeout-ms",
@@ -86,6 +97,11 @@ pub struct NatsConfig {
         hide_env_values = true
     )]
     pub password: Option<SecretString>,
+    /// Prefix of this connection's reply inboxes; default `_INBOX_<user>` (`_INBOX` without a
+    /// user). One prefix per user lets the server's permissions give each user its own replies
+    /// and nobody else's (`deploy/nats-server.conf`).
+    #[arg(long = "nats-inbox-prefix", env = "TALLY_NATS_INBOX_PREFIX")]
+    pub inbox_prefix: Option<String>,
 }
 
 /// Logging settings.

@@ -40,8 +40,13 @@ impl Infra {
         db::migrate(&pool).await?;
         let client = nats::connect(nats_config, service).await?;
         let jetstream = jetstream::new(client.clone());
-        let streams =
-            nats::ensure_streams(&jetstream, &subjects, nats_config.stream_replicas).await?;
+        let streams = nats::ensure_streams_with_window(
+            &jetstream,
+            &subjects,
+            nats_config.stream_replicas,
+            std::time::Duration::from_millis(nats_config.duplicate_window_ms),
+        )
+        .await?;
         tracing::info!(
             service,
             prefix = subjects.prefix(),

@@ -13,7 +13,8 @@ use crate::config::NatsConfig;
 /// are refused rather than trusted.
 pub const SERVER_VERSION_MIN: (u64, u64) = (2, 11);
 
-/// Published messages stay deduplicable by `Nats-Msg-Id` this long (design: >= 2 minutes).
+/// Published messages stay deduplicable by `Nats-Msg-Id` this long by default (design:
+/// >= 2 minutes); `--nats-duplicate-window-ms` sets it ([`crate::config::NatsConfig`]).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,10 @@ pub enum NatsError {
     ServerTooOld { found: String },
     #[error("JetStream is not enabled on the NATS server (start it with -js)")]
     JetStreamDisabled,
+    #[error(
+        "NATS inbox prefix `{0}` must be `_INBOX` or `_INBOX_<name>`, the name of 1 to 64 characters of A-Z, a-z, 0-9, '_' or '-' (set --nats-inbox-prefix when the user name has others)"
+    )]
+    InboxPrefix(String),
     #[error("cannot create or update stream {stream}")]
     Stream {
         stream: String,
@@ -88,11 +93,6 @@ impl Subjects {
         format!("{}.jobs.{aggregate}.{command}", self.prefix)
     }
 
-    /// `<prefix>.results.<command_id>`: where a durable command's result is announced.
-    pub fn result(&self, command_id: &str) -> String {
-        format!("{}.results.{command_id}", self.prefix)
-    }
-
     /// `<prefix>.evt.>`.
     pub fn events(&self) -> String {
         format!("{}.evt.>", self.prefix)
@@ -140,6 +140,60 @@ impl StreamNames {
     }
 }
 
+/// Every inbox prefix starts with this; a reply subject that does not is nobody's inbox.
+pub const INBOX_PREFIX_BASE: &str = "_INBOX";
+
+/// The prefix of a connection's reply inboxes: `configured`, else `_INBOX_<user>`, else
+/// `_INBOX`. Refused unless it is [`INBOX_PREFIX_BASE`] alone or followed by `_<name>`, so
+/// permissions can grant `<prefix>.>` and a reply subject can be recognised as an inbox.
+pub fn inbox_prefix(user: Option<&str>, configured: Option<&str>) -> Result<String, NatsError> {
+    let prefix = match (configured, user) {
+        (Some(configured), _) => configured.to_owned(),
+        (None, Some(user)) => format!("{INBOX_PREFIX_BASE}_{user}"),
+        (None, None) => INBOX_PREFIX_BASE.to_owned(),
+    };
+    if is_inbox_prefix(&prefix) {
+        Ok(prefix)
+    } else {
+        Err(NatsError::InboxPrefix(prefix))
+    }
+}
+
+fn is_inbox_prefix(token: &str) -> bool {
+    match token.strip_prefix(INBOX_PREFIX_BASE) {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('_').is_some_and(|name| {
+            (1..=64).contains(&name.len()) && name.bytes().all(is_name_byte)
+        }),
+        None => false,
+    }
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// Longest reply subject answered; a NATS client's inbox is far shorter.
+pub const REPLY_SUBJECT_MAX_BYTES: usize = 256;
+
+/// Whether `subject` is a reply inbox as NATS clients make them: an inbox prefix
+/// (`_INBOX`, `_INBOX_<name>`) and 1 to 6 more tokens of letters, digits, `_` and `-`. A service
+/// replies only to such subjects: a request naming an event, audit, result or JetStream API
+/// subject as its "inbox" would otherwise make the service publish there with its own rights.
+pub fn is_inbox_subject(subject: &str) -> bool {
+    if subject.len() > REPLY_SUBJECT_MAX_BYTES {
+        return false;
+    }
+    let mut tokens = subject.split('.');
+    let prefix_ok = tokens.next().is_some_and(is_inbox_prefix);
+    let rest: Vec<&str> = tokens.collect();
+    prefix_ok
+        && (1..=6).contains(&rest.len())
+        && rest
+            .iter()
+            .all(|t| !t.is_empty() && t.bytes().all(is_name_byte))
+}
+
 /// Connects, and refuses servers older than [`SERVER_VERSION_MIN`] or without JetStream.
 pub async fn connect(
     config: &NatsConfig,
@@ -148,7 +202,11 @@ pub async fn connect(
     let mut options = async_nats::ConnectOptions::new()
         .name(client_name)
         .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
-        .request_timeout(Some(Duration::from_secs(5)));
+        .request_timeout(Some(Duration::from_secs(5)))
+        .custom_inbox_prefix(inbox_prefix(
+            config.user.as_deref(),
+            config.inbox_prefix.as_deref(),
+        )?);
     if let (Some(user), Some(password)) = (&config.user, &config.password) {
         options = options.user_and_password(user.clone(), password.expose_secret().to_owned());
     }
@@ -183,11 +241,24 @@ pub fn version_at_least(version: &str, min: (u64, u64)) -> bool {
     }
 }
 
-/// Creates the streams, or updates them to this configuration, idempotently.
+/// Creates the streams, or updates them to this configuration, idempotently, with the default
+/// [`DUPLICATE_WINDOW`].
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
     replicas: usize,
+) -> Result<StreamNames, NatsError> {
+    ensure_streams_with_window(js, subjects, replicas, DUPLICATE_WINDOW).await
+}
+
+/// [`ensure_streams`] with the configured duplicate window (`--nats-duplicate-window-ms`). The
+/// relay's exactly-once start-up does not depend on it (see `command-service/src/relay`); it
+/// only decides how long a blind re-publication is dropped.
+pub async fn ensure_streams_with_window(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+    duplicate_window: Duration,
 ) -> Result<StreamNames, NatsError> {
     let names = StreamNames::for_subjects(subjects);
     let stream = |name: &str, description: &str, subject: String, retention| stream::Config {
@@ -197,7 +268,11 @@ pub async fn ensure_streams(
         retention,
         storage: stream::StorageType::File,
         num_replicas: replicas,
-        duplicate_window: DUPLICATE_WINDOW,
+        duplicate_window,
+        // Nobody, whatever their rights, may purge a stream or erase a message through the
+        // JetStream API: the events stream is the ledger's published history.
+        deny_purge: true,
+        deny_delete: true,
         ..Default::default()
     };
     let configs = [
@@ -246,6 +321,53 @@ mod tests {
         assert!(version_at_least("3.0.0", (2, 10)));
         assert!(!version_at_least("2.9.10", (2, 10)));
         assert!(!version_at_least("garbage", (2, 10)));
+    }
+
+    #[test]
+    fn inbox_prefixes_follow_the_user() {
+        assert_eq!(inbox_prefix(None, None).ok().as_deref(), Some("_INBOX"));
+        assert_eq!(
+            inbox_prefix(Some("tally-client"), None).ok().as_deref(),
+            Some("_INBOX_tally-client")
+        );
+        assert_eq!(
+            inbox_prefix(Some("a.b"), Some("_INBOX_ab")).ok().as_deref(),
+            Some("_INBOX_ab")
+        );
+        assert!(inbox_prefix(Some("a.b"), None).is_err());
+        assert!(inbox_prefix(Some("*"), None).is_err());
+        assert!(inbox_prefix(None, Some("tally.evt")).is_err());
+        assert!(inbox_prefix(None, Some("_INBOXX")).is_err());
+    }
+
+    #[test]
+    fn only_inboxes_are_reply_subjects() {
+        for ok in [
+            "_INBOX.abc",
+            "_INBOX.Nuid123.tok",
+            "_INBOX_tally-client.Xy9.z",
+        ] {
+            assert!(is_inbox_subject(ok), "{ok}");
+        }
+        for hostile in [
+            "tally.evt.account.x",
+            "tally.results.1",
+            "tally.audit.digest",
+            "$JS.API.STREAM.PURGE.TALLY_EVENTS",
+            "_INBOX",
+            "_INBOX.",
+            "_INBOX..a",
+            "_INBOX.*",
+            "_INBOX.>",
+            "_INBOX.a.*",
+            "_INBOXES.a",
+            "_INBOX_.a",
+            "_INBOX.a b",
+            "_INBOX.1.2.3.4.5.6.7",
+        ] {
+            assert!(!is_inbox_subject(hostile), "{hostile}");
+        }
+        assert!(!is_inbox_subject(&format!("_INBOX.{}", "a".repeat(300))));
     }
 
     #[test]

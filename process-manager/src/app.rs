@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command_client::{CommandClient, TokenSource};
 use crate::config::Config;
+use crate::reactions::StepIds;
 use crate::worker::Worker;
 
 const SERVICE: &str = "process-manager";
@@ -25,6 +26,18 @@ pub enum StartupError {
         "no way to authenticate: set TALLY_AUTH_HS256_SECRET(_FILE) or TALLY_PROCESS_MANAGER_TOKEN_FILE"
     )]
     NoToken,
+    #[error(
+        "no secret to derive command ids with: set TALLY_PROCESS_MANAGER_ID_SECRET_FILE (or TALLY_AUTH_HS256_SECRET(_FILE))"
+    )]
+    NoIdSecret,
+    #[error("cannot read TALLY_PROCESS_MANAGER_ID_SECRET_FILE {path}: {source}")]
+    IdSecretFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    IdSecret(#[from] crate::reactions::ShortSecret),
 }
 
 #[derive(Debug)]
@@ -37,10 +50,19 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let token = match (
-            &config.token_file,
-            platform::auth::hs256_secret(&config.auth)?,
-        ) {
+        let hs256 = platform::auth::hs256_secret(&config.auth)?;
+        let id_secret = match (&config.id_secret_file, &hs256) {
+            (Some(path), _) => std::fs::read(path)
+                .map(|bytes| bytes.trim_ascii().to_vec())
+                .map_err(|source| StartupError::IdSecretFile {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            (None, Some(secret)) => secret.clone(),
+            (None, None) => return Err(StartupError::NoIdSecret),
+        };
+        let ids = StepIds::new(&id_secret)?;
+        let token = match (&config.token_file, hs256) {
             (Some(path), _) => TokenSource::File(path.clone()),
             (None, Some(secret)) => TokenSource::Mint {
                 secret,
@@ -61,6 +83,7 @@ impl Application {
                 timeout: Duration::from_millis(config.command_timeout_ms.max(1)),
                 token,
             },
+            ids,
             in_flight_max: config.in_flight_max.max(1),
         };
         Ok(Application {

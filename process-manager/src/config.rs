@@ -29,6 +29,14 @@ pub struct Config {
         env = "TALLY_PROCESS_MANAGER_TOKEN_FILE"
     )]
     pub token_file: Option<std::path::PathBuf>,
+    /// A file holding the secret (32+ bytes) the command ids of transfer steps are derived
+    /// with, so that no client can use them first; the same for every instance. Default: the
+    /// HS256 secret, so it must be set where there is none (a token file).
+    #[arg(
+        long = "process-manager-id-secret-file",
+        env = "TALLY_PROCESS_MANAGER_ID_SECRET_FILE"
+    )]
+    pub id_secret_file: Option<std::path::PathBuf>,
     /// Address of the ops endpoints (`/healthz`, `/readyz`). Port 0 picks a free port.
     #[arg(
         long = "ops-addr",

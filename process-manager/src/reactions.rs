@@ -16,7 +16,9 @@
 use domain::ErrorCode;
 use domain::envelope::EventMessage;
 use domain::transfer::TransferEvent;
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
+use sha2::Sha256;
 use uuid::Uuid;
 
 /// One command to send.
@@ -25,8 +27,9 @@ pub struct Send {
     pub aggregate: &'static str,
     pub command: &'static str,
     pub body: Value,
-    /// Derived from (transfer, step): the same on every redelivery, so a repeat is answered
-    /// from the command log instead of running again.
+    /// Derived from (transfer, step) with the process manager's secret ([`StepIds`]): the same
+    /// on every redelivery, so a repeat is answered from the command log instead of running
+    /// again, and unknown to anyone else until sent.
     pub command_id: Uuid,
 }
 
@@ -43,16 +46,66 @@ pub enum Reaction {
     },
 }
 
-/// The command id of `step` of `transfer_id`.
-pub fn command_id(transfer_id: Uuid, step: &str) -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("tally:transfer:{transfer_id}:{step}").as_bytes(),
-    )
+/// Least length of the secret step ids are derived with (as for an HS256 secret).
+pub const STEP_ID_SECRET_MIN_BYTES: usize = 32;
+
+/// Derives the command ids of a transfer's steps: HMAC-SHA256 over (transfer, step) keyed with
+/// a secret only the process manager holds, shaped as a UUID.
+///
+/// Why keyed: the command log answers an id with its first reply. Ids anyone can compute from
+/// (transfer, step) could be used first by a client (a deposit of its own, even a refusal, is
+/// logged as that id's answer): the process manager's step would then be refused
+/// (`idempotency_mismatch`) on every try and the transfer would stay stuck with money held.
+/// With a keyed id nobody can send a command under it before the process manager does, and
+/// once it has, the id's answer is its own. Refusals that are never logged (`forbidden`,
+/// `rate_limited`, ...) claim nothing either way. All instances must share the secret so that
+/// they derive the same ids; changing it only changes the ids of the steps still to come (a
+/// step repeated under a new id changes nothing: the account applies each step once per
+/// transfer, the transfer records each once).
+#[derive(Clone)]
+pub struct StepIds {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for StepIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepIds { .. }")
+    }
+}
+
+/// The secret is too short to keep the ids unguessable.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the secret of the process manager's command ids must be at least {STEP_ID_SECRET_MIN_BYTES} bytes"
+)]
+pub struct ShortSecret;
+
+impl StepIds {
+    pub fn new(secret: &[u8]) -> Result<StepIds, ShortSecret> {
+        if secret.len() < STEP_ID_SECRET_MIN_BYTES {
+            return Err(ShortSecret);
+        }
+        // HMAC takes a key of any length, so this cannot fail past the check above.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).map_err(|_| ShortSecret)?;
+        Ok(StepIds { mac })
+    }
+
+    /// The command id of `step` of `transfer_id`.
+    pub fn command_id(&self, transfer_id: Uuid, step: &str) -> Uuid {
+        let mut mac = self.mac.clone();
+        mac.update(b"tally-process-manager-step-v1");
+        mac.update(transfer_id.as_bytes());
+        mac.update(step.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        // A version-4-shaped UUID: 122 bits of the MAC, like any client's random id.
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
 }
 
 /// The reaction to one event from `<prefix>.evt.transfer.>`.
-pub fn react(event: &EventMessage) -> Result<Reaction, String> {
+pub fn react(event: &EventMessage, ids: &StepIds) -> Result<Reaction, String> {
     let transfer_id = Uuid::parse_str(&event.aggregate_id)
         .map_err(|_| format!("transfer id `{}` is not a UUID", event.aggregate_id))?;
     let payload: TransferEvent = serde_json::from_value(event.payload.clone())
@@ -61,7 +114,7 @@ pub fn react(event: &EventMessage) -> Result<Reaction, String> {
         aggregate,
         command,
         body,
-        command_id: command_id(transfer_id, command),
+        command_id: ids.command_id(transfer_id, command),
     };
     let on_account = |command, account: &str| {
         send(
@@ -75,7 +128,7 @@ pub fn react(event: &EventMessage) -> Result<Reaction, String> {
         transfer_id,
         step,
         then,
-        fail_command_id: fail_step.map(|s| command_id(transfer_id, s)),
+        fail_command_id: fail_step.map(|s| ids.command_id(transfer_id, s)),
     };
     Ok(match payload {
         // Settled in the request's own write: its outcome follows in the same commit.
@@ -139,6 +192,14 @@ mod tests {
 
     const T: Uuid = Uuid::from_u128(9);
 
+    fn ids() -> StepIds {
+        StepIds::new(&[7; STEP_ID_SECRET_MIN_BYTES]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn command_id(transfer_id: Uuid, step: &str) -> Uuid {
+        ids().command_id(transfer_id, step)
+    }
+
     fn event(payload: TransferEvent, sequence: u64) -> EventMessage {
         EventMessage {
             aggregate_type: "transfer".into(),
@@ -166,18 +227,21 @@ mod tests {
 
     #[test]
     fn a_request_debits_the_source_then_records_it() {
-        let reaction = react(&event(
-            TransferEvent::TransferRequested(TransferRequested {
-                transfer_id: T,
-                from: "a".into(),
-                to: "b".into(),
-                amount: 5,
-                currency: "EUR".into(),
-                reference: String::new(),
-                at_once: false,
-            }),
-            1,
-        ));
+        let reaction = react(
+            &event(
+                TransferEvent::TransferRequested(TransferRequested {
+                    transfer_id: T,
+                    from: "a".into(),
+                    to: "b".into(),
+                    amount: 5,
+                    currency: "EUR".into(),
+                    reference: String::new(),
+                    at_once: false,
+                }),
+                1,
+            ),
+            &ids(),
+        );
         let Ok(Reaction::Step {
             step,
             then,
@@ -195,54 +259,66 @@ mod tests {
 
     #[test]
     fn a_recorded_debit_credits_the_destination_and_a_refused_credit_refunds_the_source() {
-        let debited = react(&event(
-            TransferEvent::DebitRecorded(DebitRecorded {
-                from: "a".into(),
-                to: "b".into(),
-            }),
-            2,
-        ));
+        let debited = react(
+            &event(
+                TransferEvent::DebitRecorded(DebitRecorded {
+                    from: "a".into(),
+                    to: "b".into(),
+                }),
+                2,
+            ),
+            &ids(),
+        );
         assert!(
             matches!(debited, Ok(Reaction::Step { ref step, .. }) if step.command == "credit" && step.body["account_id"] == "b")
         );
-        let failing = react(&event(
-            TransferEvent::CreditFailed(CreditFailed {
-                from: "a".into(),
-                to: "b".into(),
-                code: "account_closed".into(),
-                reason: "closed".into(),
-            }),
-            3,
-        ));
+        let failing = react(
+            &event(
+                TransferEvent::CreditFailed(CreditFailed {
+                    from: "a".into(),
+                    to: "b".into(),
+                    code: "account_closed".into(),
+                    reason: "closed".into(),
+                }),
+                3,
+            ),
+            &ids(),
+        );
         assert!(
             matches!(failing, Ok(Reaction::Step { ref step, ref then, fail_command_id: None, .. })
             if step.command == "refund" && step.body["account_id"] == "a" && then.command == "record_refund")
         );
-        let failed = react(&event(
-            TransferEvent::TransferFailed(TransferFailed {
-                code: "x".into(),
-                reason: "y".into(),
-            }),
-            5,
-        ));
+        let failed = react(
+            &event(
+                TransferEvent::TransferFailed(TransferFailed {
+                    code: "x".into(),
+                    reason: "y".into(),
+                }),
+                5,
+            ),
+            &ids(),
+        );
         assert_eq!(failed, Ok(Reaction::Nothing));
     }
 
     #[test]
     fn a_transfer_settled_at_once_needs_no_step() {
         let requested = |at_once| {
-            react(&event(
-                TransferEvent::TransferRequested(TransferRequested {
-                    transfer_id: T,
-                    from: "a".into(),
-                    to: "b".into(),
-                    amount: 5,
-                    currency: "EUR".into(),
-                    reference: String::new(),
-                    at_once,
-                }),
-                1,
-            ))
+            react(
+                &event(
+                    TransferEvent::TransferRequested(TransferRequested {
+                        transfer_id: T,
+                        from: "a".into(),
+                        to: "b".into(),
+                        amount: 5,
+                        currency: "EUR".into(),
+                        reference: String::new(),
+                        at_once,
+                    }),
+                    1,
+                ),
+                &ids(),
+            )
         };
         assert_eq!(requested(true), Ok(Reaction::Nothing));
         assert!(matches!(requested(false), Ok(Reaction::Step { .. })));
@@ -256,6 +332,19 @@ mod tests {
             command_id(T, "debit"),
             command_id(Uuid::from_u128(10), "debit")
         );
+    }
+
+    #[test]
+    fn command_ids_need_the_secret() {
+        let other = StepIds::new(&[8; STEP_ID_SECRET_MIN_BYTES]).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(command_id(T, "debit"), other.command_id(T, "debit"));
+        // Not the ids anyone could compute before (uuid v5 of the transfer and the step).
+        let public = Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("tally:transfer:{T}:debit").as_bytes(),
+        );
+        assert_ne!(command_id(T, "debit"), public);
+        assert!(StepIds::new(&[7; STEP_ID_SECRET_MIN_BYTES - 1]).is_err());
     }
 
     #[test]

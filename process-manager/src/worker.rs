@@ -29,6 +29,8 @@ pub struct Worker {
     pub events_stream: String,
     pub filter_subject: String,
     pub commands: CommandClient,
+    /// Derives the command ids of the steps (keyed: nobody else can use them first).
+    pub ids: reactions::StepIds,
     pub in_flight_max: usize,
 }
 
@@ -146,7 +148,7 @@ impl Worker {
     }
 
     async fn react(&self, event: &EventMessage) -> Result<(), StepError> {
-        let reaction = match reactions::react(event) {
+        let reaction = match reactions::react(event, &self.ids) {
             Ok(reaction) => reaction,
             Err(error) => {
                 tracing::error!(%error, "event cannot drive a transfer; skipped");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::{self, AckKind};
 use domain::envelope::EventMessage;
 
 use crate::runner::{ApplyError, Delivery, FAILURE_DELAY_MAX, Runner, error_text, nak};
@@ -87,6 +88,55 @@ impl Runner {
 }
 
 impl Runner {
+    /// A message on the events stream that is not an event: dead-lettered with the reason and
+    /// terminated, never redelivered. No aggregate is parked: it names none that can be trusted.
+    pub(crate) async fn unreadable(&self, message: &jetstream::Message, error: &serde_json::Error) {
+        let stream_sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        tracing::error!(
+            projection = self.projection.name(),
+            %error,
+            stream_sequence,
+            "unreadable event message; dead-lettered and terminated"
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}:unreadable:{stream_sequence}", self.projection.name()).as_str(),
+        );
+        headers.insert("Tally-Projection", self.projection.name());
+        headers.insert(
+            "Tally-Stream-Sequence",
+            stream_sequence.to_string().as_str(),
+        );
+        headers.insert(
+            "Tally-Error",
+            format!("unreadable event message: {error}")
+                .chars()
+                .take(1_000)
+                .collect::<String>()
+                .as_str(),
+        );
+        let published = async {
+            self.jetstream
+                .publish_with_headers(
+                    self.dead_letter_subject.clone(),
+                    headers,
+                    message.payload.clone(),
+                )
+                .await?
+                .await
+        }
+        .await;
+        if let Err(error) = published {
+            tracing::warn!(%error, "dead-letter publish failed; the message comes back later");
+            nak(message, FAILURE_DELAY_MAX).await;
+            return;
+        }
+        if let Err(error) = message.ack_with(AckKind::Term).await {
+            tracing::debug!(%error, "term of an unreadable message failed; it comes back and is dead-lettered again");
+        }
+    }
+
     /// Carries out `tally dlq retry|drop` on parked aggregates: retry applies the dead-lettered
     /// event and then the parked ones, in order; drop skips the dead-lettered event (an operator
     /// decision, logged) and applies the parked ones. One transaction per aggregate; on failure

@@ -187,10 +187,10 @@ impl Runner {
         for message in messages {
             match serde_json::from_slice::<EventMessage>(&message.payload) {
                 Ok(event) => deliveries.push(Delivery { message, event }),
-                Err(error) => {
-                    tracing::error!(%error, subject = %message.subject, "unreadable event message");
-                    nak(&message, FAILURE_DELAY_MAX).await;
-                }
+                // Nothing the relay publishes fails to parse, so this message came from
+                // elsewhere: it can never be applied, and naking it would keep it (and a slot
+                // of max_ack_pending) forever.
+                Err(error) => self.unreadable(&message, &error).await,
             }
         }
         self.batch_sizes.observe(deliveries.len() as f64);

@@ -3,53 +3,81 @@
 //! and their transfers, and each token (or, before one is known, each client address) has a
 //! request rate. Health, readiness, metrics and the OpenAPI document stay open.
 
-use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use platform::auth::{Scope, TokenVerifier, bearer_token};
+use platform::auth::{KeyedLimiter, Scope, Throttled, TokenVerifier, bearer_token};
 
 use crate::problem::ApiError;
 
 pub struct Access {
     verifier: TokenVerifier,
-    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Per token subject; `None` when unlimited.
+    tokens: Option<Arc<KeyedLimiter>>,
+    /// Per client address, for requests without a valid token. Apart from `tokens`, so that a
+    /// flood from many addresses (which needs no token at all) cannot crowd out token holders.
+    addresses: Option<Arc<KeyedLimiter>>,
 }
 
 impl std::fmt::Debug for Access {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Access")
             .field("verifier", &self.verifier)
-            .finish_non_exhaustive()
+            .field("tokens", &self.tokens)
+            .field("addresses", &self.addresses)
+            .finish()
     }
 }
 
 impl Access {
-    /// `per_second` requests per token (or address) on average, bursts of `burst`; 0: no limit.
-    pub fn new(verifier: TokenVerifier, per_second: u32, burst: u32) -> Self {
-        let limiter = NonZeroU32::new(per_second).map(|rate| {
-            let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
-        });
-        Access { verifier, limiter }
+    /// `per_second` requests per token (or address) on average, bursts of `burst`, at most
+    /// `keys_max` tokens and `keys_max` addresses tracked at once; `per_second` 0: no limit.
+    pub fn new(verifier: TokenVerifier, per_second: u32, burst: u32, keys_max: usize) -> Self {
+        let limiter = || KeyedLimiter::new(per_second, burst, keys_max).map(Arc::new);
+        Access {
+            verifier,
+            tokens: limiter(),
+            addresses: limiter(),
+        }
     }
 
-    fn throttle(&self, key: String) -> Result<(), ApiError> {
-        let Some(limiter) = &self.limiter else {
+    /// `tally_rate_limiter_keys{kind="token"|"address"}` on `registry`.
+    pub fn register_metrics(
+        &self,
+        registry: &prometheus::Registry,
+    ) -> Result<(), platform::metrics::MetricsError> {
+        let limiters = [("token", &self.tokens), ("address", &self.addresses)]
+            .into_iter()
+            .filter_map(|(kind, limiter)| Some((kind, Arc::clone(limiter.as_ref()?))))
+            .collect();
+        platform::auth::register_keys_gauge(registry, limiters)
+    }
+
+    fn throttle(limiter: Option<&KeyedLimiter>, key: String) -> Result<(), ApiError> {
+        let Some(limiter) = limiter else {
             return Ok(());
         };
-        limiter.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::RateLimited {
-                retry_after_s: wait.as_secs().max(1),
-            }
-        })
+        limiter
+            .check(&key)
+            .map_err(|throttled: Throttled| ApiError::RateLimited {
+                retry_after_s: throttled.retry_after().as_secs().max(1),
+            })
+    }
+}
+
+/// The rate key of a client address: an IPv6 client is keyed by its /64, which one subscriber
+/// usually holds whole (keyed by address, it could take 2^64 fresh buckets).
+fn address_key(address: IpAddr) -> String {
+    match address.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            format!("{}/64", std::net::Ipv6Addr::from(prefix))
+        }
     }
 }
 
@@ -77,7 +105,7 @@ pub async fn authenticate(
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| address_key(c.0.ip()))
         .unwrap_or_default();
     let header = request
         .headers()
@@ -87,7 +115,7 @@ pub async fn authenticate(
         Ok(principal) => principal,
         Err(error) => {
             // Guessing tokens costs the same rate as using one.
-            if let Err(limited) = access.throttle(format!("addr:{address}")) {
+            if let Err(limited) = Access::throttle(access.addresses.as_deref(), address) {
                 return limited.into_response();
             }
             return ApiError::Unauthenticated {
@@ -98,7 +126,7 @@ pub async fn authenticate(
     };
     // Operators are not throttled, as on the command side: they act for everyone.
     if !principal.is_admin()
-        && let Err(limited) = access.throttle(format!("sub:{}", principal.subject))
+        && let Err(limited) = Access::throttle(access.tokens.as_deref(), principal.subject.clone())
     {
         return limited.into_response();
     }
@@ -135,5 +163,14 @@ mod tests {
         assert!(spans_owners("/v1/totals"));
         assert!(spans_owners("/v1/commands/x"));
         assert!(!spans_owners("/v1/accounts/a/transfers"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let key = |a: &str| a.parse().map(address_key).ok();
+        assert_eq!(key("192.0.2.7").as_deref(), Some("192.0.2.7"));
+        assert_eq!(key("::ffff:192.0.2.7").as_deref(), Some("192.0.2.7"));
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"),);
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
     }
 }

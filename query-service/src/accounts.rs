@@ -87,9 +87,13 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let token = consistency::requested(&headers, query.consistency_token.as_deref())?;
-    // From memory if the cached row satisfies the token; a token of anything else waits.
+    let owner = principal.owner.as_deref();
+    // From memory if the cached row satisfies the token; a token of anything else waits. A
+    // reader bound to an owner always waits on its token: the wait is where it is told
+    // nothing of what it cannot see, in what it answers and in when.
     let min_version = match &token {
         None => Some(0),
+        Some(_) if owner.is_some() => None,
         Some(t) if t.aggregate_type == "account" && t.aggregate_id == account_id => {
             match t.target {
                 consistency::Target::Version(v) => Some(v),
@@ -98,38 +102,42 @@ pub async fn get(
         }
         Some(_) => None,
     };
+    let not_found = || ApiError::NotFound {
+        what: format!("account {account_id}"),
+    };
     let cached = min_version.and_then(|v| cache.get(&account_id, v));
-    let account = match cached {
-        Some(account) => account,
+    let (account, waited) = match cached {
+        Some(account) => (Some(account), Ok(())),
         None => {
-            consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
+            let waited = consistency::wait(
+                &pool,
+                &waits,
+                &headers,
+                query.consistency_token.as_deref(),
+                owner,
+            )
+            .await;
+            let waited = consistency::unless_bound(waited, owner)?;
             let read_at = Instant::now();
-            let account: Arc<AccountView> = Arc::new(
-                sqlx::query_as(
-                    "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
-                     FROM accounts WHERE account_id = $1",
-                )
-                .bind(&account_id)
-                .fetch_optional(&pool)
-                .await?
-                .ok_or_else(|| ApiError::NotFound {
-                    what: format!("account {account_id}"),
-                })?,
-            );
-            cache.offer(Arc::clone(&account), read_at);
-            account
+            let account: Option<AccountView> = sqlx::query_as(
+                "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
+                 FROM accounts WHERE account_id = $1",
+            )
+            .bind(&account_id)
+            .fetch_optional(&pool)
+            .await?;
+            let account = account.map(Arc::new);
+            if let Some(account) = &account {
+                cache.offer(Arc::clone(account), read_at);
+            }
+            (account, waited)
         }
     };
-    // Another owner's account is as absent as a missing one.
-    if principal
-        .owner
-        .as_ref()
-        .is_some_and(|owner| *owner != account.owner)
-    {
-        return Err(ApiError::NotFound {
-            what: format!("account {account_id}"),
-        });
-    }
+    // Another owner's account is as absent as a missing one, whatever the token said.
+    let account = account
+        .filter(|account| owner.is_none_or(|owner| *owner == account.owner))
+        .ok_or_else(not_found)?;
+    waited?;
     let etag = format!("\"{}\"", account.version);
     let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
     let unchanged = headers
@@ -177,7 +185,14 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Page<AccountView>>, ApiError> {
     let Query(query) = query?;
-    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
+    consistency::wait(
+        &pool,
+        &waits,
+        &headers,
+        query.consistency_token.as_deref(),
+        principal.owner.as_deref(),
+    )
+    .await?;
     let limit = pagination::limit(query.limit)?;
     if let Some(status) = &query.status
         && !["open", "frozen", "closed"].contains(&status.as_str())
@@ -287,7 +302,15 @@ pub async fn entries(
     headers: HeaderMap,
 ) -> Result<Json<Page<EntryView>>, ApiError> {
     let Query(query) = query?;
-    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
+    let waited = consistency::wait(
+        &pool,
+        &waits,
+        &headers,
+        query.consistency_token.as_deref(),
+        principal.owner.as_deref(),
+    )
+    .await;
+    let waited = consistency::unless_bound(waited, principal.owner.as_deref())?;
     let limit = pagination::limit(query.limit)?;
     let after: Option<i64> = match query
         .cursor
@@ -305,6 +328,7 @@ pub async fn entries(
             what: format!("account {account_id}"),
         });
     }
+    waited?;
     let mut rows: Vec<EntryView> = sqlx::query_as(
         "SELECT sequence, direction, amount, reference, balance_after, recorded_at, command_id,
                 transfer_id

@@ -45,10 +45,12 @@ impl Application {
             platform::auth::TokenVerifier::from_config(&config.auth)?,
             config.rate_per_s,
             config.rate_burst,
+            config.rate_keys_max,
         ));
         let infra = Infra::connect(SERVICE, &config.postgres, &config.nats).await?;
         let (listener, addr) = platform::ops_http::bind(config.http_addr).await?;
         let metrics = crate::http_metrics::HttpMetrics::register(&infra.registry)?;
+        access.register_metrics(&infra.registry)?;
         let read_cache = std::sync::Arc::new(ReadCache::new(
             config.read_cache_max,
             Duration::from_millis(config.read_cache_ttl_ms),

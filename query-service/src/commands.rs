@@ -23,6 +23,10 @@ pub struct CommandRecord {
 }
 
 /// The recorded result of a command, durable ones included.
+///
+/// The record is always the first command's: a reuse of its id by another sender or for another
+/// command is answered `idempotency_mismatch` (see `schemas/replies/command-reply.json`) and never
+/// recorded.
 #[utoipa::path(
     get,
     path = "/v1/commands/{command_id}",

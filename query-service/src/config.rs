@@ -35,6 +35,14 @@ pub struct Config {
         default_value_t = 2_000
     )]
     pub rate_burst: u32,
+    /// Tokens, and apart from them client addresses, whose rates are tracked at once; while
+    /// that many are inside their burst window, a new one is answered `rate_limited`.
+    #[arg(
+        long = "http-rate-keys-max",
+        env = "TALLY_HTTP_RATE_KEYS_MAX",
+        default_value_t = platform::auth::RATE_KEYS_MAX_DEFAULT
+    )]
+    pub rate_keys_max: usize,
     /// Origins allowed to call the API from a browser (CORS), comma-separated; empty: CORS off.
     #[arg(
         long = "http-cors-origins",

@@ -116,11 +116,17 @@ pub fn requested(
 }
 
 /// Waits until the read model has applied the write named by the request's token, if any.
+///
+/// A reader bound to `owner` waits only on what that owner may see: a token naming another
+/// owner's aggregate is answered exactly as one naming an aggregate that does not exist (yet),
+/// after the same wait, so neither the answer nor its timing tells of the other's existence or
+/// version.
 pub async fn wait(
     pool: &PgPool,
     waits: &ConsistencyWaits,
     headers: &HeaderMap,
     query_token: Option<&str>,
+    owner: Option<&str>,
 ) -> Result<(), ApiError> {
     let Some(token) = requested(headers, query_token)? else {
         return Ok(());
@@ -136,11 +142,41 @@ pub async fn wait(
             })?
             .min(WAIT_MAX_MS),
     };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    match owner {
+        Some(owner) if !visible_to(pool, &token, owner).await? => {
+            wait_unseen(pool, waits, &token, owner, wait_ms, deadline).await
+        }
+        _ => wait_seen(pool, waits, &token, wait_ms, deadline).await,
+    }
+}
+
+/// The outcome of [`wait`] for a read of one account or transfer, to return at once or to hold
+/// until after the visibility check: an unbound reader is told that its write is not applied
+/// yet before "not found"; a reader bound to an owner gets "not found" first, whatever the
+/// token, so that another owner's account answers exactly as a missing one.
+pub fn unless_bound(
+    waited: Result<(), ApiError>,
+    owner: Option<&str>,
+) -> Result<Result<(), ApiError>, ApiError> {
+    match (waited, owner) {
+        (Err(error), None) => Err(error),
+        (waited, _) => Ok(waited),
+    }
+}
+
+/// The wait on a token whose aggregate the reader may see.
+async fn wait_seen(
+    pool: &PgPool,
+    waits: &ConsistencyWaits,
+    token: &Token,
+    wait_ms: u64,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
     // Most reads find their write applied already: one check, and no wait to register.
-    if reached(pool, &token).await?.0 {
+    if reached(pool, token).await?.0 {
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let crowded = match waits.register(token.clone()) {
         Ok(reached) => {
             if let Ok(Ok(())) = tokio::time::timeout_at(deadline, reached).await {
@@ -150,24 +186,96 @@ pub async fn wait(
         }
         Err(_full) => true,
     };
-    let (done, position) = reached(pool, &token).await?;
+    let (done, position) = reached(pool, token).await?;
     if done {
         return Ok(());
     }
-    let advice = if crowded {
+    Err(ApiError::NotYetConsistent {
+        detail: format!(
+            "the read model has not reached {position} of {} {} {}",
+            token.aggregate_type,
+            token.aggregate_id,
+            advice(crowded, wait_ms),
+        ),
+    })
+}
+
+/// The wait of a reader bound to `owner` on a token naming what it cannot see now: another
+/// owner's aggregate, or one not in the read model (yet; possibly the owner's own, just
+/// written). It lasts until the aggregate is visible to the owner at the token's write, or
+/// else the whole wait, and then says nothing of where the read model is.
+async fn wait_unseen(
+    pool: &PgPool,
+    waits: &ConsistencyWaits,
+    token: &Token,
+    owner: &str,
+    wait_ms: u64,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
+    let crowded = match waits.register(token.clone()) {
+        Ok(signal) => {
+            // Reached (or not) says nothing yet: another owner's aggregate may well be there.
+            let _ = tokio::time::timeout_at(deadline, signal).await;
+            if visible_to(pool, token, owner).await? && reached(pool, token).await?.0 {
+                return Ok(());
+            }
+            tokio::time::sleep_until(deadline).await;
+            false
+        }
+        // Crowded: answered at once, whoever's the aggregate.
+        Err(_full) => true,
+    };
+    Err(ApiError::NotYetConsistent {
+        detail: format!(
+            "the read model does not show {} {} at the token's write {}",
+            token.aggregate_type,
+            token.aggregate_id,
+            advice(crowded, wait_ms),
+        ),
+    })
+}
+
+fn advice(crowded: bool, wait_ms: u64) -> String {
+    if crowded {
         format!(
             "{} reads are waiting already; retry",
             crate::consistency_waits::WAITING_MAX
         )
     } else {
         format!("within {wait_ms} ms; retry, or raise {HEADER_WAIT} (max {WAIT_MAX_MS})")
+    }
+}
+
+/// Whether the aggregate a token names is in the read model and `owner`'s: an account of
+/// theirs, or a transfer from or to one.
+async fn visible_to(pool: &PgPool, token: &Token, owner: &str) -> Result<bool, ApiError> {
+    let visible = match token.aggregate_type.as_str() {
+        "account" => {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM accounts WHERE account_id = $1 AND owner = $2)",
+            )
+            .bind(&token.aggregate_id)
+            .bind(owner)
+            .fetch_one(pool)
+            .await?
+        }
+        "transfer" => {
+            let Ok(id) = uuid::Uuid::parse_str(&token.aggregate_id) else {
+                return Ok(false);
+            };
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM transfers t JOIN accounts a
+                                  ON a.account_id IN (t.from_account, t.to_account)
+                                WHERE t.transfer_id = $1 AND a.owner = $2)",
+            )
+            .bind(id)
+            .bind(owner)
+            .fetch_one(pool)
+            .await?
+        }
+        _ => false,
     };
-    Err(ApiError::NotYetConsistent {
-        detail: format!(
-            "the read model has not reached {position} of {} {} {advice}",
-            token.aggregate_type, token.aggregate_id,
-        ),
-    })
+    Ok(visible)
 }
 
 #[cfg(test)]

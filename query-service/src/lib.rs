@@ -15,6 +15,7 @@ mod config;
 mod consistency;
 mod consistency_waits;
 mod http_metrics;
+mod input;
 pub mod openapi;
 mod pagination;
 mod problem;

@@ -68,6 +68,10 @@ impl Modify for BearerAuth {
             if let Some(operation) = item.get.as_mut() {
                 let responses = &mut operation.responses.responses;
                 for (status, description) in [
+                    (
+                        "400",
+                        "Bad input, such as a path or query holding NUL (%00) or bytes that are not UTF-8 (`bad_request`)",
+                    ),
                     ("401", "No valid bearer token (`unauthenticated`)"),
                     (
                         "403",

@@ -30,16 +30,26 @@ pub fn decode(cursor: &str) -> Result<String, ApiError> {
     let invalid = || ApiError::BadRequest {
         detail: "cursor is not one this API issued".into(),
     };
-    let hex = cursor.strip_prefix("c1").ok_or_else(invalid)?;
+    let hex = cursor.strip_prefix("c1").ok_or_else(invalid)?.as_bytes();
     if hex.len() % 2 != 0 || hex.len() > 512 {
         return Err(invalid());
     }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| invalid())?;
-    String::from_utf8(bytes).map_err(|_| invalid())
+    // Byte pairs, not string slices: a client's cursor may hold any character, and slicing a
+    // `str` inside a multibyte one panics. Only ASCII hex digits count (`from_str_radix`
+    // would also take a sign).
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = hex
+        .chunks_exact(2)
+        .map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(invalid)?;
+    let key = String::from_utf8(bytes).map_err(|_| invalid())?;
+    // No key this API issues holds NUL, and PostgreSQL text cannot: refused here, not by the
+    // database as an internal error.
+    if key.contains('\0') {
+        return Err(invalid());
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -52,6 +62,21 @@ mod tests {
             assert_eq!(decode(&encode(key)).ok().as_deref(), Some(key));
         }
         for bad in ["", "zz", "c1zz", "c1a", "c1ff"] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn multibyte_and_nul_cursors_are_refused_not_panicked_on() {
+        // Even in length, but a character boundary falls inside a hex pair.
+        for bad in [
+            "c1a\u{e9}a",
+            "c1\u{e9}",
+            "c1\u{1f600}",
+            "c1+1",
+            "c1-1",
+            "c100",
+        ] {
             assert!(decode(bad).is_err(), "{bad}");
         }
     }

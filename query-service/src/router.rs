@@ -68,6 +68,8 @@ pub fn build(
             "/v1/audit/{aggregate_type}/{aggregate_id}/state",
             get(crate::audit_state::state),
         )
+        // Route layers run outermost last added: authentication first, then the input check.
+        .route_layer(axum::middleware::from_fn(crate::input::reject_unusable))
         .route_layer(axum::middleware::from_fn_with_state(
             access,
             crate::access::authenticate,

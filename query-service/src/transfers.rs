@@ -70,7 +70,15 @@ pub async fn get(
     };
     // Not a UUID: no such transfer (ids are UUIDs), not a malformed request.
     let id = Uuid::parse_str(&transfer_id).map_err(|_| not_found())?;
-    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
+    let waited = consistency::wait(
+        &pool,
+        &waits,
+        &headers,
+        query.consistency_token.as_deref(),
+        principal.owner.as_deref(),
+    )
+    .await;
+    let waited = consistency::unless_bound(waited, principal.owner.as_deref())?;
     // A token bound to an owner sees the transfers of that owner's accounts, either way.
     let transfer: TransferView = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM transfers t WHERE transfer_id = $1
@@ -83,6 +91,7 @@ pub async fn get(
     .fetch_optional(&pool)
     .await?
     .ok_or_else(not_found)?;
+    waited?;
     Ok(Json(transfer))
 }
 
@@ -131,7 +140,15 @@ pub async fn of_account(
             });
         }
     };
-    consistency::wait(&pool, &waits, &headers, query.consistency_token.as_deref()).await?;
+    let waited = consistency::wait(
+        &pool,
+        &waits,
+        &headers,
+        query.consistency_token.as_deref(),
+        principal.owner.as_deref(),
+    )
+    .await;
+    let waited = consistency::unless_bound(waited, principal.owner.as_deref())?;
     let limit = pagination::limit(query.limit)?;
     let after = match query.cursor.as_deref() {
         None => None,
@@ -142,6 +159,7 @@ pub async fn of_account(
             what: format!("account {account_id}"),
         });
     }
+    waited?;
     // Two index range scans (by source, by destination) merged, rather than an OR that
     // would read every transfer.
     let mut rows: Vec<TransferView> = sqlx::query_as(&format!(

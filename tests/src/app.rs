@@ -57,6 +57,10 @@ pub struct TestApp {
     command_service: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
     projections: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
     process_manager: Option<(CancellationToken, JoinHandle<std::io::Result<()>>)>,
+    /// Flags every service of this test gets, at spawn and at each restart.
+    flags: Vec<String>,
+    /// The NATS server with users this test runs on, if any (restarts connect there too).
+    nats_access: Option<NatsAccess>,
 }
 
 impl TestApp {
@@ -67,6 +71,17 @@ impl TestApp {
         let db_name = create_test_database(servers).await;
         let prefix = unique_prefix();
         Self::spawn_with(servers, db_name, prefix).await
+    }
+
+    /// [`TestApp::spawn`] with `flags` added to every service's, at spawn and at each restart
+    /// (e.g. `--nats-duplicate-window-ms=1000`, which every service applies to the streams).
+    pub async fn spawn_with_flags(flags: &[&str]) -> TestApp {
+        crate::init_test_logging();
+        let servers = Servers::get();
+        let db_name = create_test_database(servers).await;
+        let db_url = servers.pg_url(&db_name);
+        let flags = flags.iter().map(|f| (*f).to_owned()).collect();
+        Self::spawn_full(servers, db_name, db_url, unique_prefix(), None, flags).await
     }
 
     /// The flags every service gets: this test's database, NATS and prefix.
@@ -100,7 +115,15 @@ impl TestApp {
         let servers = Servers::get();
         let db_name = create_test_database(servers).await;
         let db_url = servers.pg_url(&db_name);
-        Self::spawn_full(servers, db_name, db_url, "tally".to_owned(), Some(access)).await
+        Self::spawn_full(
+            servers,
+            db_name,
+            db_url,
+            "tally".to_owned(),
+            Some(access),
+            Vec::new(),
+        )
+        .await
     }
 
     async fn spawn_on(
@@ -109,7 +132,7 @@ impl TestApp {
         db_url: String,
         prefix: String,
     ) -> TestApp {
-        Self::spawn_full(servers, db_name, db_url, prefix, None).await
+        Self::spawn_full(servers, db_name, db_url, prefix, None, Vec::new()).await
     }
 
     async fn spawn_full(
@@ -118,8 +141,10 @@ impl TestApp {
         db_url: String,
         prefix: String,
         nats_access: Option<NatsAccess>,
+        flags: Vec<String>,
     ) -> TestApp {
         let mut common = Self::common_args(servers, &db_url, &prefix);
+        common.extend(flags.iter().cloned());
         if let Some(access) = &nats_access {
             for arg in &mut common {
                 if arg.starts_with("--nats-url=") {
@@ -191,6 +216,7 @@ impl TestApp {
                     "tally-client".to_owned(),
                     access.password("tally-client"),
                 )
+                .custom_inbox_prefix("_INBOX_tally-client")
                 .connect(access.url.as_str())
                 .await
             }
@@ -232,6 +258,8 @@ impl TestApp {
             command_service: Some(command_service),
             projections: Some((projections_token, projections_task)),
             process_manager: Some(process_manager),
+            flags,
+            nats_access,
         }
     }
 
@@ -256,7 +284,7 @@ impl TestApp {
     pub async fn start_process_manager(&mut self) {
         assert!(self.process_manager.is_none(), "already running");
         let args: Vec<String> = std::iter::once("process-manager".to_owned())
-            .chain(self.service_flags())
+            .chain(self.service_flags_as("process-manager"))
             .chain([
                 "--ops-addr=127.0.0.1:0".to_owned(),
                 format!("--auth-hs256-secret={TEST_AUTH_SECRET}"),
@@ -298,11 +326,7 @@ impl TestApp {
     /// The command-service's flags for this test (database, NATS, prefix), plus `extra`.
     pub fn command_service_args(&self, extra: &[&str]) -> Vec<String> {
         std::iter::once("command-service".to_owned())
-            .chain(Self::common_args(
-                self.servers,
-                &self.db_url,
-                self.subjects.prefix(),
-            ))
+            .chain(self.service_flags_as("command-service"))
             .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
             .chain(std::iter::once(format!(
                 "--auth-hs256-secret={TEST_AUTH_SECRET}"
@@ -311,11 +335,26 @@ impl TestApp {
             .collect()
     }
 
+    /// [`TestApp::service_flags`] of the service that connects as NATS user `user` when the
+    /// test runs on a NATS server with users (its URL instead of the shared server's).
+    fn service_flags_as(&self, user: &str) -> Vec<String> {
+        let mut flags = self.service_flags();
+        if let Some(access) = &self.nats_access {
+            flags.retain(|f| !f.starts_with("--nats-url="));
+            flags.extend([
+                format!("--nats-url={}", access.url),
+                format!("--nats-user={user}"),
+                format!("--nats-password={}", access.password(user)),
+            ]);
+        }
+        flags
+    }
+
     /// Starts the in-process projections worker again.
     pub async fn start_projections(&mut self) {
         assert!(self.projections.is_none(), "already running");
         let args: Vec<String> = std::iter::once("projections".to_owned())
-            .chain(self.service_flags())
+            .chain(self.service_flags_as("projections"))
             .chain(std::iter::once("--ops-addr=127.0.0.1:0".to_owned()))
             .collect();
         let config = projections::Config::try_parse_from(args).expect("projections config");
@@ -341,7 +380,9 @@ impl TestApp {
 
     /// The flags of a service binary for this test (database, NATS, prefix), without argv[0].
     pub fn service_flags(&self) -> Vec<String> {
-        Self::common_args(self.servers, &self.db_url, self.subjects.prefix())
+        let mut flags = Self::common_args(self.servers, &self.db_url, self.subjects.prefix());
+        flags.extend(self.flags.iter().cloned());
+        flags
     }
 
     /// Stops the in-process command-service gracefully (as SIGTERM would).
@@ -357,12 +398,28 @@ impl TestApp {
 
     /// Starts the in-process command-service again, with extra flags.
     pub async fn start_command_service(&mut self, extra: &[&str]) {
+        self.start_command_service_adjusted(extra, |_| {}).await;
+    }
+
+    /// Starts the in-process command-service again, with extra flags and its parsed
+    /// configuration changed by `adjust` (for the settings that are no flag, e.g. the relay's
+    /// injected publish failure).
+    pub async fn start_command_service_adjusted(
+        &mut self,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut command_service::Config),
+    ) {
         assert!(self.command_service.is_none(), "already running");
-        let (addr, service) =
-            Self::start_command_service_with(&self.command_service_args(extra), &self.shutdown)
-                .await;
-        self.command_ops_addr = addr;
-        self.command_service = Some(service);
+        let mut config = command_service::Config::try_parse_from(self.command_service_args(extra))
+            .expect("command-service config");
+        adjust(&mut config);
+        let app = command_service::Application::build(config)
+            .await
+            .expect("command-service starts");
+        self.command_ops_addr = app.ops_addr();
+        let token = self.shutdown.child_token();
+        let task = tokio::spawn(app.run(token.clone()));
+        self.command_service = Some((token, task));
     }
 
     /// GET on the query-service.

@@ -20,12 +20,16 @@ impl Executor {
     ) -> Result<Attempt, ExecuteError> {
         match &incoming.command {
             Command::Account(command) => {
-                let services = self.account_services(command).await?;
+                let services = self
+                    .account_services(command, incoming.owner.as_deref())
+                    .await?;
                 self.attempt(&self.accounts, incoming, command.clone(), services, fresh)
                     .await
             }
             Command::Transfer(command) => {
-                let facts = self.transfer_facts(command).await?;
+                let facts = self
+                    .transfer_facts(command, incoming.owner.as_deref())
+                    .await?;
                 self.attempt(&self.transfers, incoming, command.clone(), facts, fresh)
                     .await
             }
@@ -69,6 +73,11 @@ impl Executor {
             if !verified {
                 return Ok(Attempt::Unverified);
             }
+            if A::refuses_the_sender(&error) {
+                return Ok(Attempt::Done(
+                    A::rejection(&error).into_reply(incoming.command_id),
+                ));
+            }
             return self
                 .reject(incoming, A::rejection(&error))
                 .await
@@ -86,7 +95,9 @@ impl Executor {
             }
         }
         let state_after = context.aggregate.clone();
-        let metadata = metadata(incoming).to_map();
+        let mut metadata = metadata(incoming).to_map();
+        // For the command log row `persist` writes with the events.
+        metadata.extend([repository::LogKey::of(incoming).metadata_entry()]);
         let accepted = |version: usize| -> Result<Attempt, ExecuteError> {
             let version =
                 u64::try_from(version).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
@@ -130,8 +141,8 @@ impl Executor {
     ) -> Result<CommandReply, ExecuteError> {
         let reply = rejection.into_reply(incoming.command_id);
         self.repo
-            .log_rejection(
-                incoming.command_id,
+            .log_rejection_for(
+                &repository::LogKey::of(incoming),
                 incoming.aggregate_type(),
                 &incoming.aggregate_id(),
                 &reply,

@@ -1,57 +1,45 @@
 //! What a command needs to know besides its own aggregate, loaded before the domain decides:
-//! whose account it is, the transfer a step belongs to, a transfer's accounts, and what the
-//! accounts recorded of a transfer.
+//! the transfer a step belongs to, a transfer's accounts, and what the accounts recorded of a
+//! transfer; and, for every command, the owner the sender's token is bound to. Whose account
+//! it is is the domain's decision, made on the state the command is decided on: a check here,
+//! before the aggregate's lock, passed for an id not yet opened, and the command was then
+//! decided on the account someone else had opened meanwhile.
 
 use domain::account::AccountServices;
 use domain::transfer::{AccountFacts, StepsRecorded, Transfer, TransferCommand, TransferFacts};
-use domain::{Account, AccountCommand, AccountStatus};
+use domain::{Account, AccountCommand};
 
 use super::{ExecuteError, Executor, from_sqlx};
-use crate::incoming::Command;
 
 impl Executor {
-    /// Whether a token bound to `owner` may run `command`: the account it touches (for a
-    /// transfer, the source) must be that owner's, or not exist yet. Owners never change, so
-    /// this cannot race with the command.
-    pub(super) async fn owns(&self, owner: &str, command: &Command) -> Result<bool, ExecuteError> {
-        let account = match command {
-            // Opening is checked on the body (`access::check_body`); a taken id is refused as
-            // taken, whoever holds it.
-            Command::Account(domain::AccountCommand::Open(_)) => return Ok(true),
-            Command::Account(c) => c.account_id().to_owned(),
-            Command::Transfer(TransferCommand::Request(r)) => r.from.clone(),
-            // The process manager's steps need `admin`, which acts for every owner.
-            Command::Transfer(_) => return Ok(true),
-        };
-        // An opened account's owner never changes, so the in-memory copy answers for it.
-        if let Some(cached) = self.cached::<Account>(&account)
-            && cached.aggregate.status != AccountStatus::Unopened
-        {
-            return Ok(cached.aggregate.owner == owner);
-        }
-        let state = self.load::<Account>(&account).await?.aggregate;
-        Ok(state.status == AccountStatus::Unopened || state.owner == owner)
-    }
-
-    /// What an account command needs to know: for a transfer step, the transfer as recorded.
+    /// What an account command needs to know: the sender's owner, and for a transfer step,
+    /// the transfer as recorded.
     pub(super) async fn account_services(
         &self,
         command: &AccountCommand,
+        owner: Option<&str>,
     ) -> Result<AccountServices, ExecuteError> {
+        let owner = owner.map(str::to_owned);
         let Some(transfer_id) = command.transfer_id() else {
-            return Ok(AccountServices::default());
+            return Ok(AccountServices {
+                transfer: None,
+                owner,
+            });
         };
         let transfer = self.load::<Transfer>(&transfer_id.to_string()).await?;
         Ok(AccountServices {
             transfer: Some(transfer.aggregate),
+            owner,
         })
     }
 
-    /// What a transfer command needs to know: for a request, both accounts' currency and
-    /// status; for a step's outcome, what the accounts recorded of this transfer.
+    /// What a transfer command needs to know: for a request, both accounts' currency, status
+    /// and owner, and the requester's owner; for a step's outcome, what the accounts recorded
+    /// of this transfer.
     pub(super) async fn transfer_facts(
         &self,
         command: &TransferCommand,
+        owner: Option<&str>,
     ) -> Result<TransferFacts, ExecuteError> {
         let TransferCommand::Request(request) = command else {
             let id = command.transfer_id();
@@ -66,16 +54,13 @@ impl Executor {
                 ..TransferFacts::default()
             });
         };
-        let facts = |account: Account| {
-            (account.status != AccountStatus::Unopened).then_some(AccountFacts {
-                currency: account.currency,
-                status: account.status,
-            })
-        };
+        // Read fresh, after the request's lock: an account's owner never changes once it is
+        // opened, so the owner seen here is the one the request is decided on.
         Ok(TransferFacts {
-            from: facts(self.load::<Account>(&request.from).await?.aggregate),
-            to: facts(self.load::<Account>(&request.to).await?.aggregate),
+            from: AccountFacts::of(&self.load::<Account>(&request.from).await?.aggregate),
+            to: AccountFacts::of(&self.load::<Account>(&request.to).await?.aggregate),
             recorded: StepsRecorded::default(),
+            owner: owner.map(str::to_owned),
         })
     }
 }

@@ -243,13 +243,19 @@ async fn decide(
     let mut sequence = context.current_sequence;
     let mut events: Vec<SerializedEvent> = Vec::new();
     let mut log: Vec<repository::LogRow> = Vec::new();
-    let mut decided: HashMap<Uuid, CommandReply> = HashMap::new();
+    let mut decided: HashMap<Uuid, (repository::LogKey, CommandReply)> = HashMap::new();
     let mut replies = Vec::with_capacity(commands.len());
     let mut refused_any = false;
     for incoming in commands {
-        // The same id twice in one group (a client's concurrent retry): one execution.
-        if let Some(reply) = decided.get(&incoming.command_id) {
-            replies.push(reply.clone());
+        let key = repository::LogKey::of(incoming);
+        // The same id twice in one group (a client's concurrent retry): one execution; the
+        // id used by another sender or for another command: refused, as the log would.
+        if let Some((first, reply)) = decided.get(&incoming.command_id) {
+            replies.push(if first.retried_by(&key) {
+                reply.clone()
+            } else {
+                repository::idempotency::mismatch(incoming.command_id)
+            });
             continue;
         }
         let Command::Account(command) = &incoming.command else {
@@ -258,10 +264,12 @@ async fn decide(
             ));
         };
         let sink = EventSink::<Account>::default();
-        let reply = match aggregate
-            .handle(command.clone(), &AccountServices::default(), &sink)
-            .await
-        {
+        let services = AccountServices {
+            transfer: None,
+            owner: incoming.owner.clone(),
+        };
+        let mut logged = true;
+        let reply = match aggregate.handle(command.clone(), &services, &sink).await {
             Ok(()) => {
                 let metadata = metadata(incoming).to_map();
                 for payload in sink.collect().await {
@@ -288,11 +296,20 @@ async fn decide(
             }
             Err(error) => {
                 refused_any = true;
+                // Another owner's account: answered as a missing one, and not logged.
+                logged = !error.refuses_the_sender();
                 Rejection::from(&error).into_reply(incoming.command_id)
             }
         };
-        log.push(repository::LogRow::of(&reply, Account::TYPE, aggregate_id));
-        decided.insert(incoming.command_id, reply.clone());
+        if logged {
+            log.push(repository::LogRow::of(
+                &reply,
+                &key,
+                Account::TYPE,
+                aggregate_id,
+            ));
+        }
+        decided.insert(incoming.command_id, (key, reply.clone()));
         replies.push(reply);
     }
     Ok(Decided {

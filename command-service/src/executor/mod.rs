@@ -66,6 +66,9 @@ pub struct ExecutorLimits {
 /// its refusals become wire rejections.
 pub trait Executable: Aggregate + Clone + Serialize + DeserializeOwned {
     fn rejection(error: &Self::Error) -> Rejection;
+    /// A refusal of the sender (another owner's account), answered but never logged: the
+    /// log would keep a probe of another owner's id as that command's answer.
+    fn refuses_the_sender(error: &Self::Error) -> bool;
     /// The executor's in-memory cache of this aggregate type.
     fn cache(executor: &Executor) -> &AggregateCache<Self>;
 }
@@ -73,6 +76,9 @@ pub trait Executable: Aggregate + Clone + Serialize + DeserializeOwned {
 impl Executable for Account {
     fn rejection(error: &Self::Error) -> Rejection {
         Rejection::from(error)
+    }
+    fn refuses_the_sender(error: &Self::Error) -> bool {
+        error.refuses_the_sender()
     }
     fn cache(executor: &Executor) -> &AggregateCache<Self> {
         &executor.account_cache
@@ -82,6 +88,9 @@ impl Executable for Account {
 impl Executable for Transfer {
     fn rejection(error: &Self::Error) -> Rejection {
         Rejection::from(error)
+    }
+    fn refuses_the_sender(error: &Self::Error) -> bool {
+        error.refuses_the_sender()
     }
     fn cache(executor: &Executor) -> &AggregateCache<Self> {
         &executor.transfer_cache
@@ -148,7 +157,7 @@ impl Executor {
         incoming: &IncomingCommand,
     ) -> Result<Option<CommandReply>, ExecuteError> {
         self.repo
-            .logged_reply(incoming.command_id)
+            .logged_reply(incoming.command_id, &repository::LogKey::of(incoming))
             .await
             .map_err(from_sqlx)
     }
@@ -160,15 +169,9 @@ impl Executor {
             &tracing::Span::current(),
             incoming.traceparent.as_deref(),
         );
-        // Before anything else, even a logged reply: another owner's results are not ours to see.
-        if let Some(owner) = &incoming.owner
-            && !self.owns(owner, &incoming.command).await?
-        {
-            // Not recorded, and worded as for a missing account: no existence is leaked.
-            return Ok(
-                Rejection::from(&domain::AccountError::NotFound).into_reply(incoming.command_id)
-            );
-        }
+        // A token bound to an owner is checked by the domain, on the state each path decides
+        // on under its lock (`AccountServices::owner`, `TransferFacts::owner`): not here, where
+        // an id not yet opened would pass and then be decided as whatever it had become.
         if self.limits.group_commit && group_commit::groupable(&incoming) {
             // No log lookup first: a repeated id fails its group's write on the command log's
             // key, and the path alone then answers it from the log.

@@ -102,17 +102,28 @@ impl Executor {
             );
             return self.reject(incoming, rejection).await.map(Attempt::Done);
         }
-        let settled =
-            match decide_at_once(&transfer.aggregate, request, &from.aggregate, &to.aggregate) {
-                Ok(settled) => settled,
-                Err(_) if !verified => return Ok(Attempt::Unverified),
-                Err(error) => {
-                    return self
-                        .reject(incoming, Rejection::from(&error))
-                        .await
-                        .map(Attempt::Done);
-                }
-            };
+        let settled = match decide_at_once(
+            &transfer.aggregate,
+            request,
+            &from.aggregate,
+            &to.aggregate,
+            incoming.owner.as_deref(),
+        ) {
+            Ok(settled) => settled,
+            Err(_) if !verified => return Ok(Attempt::Unverified),
+            // Another owner's source: answered as a missing one, and not logged.
+            Err(error) if error.refuses_the_sender() => {
+                return Ok(Attempt::Done(
+                    Rejection::from(&error).into_reply(incoming.command_id),
+                ));
+            }
+            Err(error) => {
+                return self
+                    .reject(incoming, Rejection::from(&error))
+                    .await
+                    .map(Attempt::Done);
+            }
+        };
         if !settled.completed() && !verified {
             return Ok(Attempt::Unverified);
         }
@@ -125,7 +136,8 @@ impl Executor {
             u64::try_from(transfer_after.1).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
         let reply =
             repository::accepted_reply(incoming.command_id, Transfer::TYPE, &transfer_id, version);
-        let log = [LogRow::of(&reply, Transfer::TYPE, &transfer_id)];
+        let key = repository::LogKey::of(incoming);
+        let log = [LogRow::of(&reply, &key, Transfer::TYPE, &transfer_id)];
         let written = self
             .repo
             .persist_aggregates(&[&transfer_events, &from_events, &to_events], &log)

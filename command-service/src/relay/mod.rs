@@ -1,18 +1,37 @@
 //! The outbox relay: publishes every committed event to the events stream, once, in
-//! commit-safe order, and advances its checkpoint only after JetStream acknowledged.
+//! commit-safe order, and advances its checkpoint only over events JetStream confirmed stored.
 //!
 //! Order: rows are read by `(tx_id, global_position)` and only from transactions older than the
 //! oldest one still running (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`), so a row that
 //! commits late can never be skipped (identity positions are taken at insert, not commit).
-//! Exactly once: each message carries `Nats-Msg-Id = <type>:<id>:<seq>`, so re-publication after
-//! a crash is dropped by the stream inside its duplicate window; beyond it, start-up
-//! reconciliation moves the checkpoint to the event the stream actually holds last.
+//!
+//! No gap, whatever fails: a batch is pipelined (all sent, then the acks awaited), and each
+//! message carries `Nats-Expected-Last-Sequence` = the stream sequence the message before it
+//! will have taken (the relay is the stream's only publisher, under the leader lock). When one
+//! publication fails (refused, lost, timed out), the server refuses every later one of the batch,
+//! so the stream is always a gapless prefix of the outbox, in outbox order, hence in each
+//! aggregate's order. The relay moves its position over the acknowledged prefix only and stops
+//! at the first failure; before the chain, the later messages were stored, and start-up took
+//! the stream's last message for the checkpoint, skipping the failed event for good.
+//!
+//! Exactly once: each message carries `Nats-Msg-Id = <type>:<id>:<seq>`. At start (and after
+//! any failure, which ends the leader term) `reconcile` walks the stream's messages after the
+//! checkpoint and compares their ids with the next outbox rows, one for one, moving over each
+//! match: what a crash left unconfirmed is neither published again nor skipped, so correctness
+//! does not depend on the duplicate window (`--nats-duplicate-window-ms`), a second guard only.
+//! A late message of a previous leader (sent before its lock was lost) expects a sequence the
+//! new leader has taken, and is refused. A duplicate ack (stored before) breaks the chain for
+//! the rest of its batch, which is simply read again.
+//! A stream that breaks the prefix rule (a gap left by an older relay, or another publisher) is
+//! walked to its end: the rows whose message it already holds are passed over, the missing ones
+//! published after them, and no checkpoint is written until they are behind.
+//!
 //! One relay at a time: instances compete for a PostgreSQL advisory lock; the others stand by.
 //! Woken by commits (`commit_signal`), with a poll behind it. The checkpoint is written at most
-//! every `CHECKPOINT_EVERY`, not per batch: after a crash the events since it are published
-//! again and dropped by the stream as duplicates, so a lagging checkpoint costs nothing but a
-//! little re-publication, while one write per batch cost a commit (a WAL flush) per batch.
+//! every `CHECKPOINT_EVERY`, not per batch (one write per batch cost a commit, a WAL flush,
+//! per batch): after a crash, the walk covers the events published since.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +48,8 @@ mod reconcile;
 
 use outbox_row::OutboxRow;
 
-/// Longest the stored checkpoint trails what was published (well inside the stream's
-/// duplicate window, so what a crash re-publishes is dropped there).
+/// Longest the stored checkpoint trails what was published (the start-up walk re-reads the
+/// stream's messages after it, one request each, so it stays short).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// How often the leader checks that its lock connection is still there.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -43,6 +62,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct RelayConfig {
     pub batch_max: i64,
     pub poll: Duration,
+    /// Tests only: the Nth publication (1-based, from the relay's start) is rejected by
+    /// JetStream, once (`Config::relay_fail_publish`).
+    pub fail_publish: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +102,8 @@ pub struct Relay {
     config: RelayConfig,
     publish_errors: Option<prometheus::IntCounter>,
     delays: Option<prometheus::Histogram>,
+    /// Publications so far; counted only while `config.fail_publish` is set.
+    publications: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Relay {
@@ -110,7 +134,18 @@ impl Relay {
             config,
             publish_errors: None,
             delays: None,
+            publications: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// The index in a batch of `len` publications of the one to fail (`fail_publish`). One
+    /// branch per batch when no fault is set.
+    fn injected_fault(&self, len: usize) -> Option<usize> {
+        let nth = self.config.fail_publish?;
+        let before = self
+            .publications
+            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        (before < nth && nth <= before + len as u64).then(|| (nth - before - 1) as usize)
     }
 
     /// Counts failed publications on `counter`.
@@ -190,14 +225,21 @@ impl Relay {
         sqlx::query("SET plan_cache_mode = force_generic_plan")
             .execute(&mut *lock_conn)
             .await?;
-        let mut position = self.reconcile().await?;
+        let reconciled = self.reconcile().await?;
+        let mut position = reconciled.position;
+        // Rows the stream already holds out of outbox order (see `reconcile`): passed over, and
+        // no checkpoint is written until they are behind us.
+        let mut already_stored = reconciled.already_stored;
         let mut saved = position;
         let mut saved_at = tokio::time::Instant::now();
         let mut lock_checked_at = tokio::time::Instant::now();
         let mut flush_deadline = None;
         loop {
-            let published = self.publish_batch(lock_conn, &mut position).await?;
+            let (published, more) = self
+                .publish_batch(lock_conn, &mut position, &mut already_stored)
+                .await?;
             if position != saved
+                && already_stored.is_empty()
                 && (saved_at.elapsed() >= CHECKPOINT_EVERY || shutdown.is_cancelled())
             {
                 saved = self.save_checkpoint(position).await?;
@@ -223,7 +265,7 @@ impl Relay {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
-            if published as i64 >= self.config.batch_max {
+            if more || published as i64 >= self.config.batch_max {
                 continue;
             }
             // Until a commit (here or, by NOTIFY, elsewhere), the poll, or the checkpoint due.
@@ -231,7 +273,7 @@ impl Relay {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = self.signal.next_local_commit() => {}
-                () = tokio::time::sleep_until(checkpoint_due), if position != saved => {}
+                () = tokio::time::sleep_until(checkpoint_due), if position != saved && already_stored.is_empty() => {}
                 notification = tokio::time::timeout(self.config.poll, listener.recv()) => {
                     if let Ok(Err(error)) = notification {
                         return Err(error.into());
@@ -244,7 +286,7 @@ impl Relay {
                 lock_checked_at = tokio::time::Instant::now();
             }
         }
-        if position != saved {
+        if position != saved && already_stored.is_empty() {
             self.save_checkpoint(position).await?;
         }
         Ok(())
@@ -276,12 +318,15 @@ impl Relay {
         Ok(position)
     }
 
-    /// Publishes the next batch of committed events; returns how many.
+    /// Publishes the next batch of committed events, chained by expected stream sequence, and
+    /// moves `position` over the rows confirmed stored, in order, up to the first that is not.
+    /// Returns the rows read and whether some of them are left to publish right away.
     async fn publish_batch(
         &self,
         conn: &mut PgConnection,
         position: &mut Position,
-    ) -> Result<usize, RelayError> {
+        already_stored: &mut BTreeSet<(u64, i64)>,
+    ) -> Result<(usize, bool), RelayError> {
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT tx_id::text AS tx_id, global_position, aggregate_type, aggregate_id, sequence,
                     event_type, event_version, payload, metadata, recorded_at
@@ -297,17 +342,28 @@ impl Relay {
         .bind(self.config.batch_max)
         .fetch_all(&mut *conn)
         .await?;
-        let Some(last) = rows.last() else {
-            return Ok(0);
+        if rows.is_empty() {
+            return Ok((0, false));
+        }
+        let key = |row: &OutboxRow| {
+            (
+                row.tx_id.parse().unwrap_or(position.tx_id),
+                row.global_position,
+            )
         };
-        let mut next = Position {
-            tx_id: last.tx_id.parse().unwrap_or(position.tx_id),
-            global_position: last.global_position,
-            stream_sequence: position.stream_sequence,
-        };
-        // Pipelined: send every message, then await the acks (one round trip per batch).
-        let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(rows.len());
-        for row in &rows {
+        // Pipelined: send every message, then await the acks (one round trip per batch). Each
+        // message expects the stream to end where the one before it will have put it, so once
+        // one is not stored, the server stores none after it: the stream stays a gapless
+        // prefix of the outbox, in order, whatever fails.
+        let base = position.stream_sequence;
+        let mut acks: Vec<Option<PublishAckFuture>> = Vec::with_capacity(rows.len());
+        let mut sent = 0u64;
+        let fault = self.injected_fault(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            if already_stored.contains(&key(row)) {
+                acks.push(None);
+                continue;
+            }
             let metadata = row.relayed_metadata();
             // One span per event, carrying the command's trace id: the relay's hop in the trace.
             let span = tracing::debug_span!(
@@ -319,40 +375,87 @@ impl Relay {
             );
             platform::telemetry::continue_trace(&span, metadata.traceparent.as_deref());
             let (subject, publish) = outbox_row::message(&self.subjects, row, &metadata);
-            let sent = tracing::Instrument::instrument(
+            let mut publish = publish.expected_last_sequence(base + sent);
+            if fault == Some(index) {
+                // The server refuses a message that names another stream: nothing is stored.
+                publish = publish.expected_stream("TALLY_INJECTED_FAULT");
+            }
+            let ack = tracing::Instrument::instrument(
                 self.jetstream.send_publish(subject, publish),
                 span,
             )
             .await?;
-            acks.push(sent);
+            acks.push(Some(ack));
+            sent += 1;
         }
-        let mut reset = false;
+        // Walk the acks in order; stop at the first row not confirmed stored. What follows it
+        // was refused by the chain, and is read again from `position`.
+        let mut last_sequence = base;
+        let mut confirmed = 0usize;
+        let mut failure = None;
+        let mut chain_broken = false;
         for ack in acks {
-            let ack = ack.await?;
-            // A new message stored at or below a sequence we already reached means the stream
-            // was recreated or lost data while we ran.
-            reset |= !ack.duplicate && ack.sequence <= position.stream_sequence;
-            next.stream_sequence = next.stream_sequence.max(ack.sequence);
+            let Some(ack) = ack else {
+                confirmed += 1;
+                continue;
+            };
+            match ack.await {
+                Ok(ack) if ack.duplicate => {
+                    // Stored before (the stream dropped this copy); the stream did not grow, so
+                    // the messages after it expected a sequence that never came.
+                    confirmed += 1;
+                    chain_broken = true;
+                    break;
+                }
+                Ok(ack) if ack.sequence == last_sequence + 1 => {
+                    last_sequence = ack.sequence;
+                    confirmed += 1;
+                }
+                Ok(ack) => {
+                    failure = Some(RelayError::Stream(format!(
+                        "stored at stream sequence {} where {} was expected",
+                        ack.sequence,
+                        last_sequence + 1
+                    )));
+                    break;
+                }
+                Err(error) => {
+                    failure = Some(error.into());
+                    break;
+                }
+            }
         }
-        if reset {
-            tracing::warn!(stream = %self.stream, "the stream went backwards; re-publishing all history from PostgreSQL");
-            *position = self.save_checkpoint(START).await?;
-            return Ok(rows.len());
+        if let Some(last) = confirmed.checked_sub(1).and_then(|i| rows.get(i)) {
+            *position = Position {
+                tx_id: key(last).0,
+                global_position: last.global_position,
+                stream_sequence: last_sequence,
+            };
+            already_stored.retain(|stored| *stored > (position.tx_id, position.global_position));
         }
-        *position = next;
         if let Some(delays) = &self.delays {
             let acked_at = chrono::Utc::now();
-            for row in &rows {
+            for row in &rows[..confirmed] {
                 let delay = (acked_at - row.recorded_at).num_microseconds().unwrap_or(0);
                 delays.observe(delay.max(0) as f64 / 1e6);
             }
         }
+        if let Some(error) = failure {
+            // Also when the stream was recreated or lost messages while we ran (the chain
+            // refuses every message then): the next leader term reconciles first.
+            tracing::warn!(
+                confirmed,
+                unconfirmed = rows.len() - confirmed,
+                "publication stopped at the first event not confirmed stored"
+            );
+            return Err(error);
+        }
         tracing::debug!(
-            published = rows.len(),
-            stream_sequence = next.stream_sequence,
+            published = confirmed,
+            stream_sequence = position.stream_sequence,
             "relayed"
         );
-        Ok(rows.len())
+        Ok((rows.len(), chain_broken && confirmed < rows.len()))
     }
 }
 

@@ -197,8 +197,8 @@ async fn insert(pool: &PgPool, writes: &[&Write]) -> Result<(), sqlx::Error> {
         .collect::<Result<Vec<_>, _>>()?;
     sqlx::query(
         "WITH logged AS (
-             INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply)
-             SELECT * FROM UNNEST($9::uuid[], $10::text[], $11::text[], $12::text[], $13::jsonb[])
+             INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply, actor, fingerprint)
+             SELECT * FROM UNNEST($9::uuid[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::text[], $15::bytea[])
          )
          INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, hash)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $8::bytea[])",
@@ -215,7 +215,9 @@ async fn insert(pool: &PgPool, writes: &[&Write]) -> Result<(), sqlx::Error> {
     .bind(log.clone().map(|r| r.aggregate_type.as_str()).collect::<Vec<_>>())
     .bind(log.clone().map(|r| r.aggregate_id.as_str()).collect::<Vec<_>>())
     .bind(log.clone().map(|r| r.status).collect::<Vec<_>>())
-    .bind(log.map(|r| Json(&*r.reply)).collect::<Vec<_>>())
+    .bind(log.clone().map(|r| Json(&*r.reply)).collect::<Vec<_>>())
+    .bind(log.clone().map(|r| r.key.actor.as_deref()).collect::<Vec<_>>())
+    .bind(log.map(|r| r.key.fingerprint.as_slice()).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

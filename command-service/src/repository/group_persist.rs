@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::TallyRepository;
 use super::batch_writer::{EventRow, Write};
+use super::idempotency::LogKey;
 
 /// One command's row in the command log.
 #[derive(Debug, Clone)]
@@ -18,10 +19,18 @@ pub struct LogRow {
     pub(super) status: &'static str,
     /// The reply as JSON text: serialised once, not built as a `Value` tree and copied.
     pub(super) reply: Box<serde_json::value::RawValue>,
+    /// Who sent the command and what it was: a later use of the id is answered from this row
+    /// only if both match (`idempotency`).
+    pub(super) key: LogKey,
 }
 
 impl LogRow {
-    pub fn of(reply: &CommandReply, aggregate_type: &str, aggregate_id: &str) -> LogRow {
+    pub fn of(
+        reply: &CommandReply,
+        key: &LogKey,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> LogRow {
         let status = match reply {
             CommandReply::Accepted { .. } => "accepted",
             CommandReply::Rejected { .. } => "rejected",
@@ -33,6 +42,7 @@ impl LogRow {
             status,
             // A reply is plain data, so serialising it cannot fail; the default is `null`.
             reply: serde_json::value::to_raw_value(reply).unwrap_or_default(),
+            key: key.clone(),
         }
     }
 }

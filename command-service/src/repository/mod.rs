@@ -21,11 +21,13 @@ use uuid::Uuid;
 mod batch_writer;
 pub use batch_writer::WRITE_STATEMENTS_DEFAULT;
 mod group_persist;
+pub mod idempotency;
 
 use crate::commit_signal::CommitSignal;
 use batch_writer::{BatchWriter, EventRow, Write};
 
 pub use group_persist::LogRow;
+pub use idempotency::LogKey;
 
 /// The reply an accepted command gets; a pure function of what was committed, so the command
 /// log (written in `persist`) and the executor agree without passing it around.
@@ -152,35 +154,43 @@ impl TallyRepository {
         Arc::clone(&self.signal)
     }
 
-    /// The stored reply of a command id, if it ran.
+    /// What the command log answers to a command with `key` under `command_id`, if the id was
+    /// used: its first reply to a retry, `idempotency_mismatch` to any other use (see
+    /// `idempotency`).
     pub async fn logged_reply(
         &self,
         command_id: Uuid,
+        key: &LogKey,
     ) -> Result<Option<CommandReply>, sqlx::Error> {
-        let reply: Option<sqlx::types::Json<CommandReply>> =
-            sqlx::query_scalar("SELECT reply FROM command_log WHERE command_id = $1")
-                .bind(command_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(reply.map(|r| r.0))
+        let row: Option<LoggedRow> = sqlx::query_as(
+            "SELECT reply, actor, fingerprint FROM command_log WHERE command_id = $1",
+        )
+        .bind(command_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(reply, actor, fingerprint)| key.answer(reply.0, actor, fingerprint)))
     }
 
-    /// Records a rejection; if the id already has a result, returns that one instead.
-    pub async fn log_rejection(
+    /// Records a rejection of the command with `key`; if the id already has a result, returns
+    /// what that answers to this command instead.
+    pub async fn log_rejection_for(
         &self,
-        command_id: Uuid,
+        key: &LogKey,
         aggregate_type: &str,
         aggregate_id: &str,
         reply: &CommandReply,
     ) -> Result<CommandReply, sqlx::Error> {
+        let command_id = reply.command_id();
         let inserted = sqlx::query(
-            "INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply)
-             VALUES ($1, $2, $3, 'rejected', $4) ON CONFLICT (command_id) DO NOTHING",
+            "INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply, actor, fingerprint)
+             VALUES ($1, $2, $3, 'rejected', $4, $5, $6) ON CONFLICT (command_id) DO NOTHING",
         )
         .bind(command_id)
         .bind(aggregate_type)
         .bind(aggregate_id)
         .bind(sqlx::types::Json(reply))
+        .bind(key.actor.as_deref())
+        .bind(key.fingerprint.as_slice())
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -188,11 +198,34 @@ impl TallyRepository {
             return Ok(reply.clone());
         }
         Ok(self
-            .logged_reply(command_id)
+            .logged_reply(command_id, key)
             .await?
             .unwrap_or_else(|| reply.clone()))
     }
+
+    /// Records the rejection of a durable command whose result was not logged by the executor
+    /// (refused before it was read, or an answer the executor does not log). The row is bound
+    /// to no command: any later use of the id is answered `idempotency_mismatch`, so nobody
+    /// learns from it what was refused.
+    pub async fn log_rejection(
+        &self,
+        command_id: Uuid,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        reply: &CommandReply,
+    ) -> Result<CommandReply, sqlx::Error> {
+        debug_assert_eq!(command_id, reply.command_id());
+        self.log_rejection_for(&LogKey::unread(), aggregate_type, aggregate_id, reply)
+            .await
+    }
 }
+
+/// A command log row as the lookups read it: the reply and the key it was logged with.
+type LoggedRow = (
+    sqlx::types::Json<CommandReply>,
+    Option<String>,
+    Option<Vec<u8>>,
+);
 
 impl TallyRepository {
     /// Which of a transfer's steps its accounts recorded: one probe of the
@@ -338,6 +371,29 @@ impl PersistedEventRepository for TallyRepository {
         events: &[SerializedEvent],
         _snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
+        let Some(key) = events
+            .last()
+            .and_then(|e| LogKey::from_metadata(&e.metadata))
+        else {
+            if events.is_empty() {
+                return Ok(());
+            }
+            return Err(PersistenceError::UnknownError(
+                "event metadata lacks the command's fingerprint".into(),
+            ));
+        };
+        // The fingerprint only rides along to here: the events are stored without it.
+        let events: Vec<SerializedEvent> = events
+            .iter()
+            .cloned()
+            .map(|mut event| {
+                if let Some(metadata) = event.metadata.as_object_mut() {
+                    metadata.remove(idempotency::FINGERPRINT_METADATA);
+                }
+                event
+            })
+            .collect();
+        let events = events.as_slice();
         let Some(last) = events.last() else {
             return Ok(());
         };
@@ -365,7 +421,12 @@ impl PersistedEventRepository for TallyRepository {
             .write(Write {
                 events: EventRow::all(events).map_err(persistence_error)?,
                 hashes: hashes.clone(),
-                log: vec![LogRow::of(&reply, &last.aggregate_type, &last.aggregate_id)],
+                log: vec![LogRow::of(
+                    &reply,
+                    &key,
+                    &last.aggregate_type,
+                    &last.aggregate_id,
+                )],
             })
             .await
             .map_err(persistence_error)?;

@@ -15,6 +15,11 @@ pub enum AccountError {
     BalanceOverflow { balance: i64, amount: i64 },
     #[error("account does not exist")]
     NotFound,
+    /// Another owner's account, to a sender bound to an owner: the same wire answer as
+    /// [`AccountError::NotFound`] (code, message, details), so existence does not leak, but
+    /// told apart so the command-service does not log it as an answer for that account.
+    #[error("account does not exist")]
+    NotVisible,
     #[error("account already exists")]
     AlreadyExists,
     #[error("balance {balance} is less than the {requested} requested")]
@@ -45,6 +50,13 @@ impl AccountError {
         }
     }
 
+    /// A refusal of the sender (another owner's account) rather than of the command: it is
+    /// not recorded, since it says nothing about the account and a row would let a token
+    /// probe other owners' ids into the log.
+    pub fn refuses_the_sender(&self) -> bool {
+        matches!(self, AccountError::NotVisible)
+    }
+
     /// The stable wire code (design §3) for this refusal.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -52,7 +64,7 @@ impl AccountError {
             AccountError::AmountOutOfRange { .. } | AccountError::BalanceOverflow { .. } => {
                 ErrorCode::AmountOutOfRange
             }
-            AccountError::NotFound => ErrorCode::NotFound,
+            AccountError::NotFound | AccountError::NotVisible => ErrorCode::NotFound,
             AccountError::AlreadyExists => ErrorCode::AlreadyExists,
             AccountError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
             AccountError::Frozen => ErrorCode::AccountFrozen,
@@ -85,6 +97,7 @@ impl AccountError {
             AccountError::TransfersInFlight { count } => json!({ "transfers_in_flight": count }),
             AccountError::StepNotDue { reason } => json!({ "reason": reason }),
             AccountError::NotFound
+            | AccountError::NotVisible
             | AccountError::AlreadyExists
             | AccountError::Frozen
             | AccountError::Closed

@@ -1,7 +1,7 @@
 //! The Account aggregate: a balance in one currency that can be frozen and closed.
 //!
 //! Rules (design §4): amounts are 1..=10^15 minor units; the balance never goes below zero and
-//! never overflows; frozen accounts take deposits but not withdrawals; an account closes only at
+//! never overflows, not even when a transfer in flight is refunded; frozen accounts take deposits but not withdrawals; an account closes only at
 //! a zero balance; a closed account accepts nothing.
 
 mod commands;
@@ -67,11 +67,16 @@ pub struct Account {
     pub transfers_in_flight: BTreeSet<Uuid>,
 }
 
-/// What a transfer step needs to know besides the account: the transfer as recorded, looked
-/// up by the command-service and passed in as data.
+/// What a command needs to know besides the account, looked up by the command-service and
+/// passed in as data: for a transfer step, the transfer as recorded; for every command, the
+/// owner the sender's token is bound to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountServices {
     pub transfer: Option<Transfer>,
+    /// The sender's `owner` claim (`None`: any owner). Part of the decision rather than a check
+    /// before it, so it is judged on the very state the command is decided on: an id that is
+    /// free when a check runs may be opened for someone else by the time the command is.
+    pub owner: Option<String>,
 }
 
 impl Account {
@@ -88,6 +93,21 @@ impl Account {
         command: &AccountCommand,
         services: &AccountServices,
     ) -> Result<Vec<AccountEvent>, AccountError> {
+        if self.hidden_from(services.owner.as_deref(), command) {
+            // To this sender, another owner's account is an id nobody opened: decided as one,
+            // every answer is a missing account's word for word (a field error too, in the
+            // same order), and nothing that needs an opened account can happen.
+            let unowned = AccountServices {
+                owner: None,
+                ..services.clone()
+            };
+            return Account::default().decide_with(command, &unowned).map_err(
+                |error| match error {
+                    AccountError::NotFound => AccountError::NotVisible,
+                    other => other,
+                },
+            );
+        }
         validate::aggregate_id("account_id", command.account_id())?;
         match command {
             AccountCommand::Open(c) => {
@@ -106,7 +126,7 @@ impl Account {
                 let amount = Amount::new(c.amount)?;
                 validate::optional_text("reference", &c.reference, validate::REFERENCE_LEN_MAX)?;
                 self.require_live()?;
-                let balance_after = money::credit(self.balance, amount)?;
+                let balance_after = self.credit_leaving_room(amount)?;
                 Ok(vec![AccountEvent::MoneyDeposited(MoneyDeposited {
                     amount: amount.minor(),
                     reference: c.reference.clone(),
@@ -191,7 +211,7 @@ impl Account {
                 }
                 // Frozen accounts take deposits, and so credits.
                 self.require_live()?;
-                let balance_after = money::credit(self.balance, Amount::new(transfer.amount)?)?;
+                let balance_after = self.credit_leaving_room(Amount::new(transfer.amount)?)?;
                 Ok(vec![AccountEvent::TransferCredited(TransferCredited {
                     transfer_id: c.transfer_id,
                     from: transfer.from.clone(),
@@ -215,7 +235,8 @@ impl Account {
                         transfer_id: c.transfer_id,
                     })]);
                 }
-                // An in-flight transfer keeps the account from closing, so it is live here.
+                // An in-flight transfer keeps the account from closing, so it is live here, and
+                // `credit_leaving_room` kept room for this amount, so it fits.
                 let balance_after = money::credit(self.balance, Amount::new(transfer.amount)?)?;
                 Ok(vec![AccountEvent::TransferRefunded(TransferRefunded {
                     transfer_id: c.transfer_id,
@@ -224,6 +245,17 @@ impl Account {
                 })])
             }
         }
+    }
+
+    /// Whether this account belongs to someone other than `owner`, the sender's. Opening is
+    /// not concerned: its owner comes from the body (checked against the token before), and
+    /// a taken id is refused as taken, whoever holds it.
+    fn hidden_from(&self, owner: Option<&str>, command: &AccountCommand) -> bool {
+        owner.is_some_and(|owner| {
+            self.status != AccountStatus::Unopened
+                && self.owner != owner
+                && !matches!(command, AccountCommand::Open(_))
+        })
     }
 
     /// The transfer of a step, which must be in the state that calls for that step.
@@ -245,6 +277,29 @@ impl Account {
             )));
         }
         Ok(transfer)
+    }
+
+    /// `balance + amount` for money coming in (a deposit, a transfer's credit), refused unless
+    /// it leaves room for the refund of every transfer in flight from this account.
+    ///
+    /// Why: a refund gives a debited amount back after the destination refused the credit; it
+    /// cannot be refused in turn (the transfer would stay stuck with the amount held), so it
+    /// must always fit. Debits and refunds keep `balance + held` constant and settles and
+    /// withdrawals lower it, so bounding it on the way in is enough. The amounts held are not
+    /// part of the state, but each is at most `AMOUNT_MAX_MINOR`: the bound is
+    /// `i64::MAX - in flight × AMOUNT_MAX_MINOR`, which costs 0.01% of the range per transfer
+    /// in flight and nothing once they are settled.
+    fn credit_leaving_room(&self, amount: Amount) -> Result<i64, AccountError> {
+        let balance_after = money::credit(self.balance, amount)?;
+        let in_flight = i64::try_from(self.transfers_in_flight.len()).unwrap_or(i64::MAX);
+        let room = in_flight.saturating_mul(money::AMOUNT_MAX_MINOR);
+        if balance_after > i64::MAX.saturating_sub(room) {
+            return Err(AccountError::BalanceOverflow {
+                balance: self.balance,
+                amount: amount.minor(),
+            });
+        }
+        Ok(balance_after)
     }
 
     /// Opened and not closed.

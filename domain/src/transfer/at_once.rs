@@ -14,11 +14,10 @@ use cqrs_es::Aggregate;
 
 use super::{
     AccountFacts, RequestTransfer, StepsRecorded, Transfer, TransferCommand, TransferCompleted,
-    TransferError, TransferEvent, TransferFacts, TransferFailed,
+    TransferError, TransferEvent, TransferFacts, TransferFailed, failure_reason,
 };
 use crate::account::{
-    Account, AccountCommand, AccountError, AccountEvent, AccountServices, AccountStatus,
-    TransferStep,
+    Account, AccountCommand, AccountError, AccountEvent, AccountServices, TransferStep,
 };
 
 /// The events of a transfer settled at once, per aggregate; all of them or none are written.
@@ -39,20 +38,23 @@ impl SettledAtOnce {
     }
 }
 
-/// Decides `request` on the transfer (not yet requested) and both accounts as they are now.
-/// An impossible request (unknown or closed account, same account, currencies differ, a bad
-/// amount) is an error and writes nothing, as on the step-by-step path; a refused step is a
-/// failed transfer.
+/// Decides `request` on the transfer (not yet requested) and both accounts as they are now,
+/// for a requester bound to `owner` (`None`: any owner). An impossible request (unknown or
+/// closed account, a source of another owner, same account, currencies differ, a bad amount)
+/// is an error and writes nothing, as on the step-by-step path; a refused step is a failed
+/// transfer.
 pub fn decide_at_once(
     transfer: &Transfer,
     request: &RequestTransfer,
     from: &Account,
     to: &Account,
+    owner: Option<&str>,
 ) -> Result<SettledAtOnce, TransferError> {
     let facts = TransferFacts {
-        from: account_facts(from),
-        to: account_facts(to),
+        from: AccountFacts::of(from),
+        to: AccountFacts::of(to),
         recorded: StepsRecorded::default(),
+        owner: owner.map(str::to_owned),
     };
     let mut requested = transfer.decide(&TransferCommand::Request(request.clone()), &facts)?;
     for event in &mut requested {
@@ -70,9 +72,12 @@ pub fn decide_at_once(
     };
     let failed = |error: AccountError| {
         let mut events = requested.clone();
+        let code = error.code().as_str();
+        // Not `error`'s message: it may state an account's balance, and both parties read
+        // the transfer.
         events.push(TransferEvent::TransferFailed(TransferFailed {
-            code: error.code().as_str().to_owned(),
-            reason: error.to_string(),
+            code: code.to_owned(),
+            reason: failure_reason(code).to_owned(),
         }));
         SettledAtOnce {
             transfer: events,
@@ -81,10 +86,13 @@ pub fn decide_at_once(
         }
     };
 
+    // The steps are the service's own, as the process manager's are (no owner): the request
+    // above already required the source to be the requester's, and the destination need not.
     let debit = match from.decide_with(
         &AccountCommand::Debit(step(from)),
         &AccountServices {
             transfer: Some(state.clone()),
+            owner: None,
         },
     ) {
         Ok(events) => events,
@@ -95,6 +103,7 @@ pub fn decide_at_once(
         &AccountCommand::Credit(step(to)),
         &AccountServices {
             transfer: Some(state),
+            owner: None,
         },
     ) {
         Ok(events) => events,
@@ -115,12 +124,5 @@ pub fn decide_at_once(
         transfer: transfer_events,
         from: from_events,
         to: credit,
-    })
-}
-
-fn account_facts(account: &Account) -> Option<AccountFacts> {
-    (account.status != AccountStatus::Unopened).then(|| AccountFacts {
-        currency: account.currency.clone(),
-        status: account.status,
     })
 }

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::account::{AccountStatus, DecodeError};
+use crate::account::{Account, AccountStatus, DecodeError};
 use crate::money::AMOUNT_MAX_MINOR;
 use crate::validate::{ID_LEN_MAX, ID_PATTERN, REASON_LEN_MAX, REFERENCE_LEN_MAX};
 
@@ -130,6 +130,10 @@ pub struct TransferFacts {
     pub from: Option<AccountFacts>,
     pub to: Option<AccountFacts>,
     pub recorded: StepsRecorded,
+    /// The requester's `owner` claim (`None`: any owner): a request needs its source to be
+    /// that owner's, judged on the same facts the request is decided on, since an id free
+    /// at an earlier look may since have been opened for someone else.
+    pub owner: Option<String>,
 }
 
 /// The transfer's steps as the accounts recorded them (their `Transfer*` events): the
@@ -150,4 +154,16 @@ pub struct StepsRecorded {
 pub struct AccountFacts {
     pub currency: String,
     pub status: AccountStatus,
+    pub owner: String,
+}
+
+impl AccountFacts {
+    /// What a request needs of `account`; `None` for an id nobody opened.
+    pub fn of(account: &Account) -> Option<AccountFacts> {
+        (account.status != AccountStatus::Unopened).then(|| AccountFacts {
+            currency: account.currency.clone(),
+            status: account.status,
+            owner: account.owner.clone(),
+        })
+    }
 }

@@ -12,6 +12,10 @@ pub enum TransferError {
     SameAccount,
     #[error("account `{0}` does not exist")]
     AccountNotFound(String),
+    /// The source is another owner's, to a requester bound to an owner: answered exactly as
+    /// [`TransferError::AccountNotFound`], but told apart so it is not logged.
+    #[error("account `{0}` does not exist")]
+    SourceNotVisible(String),
     #[error("account `{0}` is closed")]
     AccountClosed(String),
     #[error("currencies differ: {from} and {to}")]
@@ -30,11 +34,23 @@ pub enum TransferError {
 }
 
 impl TransferError {
+    /// A refusal of the requester (another owner's source) rather than of the request: not
+    /// recorded, like [`AccountError::refuses_the_sender`].
+    pub fn refuses_the_sender(&self) -> bool {
+        match self {
+            TransferError::Invalid(e) => e.refuses_the_sender(),
+            TransferError::SourceNotVisible(_) => true,
+            _ => false,
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             TransferError::Invalid(e) => e.code(),
             TransferError::SameAccount => ErrorCode::SchemaViolation,
-            TransferError::AccountNotFound(_) | TransferError::NotFound => ErrorCode::NotFound,
+            TransferError::AccountNotFound(_)
+            | TransferError::SourceNotVisible(_)
+            | TransferError::NotFound => ErrorCode::NotFound,
             TransferError::AccountClosed(_) => ErrorCode::AccountClosed,
             TransferError::CurrencyMismatch { .. } => ErrorCode::CurrencyMismatch,
             TransferError::AlreadyExists => ErrorCode::AlreadyExists,

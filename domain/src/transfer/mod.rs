@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::account::AccountStatus;
+use crate::error_code::ErrorCode;
 use crate::money::Amount;
 use crate::validate;
 
@@ -112,7 +113,8 @@ impl Transfer {
                 if c.from == c.to {
                     return Err(TransferError::SameAccount);
                 }
-                let from = live_account(&c.from, facts.from.as_ref())?;
+                let from = visible_source(&c.from, facts.from.as_ref(), facts.owner.as_deref())
+                    .and_then(|from| live_account(&c.from, from))?;
                 let to = live_account(&c.to, facts.to.as_ref())?;
                 if from.currency != to.currency {
                     return Err(TransferError::CurrencyMismatch {
@@ -163,15 +165,17 @@ impl Transfer {
                     // The account refused the step: it must not have made it.
                     S::Requested if recorded.debited => Err(wrong("fail after the debit")),
                     S::Debited if recorded.credited => Err(wrong("fail after the credit")),
+                    // The sender's reason is the account's refusal, which may state that
+                    // account's balance: the transfer records the code's own wording instead.
                     S::Requested => Ok(vec![TransferEvent::TransferFailed(TransferFailed {
                         code: c.code.clone(),
-                        reason: c.reason.clone(),
+                        reason: failure_reason(&c.code).to_owned(),
                     })]),
                     S::Debited => Ok(vec![TransferEvent::CreditFailed(CreditFailed {
                         from: self.from.clone(),
                         to: self.to.clone(),
                         code: c.code.clone(),
-                        reason: c.reason.clone(),
+                        reason: failure_reason(&c.code).to_owned(),
                     })]),
                     S::Refunding | S::Failed => Ok(vec![]),
                     _ => Err(wrong("fail")),
@@ -180,7 +184,10 @@ impl Transfer {
             TransferCommand::RecordRefund(_) => match self.status {
                 S::Refunding if !recorded.refunded => Err(unrecorded("no refund of the source")),
                 S::Refunding => {
-                    let (code, reason) = self.failure.clone().unwrap_or_default();
+                    // Reworded from the code: a `CreditFailed` written before reasons were
+                    // may still carry the destination's balance.
+                    let (code, _) = self.failure.clone().unwrap_or_default();
+                    let reason = failure_reason(&code).to_owned();
                     Ok(vec![
                         TransferEvent::RefundRecorded(RefundRecorded {}),
                         TransferEvent::TransferFailed(TransferFailed { code, reason }),
@@ -190,6 +197,44 @@ impl Transfer {
                 _ => Err(wrong("record a refund")),
             },
         }
+    }
+}
+
+/// The reason a transfer records for a refused step, from the refusal's code alone. Both
+/// parties read the transfer (`GET /v1/transfers/{id}`), and an account's own refusal names
+/// its state: a refused debit's message states the source's balance, a refused credit's the
+/// destination's. The code says what went wrong; this says it in words, and nothing more.
+pub fn failure_reason(code: &str) -> &'static str {
+    let code = serde_json::from_value::<ErrorCode>(serde_json::Value::from(code));
+    match code {
+        Ok(ErrorCode::InsufficientFunds) => {
+            "the source account's balance does not cover the amount"
+        }
+        Ok(ErrorCode::AccountFrozen) => "account is frozen",
+        Ok(ErrorCode::AccountClosed) => "account is closed",
+        Ok(ErrorCode::NotFound) => "account or transfer does not exist",
+        Ok(ErrorCode::AmountOutOfRange) => "the amount is more than the account can take",
+        Ok(ErrorCode::CurrencyMismatch) => "the accounts' currencies differ",
+        Ok(ErrorCode::Conflict) => "the account's state does not allow this step",
+        _ => "the account refused the step",
+    }
+}
+
+/// To a requester bound to an owner, another owner's source is an account that does not
+/// exist: checked where a missing source is (after the transfer's own checks, before the
+/// source's status and the destination), so every answer is a missing account's.
+fn visible_source<'a>(
+    id: &str,
+    from: Option<&'a AccountFacts>,
+    owner: Option<&str>,
+) -> Result<Option<&'a AccountFacts>, TransferError> {
+    match (from, owner) {
+        (Some(facts), Some(owner))
+            if facts.status != AccountStatus::Unopened && facts.owner != owner =>
+        {
+            Err(TransferError::SourceNotVisible(id.to_owned()))
+        }
+        _ => Ok(from),
     }
 }
 

@@ -8,6 +8,7 @@
 //! configurable clock skew.
 
 mod config;
+mod limiter;
 mod mint;
 mod scope;
 mod verified_tokens;
@@ -16,6 +17,9 @@ mod verifier;
 pub use verifier::hs256_secret;
 
 pub use config::AuthConfig;
+pub use limiter::{
+    KeyedLimiter, PRUNE_EVERY, RATE_KEYS_MAX_DEFAULT, Throttled, register_keys_gauge,
+};
 pub use mint::{MintError, mint_hs256};
 pub use scope::{Principal, Scope, UnknownScope};
 pub use verifier::{AuthError, KeyError, TokenVerifier, bearer_token};

@@ -29,6 +29,10 @@ pub enum AuthError {
     BadSignature,
     #[error("the token is malformed or uses an algorithm this installation does not accept")]
     Malformed,
+    /// An `owner` claim that names nobody: refused, rather than read as "bound to no owner",
+    /// which would give a token meant for one owner's accounts everyone's.
+    #[error("the token's `owner` claim is empty: omit the claim, or name the owner")]
+    EmptyOwner,
 }
 
 /// Why the configured keys cannot be used (at start-up).
@@ -223,10 +227,13 @@ fn principal(claims: Claims) -> Result<Principal, AuthError> {
         .split_whitespace()
         .filter_map(|s| s.parse().ok())
         .collect();
+    if claims.owner.as_deref().is_some_and(|o| o.trim().is_empty()) {
+        return Err(AuthError::EmptyOwner);
+    }
     Ok(Principal {
         subject: claims.sub,
         scopes,
-        owner: claims.owner.filter(|o| !o.is_empty()),
+        owner: claims.owner,
     })
 }
 
@@ -339,6 +346,31 @@ mod tests {
                 .verify(&token(SECRET, "tally", now() - 62, 60))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn an_empty_owner_is_refused_not_read_as_unbound() {
+        let verifier = TokenVerifier::from_config(&config()).unwrap_or_else(|e| panic!("{e}"));
+        for owner in ["", " "] {
+            let token = mint_hs256(
+                SECRET.as_bytes(),
+                "tally-dev",
+                "tally",
+                "alice",
+                &[Scope::AccountsRead],
+                Some(owner),
+                now(),
+                60,
+            )
+            .unwrap_or_default();
+            assert_eq!(
+                verifier.verify(&token),
+                Err(AuthError::EmptyOwner),
+                "owner {owner:?}"
+            );
+            // Refused again from the cache of verified tokens, too.
+            assert_eq!(verifier.verify(&token), Err(AuthError::EmptyOwner));
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Nobody writes or reads what they should not: tokens, scopes, owners and rates, on every
 //! command subject and every HTTP endpoint, against the real services.
 
+mod bounds;
 mod commands;
+mod hostile;
 mod http;
+mod http_bounds;
 mod nats;
 
 use platform::auth::Scope;
@@ -40,4 +43,112 @@ pub fn bad_tokens() -> Vec<(&'static str, String)> {
 
 pub fn token(scopes: &[Scope], owner: Option<&str>) -> String {
     mint_token("tester", scopes, owner)
+}
+
+/// NATS users of `deploy/nats-server.conf`, each with the variable holding its password.
+pub const NATS_USERS: [(&str, &str); 6] = [
+    ("tally-client", "TALLY_NATS_CLIENT_PASSWORD"),
+    ("tally-operator", "TALLY_NATS_OPERATOR_PASSWORD"),
+    ("command-service", "TALLY_NATS_COMMAND_SERVICE_PASSWORD"),
+    ("projections", "TALLY_NATS_PROJECTIONS_PASSWORD"),
+    ("process-manager", "TALLY_NATS_PROCESS_MANAGER_PASSWORD"),
+    ("query-service", "TALLY_NATS_QUERY_SERVICE_PASSWORD"),
+];
+
+/// The whole stack on a NATS server of its own with `deploy/nats-server.conf`'s users and
+/// permissions; `app.nats` is logged in as `tally-client`.
+pub struct Secured {
+    pub app: tests::TestApp,
+    pub access: tests::app::NatsAccess,
+    server: tests::nats_server::NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Secured {
+    pub async fn start() -> Secured {
+        let dir = tempfile::tempdir().unwrap();
+        let passwords: std::collections::HashMap<String, String> = NATS_USERS
+            .iter()
+            .map(|(user, _)| ((*user).to_owned(), uuid::Uuid::new_v4().simple().to_string()))
+            .collect();
+        let env: Vec<(String, String)> = NATS_USERS
+            .iter()
+            .map(|(user, var)| ((*var).to_owned(), passwords[*user].clone()))
+            .collect();
+        let server = tests::nats_server::NatsServer::start_with_config(
+            dir.path(),
+            &tests::binaries::repo_root().join("deploy/nats-server.conf"),
+            &env,
+        )
+        .unwrap();
+        let access = tests::app::NatsAccess {
+            url: server.url(),
+            passwords,
+        };
+        let app = tests::TestApp::spawn_with_nats(access.clone()).await;
+        Secured {
+            app,
+            access,
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// A new connection as `user` with that user's inbox prefix, and the server errors it gets
+    /// (permission violations arrive this way).
+    pub async fn connect(
+        &self,
+        user: &str,
+    ) -> (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        self.connect_with_inbox(user, &format!("_INBOX_{user}")).await
+    }
+
+    /// As [`Secured::connect`], with an inbox prefix of the caller's choosing.
+    pub async fn connect_with_inbox(
+        &self,
+        user: &str,
+        inbox_prefix: &str,
+    ) -> (
+        async_nats::Client,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        let (sender, errors) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::with_user_and_password(
+            user.to_owned(),
+            self.access.password(user),
+        )
+        .custom_inbox_prefix(inbox_prefix)
+        .event_callback(move |event| {
+            let sender = sender.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    let _ = sender.send(error.to_string());
+                }
+            }
+        })
+        .connect(self.access.url.as_str())
+        .await
+        .unwrap();
+        (client, errors)
+    }
+}
+
+impl Drop for Secured {
+    fn drop(&mut self) {
+        let _ = self.server.child.kill();
+        let _ = self.server.child.wait();
+    }
+}
+
+/// The next server error of a connection, lower-cased (empty if none comes within 5 s).
+pub async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(5), errors.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .to_lowercase()
 }

@@ -2,89 +2,25 @@
 //! each service as its own user, a client may only send commands and read its replies, and
 //! nobody connects without credentials.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
-use tests::TestApp;
-use tests::app::NatsAccess;
-use tests::binaries::repo_root;
-use tests::nats_server::NatsServer;
 use uuid::Uuid;
 
-const USERS: [(&str, &str); 6] = [
-    ("tally-client", "TALLY_NATS_CLIENT_PASSWORD"),
-    ("tally-operator", "TALLY_NATS_OPERATOR_PASSWORD"),
-    ("command-service", "TALLY_NATS_COMMAND_SERVICE_PASSWORD"),
-    ("projections", "TALLY_NATS_PROJECTIONS_PASSWORD"),
-    ("process-manager", "TALLY_NATS_PROCESS_MANAGER_PASSWORD"),
-    ("query-service", "TALLY_NATS_QUERY_SERVICE_PASSWORD"),
-];
-
-/// Server errors a client connection reported (permission violations arrive this way).
-async fn client_with_errors(
-    access: &NatsAccess,
-) -> (
-    async_nats::Client,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    let (sender, errors) = tokio::sync::mpsc::unbounded_channel();
-    let client = async_nats::ConnectOptions::with_user_and_password(
-        "tally-client".to_owned(),
-        access.password("tally-client"),
-    )
-    .event_callback(move |event| {
-        let sender = sender.clone();
-        async move {
-            if let async_nats::Event::ServerError(error) = event {
-                let _ = sender.send(error.to_string());
-            }
-        }
-    })
-    .connect(access.url.as_str())
-    .await
-    .unwrap();
-    (client, errors)
-}
-
-async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(5), errors.recv())
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-        .to_lowercase()
-}
+use super::{Secured, violation};
 
 #[tokio::test]
 async fn each_service_as_its_own_user_and_clients_only_send_commands() {
-    let dir = tempfile::tempdir().unwrap();
-    let passwords: HashMap<String, String> = USERS
-        .iter()
-        .map(|(user, _)| ((*user).to_owned(), Uuid::new_v4().simple().to_string()))
-        .collect();
-    let env: Vec<(String, String)> = USERS
-        .iter()
-        .map(|(user, var)| ((*var).to_owned(), passwords[*user].clone()))
-        .collect();
-    let server = NatsServer::start_with_config(
-        dir.path(),
-        &repo_root().join("deploy/nats-server.conf"),
-        &env,
-    )
-    .unwrap();
-    let access = NatsAccess {
-        url: server.url(),
-        passwords,
-    };
-    let app = TestApp::spawn_with_nats(access.clone()).await;
+    let secured = Secured::start().await;
+    let app = &secured.app;
+    let access = secured.access.clone();
 
     // The whole flow works under these permissions: commands, the relay, both projections, the
     // process manager, reads.
-    super::super::transfers::open(&app, "n-a", "EUR", 100).await;
-    super::super::transfers::open(&app, "n-b", "EUR", 0).await;
-    let reply = super::super::transfers::request(&app, Uuid::now_v7(), "n-a", "n-b", 60).await;
-    let transfer = super::super::transfers::settled(&app, &reply).await;
+    super::super::transfers::open(app, "n-a", "EUR", 100).await;
+    super::super::transfers::open(app, "n-b", "EUR", 0).await;
+    let reply = super::super::transfers::request(app, Uuid::now_v7(), "n-a", "n-b", 60).await;
+    let transfer = super::super::transfers::settled(app, &reply).await;
     assert_eq!(transfer["status"], "completed");
     for addr in [
         app.command_ops_addr,
@@ -100,14 +36,13 @@ async fn each_service_as_its_own_user_and_clients_only_send_commands() {
         assert_eq!(ready.status(), 200, "{addr}");
     }
     // A durable command from a client: stored, run, its result delivered.
-    let (client, mut errors) = client_with_errors(&access).await;
+    let (client, mut errors) = secured.connect("tally-client").await;
     let id = Uuid::now_v7();
-    let mut results = client
-        .subscribe(format!("tally.results.{id}"))
-        .await
-        .unwrap();
+    let inbox = client.new_inbox();
+    let mut results = client.subscribe(inbox.clone()).await.unwrap();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    headers.insert("Tally-Reply-To", inbox.as_str());
     headers.insert(
         "Authorization",
         format!("Bearer {}", tests::app::admin_token()).as_str(),
@@ -144,7 +79,7 @@ async fn each_service_as_its_own_user_and_clients_only_send_commands() {
         error.contains("permissions violation") && error.contains("publish"),
         "{error}"
     );
-    for subject in ["tally.evt.>", "tally.cmd.>", "tally.dlq.>"] {
+    for subject in ["tally.evt.>", "tally.cmd.>", "tally.dlq.>", "tally.results.>"] {
         let _ = client.subscribe(subject.to_owned()).await;
         let error = violation(&mut errors).await;
         assert!(
@@ -164,13 +99,7 @@ async fn each_service_as_its_own_user_and_clients_only_send_commands() {
         .fetch_one(&app.db)
         .await
         .unwrap();
-    let service = async_nats::ConnectOptions::with_user_and_password(
-        "query-service".into(),
-        access.password("query-service"),
-    )
-    .connect(access.url.as_str())
-    .await
-    .unwrap();
+    let (service, _) = secured.connect("query-service").await;
     let mut events = async_nats::jetstream::new(service)
         .get_stream("TALLY_EVENTS")
         .await
@@ -189,8 +118,4 @@ async fn each_service_as_its_own_user_and_clients_only_send_commands() {
             .await
             .is_err()
     );
-    drop(app);
-    let mut server = server;
-    let _ = server.child.kill();
-    let _ = server.child.wait();
 }

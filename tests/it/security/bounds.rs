@@ -1,0 +1,104 @@
+//! Limits that hold against a flood: commands executing at once stay within
+//! `TALLY_COMMANDS_IN_FLIGHT_MAX` even when their callers stopped waiting.
+
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use domain::CommandReply;
+use serde_json::json;
+use tests::TestApp;
+use tests::client::accepted;
+use uuid::Uuid;
+
+/// Sessions of this test's database waiting for a lock.
+async fn waiting_on_locks(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+    )
+    .bind(&app.db_name)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn commands_whose_callers_gave_up_still_count_as_in_flight() {
+    let mut app = TestApp::spawn().await;
+    app.stop_command_service().await;
+    app.start_command_service(&["--commands-in-flight-max=2", "--command-timeout-ms=300"])
+        .await;
+    let accounts: Vec<String> = (0..6).map(|i| format!("b-{i}")).collect();
+    for id in &accounts {
+        accepted(
+            &app.send(
+                "account.open",
+                json!({"account_id": id, "owner": "o", "currency": "EUR"}),
+            )
+            .await,
+        );
+    }
+    // Every command now blocks on the event store until the lock is released.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = accounts.iter().map(|_| Uuid::now_v7()).collect();
+    let mut replies = futures::stream::FuturesUnordered::new();
+    for (id, account) in ids.iter().zip(&accounts) {
+        let mut headers = HeaderMap::new();
+        headers.insert("Tally-Command-Id", id.to_string().as_str());
+        headers.insert(
+            "Authorization",
+            format!("Bearer {}", tests::app::admin_token()).as_str(),
+        );
+        let request = app.nats.request_with_headers(
+            format!("{}.cmd.account.deposit", app.subjects.prefix()),
+            headers,
+            serde_json::to_vec(&json!({"account_id": account, "amount": 1}))
+                .unwrap()
+                .into(),
+        );
+        replies.push(tokio::time::timeout(Duration::from_secs(15), request));
+    }
+    // The marker: two commands started and their callers were told `unavailable`.
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        let reply = futures::StreamExt::next(&mut replies).await.unwrap();
+        let reply: CommandReply =
+            serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
+        assert_eq!(
+            tests::client::rejected_code(&reply),
+            domain::ErrorCode::Unavailable
+        );
+        answered.push(reply);
+    }
+    // Those two still run (blocked), so no other may start: at most 2 sessions ever wait.
+    let mut most = 0;
+    let watch_until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < watch_until {
+        most = most.max(waiting_on_locks(&app).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(most >= 1, "the blocked commands were not seen waiting");
+    assert!(
+        most <= 2,
+        "{most} commands executed at once with a limit of 2"
+    );
+    lock.commit().await.unwrap();
+    // Every command runs once the store is free.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logged: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM command_log WHERE command_id = ANY($1)")
+                .bind(&ids)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        if logged == ids.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{logged} of {} ran", ids.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
