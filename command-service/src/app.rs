@@ -92,6 +92,8 @@ impl Application {
                     snapshot_every: config.snapshot_every,
                     aggregate_cache_max: config.aggregate_cache_max,
                     group_commit: config.group_commit,
+                    account_queue_max: usize::try_from(config.account_queue_max)
+                        .unwrap_or(usize::MAX),
                     transfers_at_once: config.transfer_settlement
                         == crate::config::TransferSettlement::AtOnce,
                 },

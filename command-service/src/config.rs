@@ -95,6 +95,15 @@ pub struct Config {
         action = clap::ArgAction::Set
     )]
     pub group_commit: bool,
+    /// Commands queued on one account at once (group commit); more are refused
+    /// `rate_limited` at once, unrecorded, so one hot account cannot hold every place.
+    #[arg(
+        long = "account-queue-max",
+        env = "TALLY_ACCOUNT_QUEUE_MAX",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub account_queue_max: u32,
     /// Write statements in flight at once. Whatever queues while they run goes out together in
     /// the next one: fewer means bigger statements (less PostgreSQL CPU per command), more
     /// means less waiting at low load. Values below 1 count as 1.

@@ -454,7 +454,9 @@ impl Jobs {
             )
         };
         let mut backoff = Backoff::new(self.retry_max);
-        let (reply, target) = if delivered > self.max_deliver {
+        // `decided`: the executor answered, and recorded whatever it means to keep (it keeps no
+        // refusal that says "retry": contention, another owner's account).
+        let (reply, target, decided) = if delivered > self.max_deliver {
             // Each earlier delivery ended with no answer at all: running it again is what
             // killed or stalled the process. Answer it without running it.
             let command_id =
@@ -467,7 +469,7 @@ impl Jobs {
                     delivered - 1
                 ),
             );
-            (rejection.into_reply(command_id), unparsed_target())
+            (rejection.into_reply(command_id), unparsed_target(), false)
         } else {
             // Admission once: a command admitted keeps its admission while it waits, even if
             // its token expires meanwhile.
@@ -490,13 +492,13 @@ impl Jobs {
             };
             match admitted {
                 Err((rejection, command_id)) => {
-                    (rejection.into_reply(command_id), unparsed_target())
+                    (rejection.into_reply(command_id), unparsed_target(), false)
                 }
                 Ok(command) => match self
                     .execute(lane, command, delivered, &mut backoff, shutdown)
                     .await
                 {
-                    Some(decided) => decided,
+                    Some((reply, target)) => (reply, target, true),
                     None => return Handled::Abandoned,
                 },
             }
@@ -513,7 +515,9 @@ impl Jobs {
         // Rejections that never reached the executor are recorded here, so the result of every
         // durable command is readable later; refusals of the sender write nothing.
         let recordable = match &reply {
-            CommandReply::Rejected { error, .. } => !crate::access::is_access_refusal(error.code),
+            CommandReply::Rejected { error, .. } => {
+                !decided && !crate::access::is_access_refusal(error.code)
+            }
             CommandReply::Accepted { .. } => false,
         };
         // Not recorded is not answered: PostgreSQL is down, so this waits like any outage.
@@ -602,10 +606,13 @@ impl Jobs {
                 handling::run(&self.executor, command.clone(), self.deadline, Some(permit))
                     .await
             };
-            if !outcome.transient {
-                return Some((outcome.reply, target));
-            }
             let cause = match &outcome.reply {
+                // The account's queue is full: not an answer for a durable command, which
+                // waits its turn like one over its sender's rate.
+                CommandReply::Rejected { error, .. } if error.code == ErrorCode::RateLimited => {
+                    Cause::RateLimited
+                }
+                _ if !outcome.transient => return Some((outcome.reply, target)),
                 CommandReply::Rejected { error, .. } if error.code == ErrorCode::Unavailable => {
                     Cause::Outage
                 }
@@ -711,6 +718,14 @@ fn aggregate_type_of(subject: &str, prefix: &str) -> &'static str {
     }
 }
 
+/// Where a durable command's result goes: the inbox its sender named in `Tally-Reply-To`, and
+/// only an inbox. A shared results subject would let every client read every result, and any
+/// other subject would make this service publish there with its own rights.
+fn result_inbox(headers: Option<&HeaderMap>) -> Option<String> {
+    let named = headers?.get(HEADER_REPLY_TO)?.as_str().trim();
+    platform::nats::is_inbox_subject(named).then(|| named.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::lane_of;
@@ -722,12 +737,4 @@ mod tests {
         assert!(a < super::LANES);
         assert_eq!(lane_of(b"not json"), lane_of(b"{}"));
     }
-}
-
-/// Where a durable command's result goes: the inbox its sender named in `Tally-Reply-To`, and
-/// only an inbox. A shared results subject would let every client read every result, and any
-/// other subject would make this service publish there with its own rights.
-fn result_inbox(headers: Option<&HeaderMap>) -> Option<String> {
-    let named = headers?.get(HEADER_REPLY_TO)?.as_str().trim();
-    platform::nats::is_inbox_subject(named).then(|| named.to_owned())
 }

@@ -28,6 +28,9 @@ use crate::repository;
 /// Most commands decided and committed together.
 pub const GROUP_MAX: usize = 64;
 
+/// What a command refused for a full account queue is told to wait: about one group's time.
+const QUEUE_FULL_RETRY_AFTER_MS: u64 = 50;
+
 enum Turn {
     Done(Result<CommandReply, ExecuteError>),
     /// Your turn to lead the queue.
@@ -81,6 +84,18 @@ impl Executor {
         let leads = {
             let mut queues = self.groups.queues.lock().unwrap_or_else(|p| p.into_inner());
             let queue = queues.entry(key.clone()).or_default();
+            if queue.len() >= self.limits.account_queue_max {
+                // Not recorded: a retry with the same id runs once the queue has moved.
+                return Ok(Rejection::new(
+                    domain::ErrorCode::RateLimited,
+                    format!(
+                        "{} commands already wait on this account; retry with the same command id",
+                        queue.len()
+                    ),
+                )
+                .with_details(serde_json::json!({"retry_after_ms": QUEUE_FULL_RETRY_AFTER_MS}))
+                .into_reply(command_id));
+            }
             queue.push_back(Waiting { incoming, turn });
             queue.len() == 1
         };

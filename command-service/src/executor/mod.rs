@@ -58,6 +58,8 @@ pub struct ExecutorLimits {
     pub aggregate_cache_max: usize,
     /// Commit commands queued on one account together (`group_commit`).
     pub group_commit: bool,
+    /// Most commands queued on one account for its group; more are refused `rate_limited`.
+    pub account_queue_max: usize,
     /// Settle transfer requests in their own write (`transfer_at_once`).
     pub transfers_at_once: bool,
 }

@@ -102,3 +102,72 @@ async fn commands_whose_callers_gave_up_still_count_as_in_flight() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn one_accounts_queue_is_bounded() {
+    let mut app = TestApp::spawn().await;
+    app.stop_command_service().await;
+    app.start_command_service(&["--account-queue-max=4"]).await;
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "q-1", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = (0..12).map(|_| Uuid::now_v7()).collect();
+    let mut replies = futures::stream::FuturesUnordered::new();
+    for id in &ids {
+        let mut headers = HeaderMap::new();
+        headers.insert("Tally-Command-Id", id.to_string().as_str());
+        headers.insert(
+            "Authorization",
+            format!("Bearer {}", tests::app::admin_token()).as_str(),
+        );
+        replies.push(tokio::time::timeout(
+            Duration::from_secs(15),
+            app.nats.request_with_headers(
+                format!("{}.cmd.account.deposit", app.subjects.prefix()),
+                headers,
+                serde_json::to_vec(&json!({"account_id": "q-1", "amount": 1}))
+                    .unwrap()
+                    .into(),
+            ),
+        ));
+    }
+    // While the store is locked, everything beyond the queue's 4 places is refused at once.
+    let mut refused = 0;
+    while refused < ids.len() - 4 {
+        let reply = futures::StreamExt::next(&mut replies).await.unwrap();
+        let reply: CommandReply =
+            serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
+        assert_eq!(
+            tests::client::rejected_code(&reply),
+            domain::ErrorCode::RateLimited,
+            "{reply:?}"
+        );
+        refused += 1;
+    }
+    lock.commit().await.unwrap();
+    // The 4 queued ones run; the refused ones were not recorded, so their ids are free.
+    let mut accepted_count = 0;
+    while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+        let reply: CommandReply =
+            serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
+        accepted(&reply);
+        accepted_count += 1;
+    }
+    assert_eq!(accepted_count, 4);
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM command_log WHERE command_id = ANY($1)")
+            .bind(&ids)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(logged, 4);
+}

@@ -476,3 +476,66 @@ async fn malformed_headers_are_refused_and_write_nothing() {
         logged_before + 1
     );
 }
+
+#[tokio::test]
+async fn a_message_on_the_events_stream_that_is_no_event_is_dead_lettered_once() {
+    // Published straight to the stream, as a user with publish rights there could: the
+    // projection must not hold it in ack-pending and redeliver it forever.
+    let app = tests::TestApp::spawn().await;
+    app.jetstream
+        .publish(
+            format!("{}.evt.account.injected-x", app.subjects.prefix()),
+            r#"{"status":"rejected"}"#.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut dead_letters = app
+        .jetstream
+        .get_stream(&app.streams.dead_letters)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while dead_letters.info().await.unwrap().state.messages == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unreadable message was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letter = dead_letters.get_raw_message(1).await.unwrap();
+    let error = letter
+        .headers
+        .get("Tally-Error")
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert!(error.contains("unreadable"), "{error}");
+    // Terminated, not pending: and the projection goes on with real events.
+    let reply = app
+        .send(
+            "account.open",
+            json!({"account_id": "h-after", "owner": "o", "currency": "EUR"}),
+        )
+        .await;
+    let CommandReply::Accepted {
+        consistency_token, ..
+    } = &reply
+    else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        app.http_get_with_token("/v1/accounts/h-after", consistency_token)
+            .await
+            .status(),
+        200
+    );
+    let events = app.jetstream.get_stream(&app.streams.events).await.unwrap();
+    let consumer = events.consumer_info("projection-accounts").await.unwrap();
+    assert_eq!(consumer.num_ack_pending, 0, "{consumer:?}");
+    assert_eq!(
+        dead_letters.info().await.unwrap().state.messages,
+        1,
+        "dead-lettered more than once"
+    );
+}
