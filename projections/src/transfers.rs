@@ -87,16 +87,19 @@ pub async fn apply(
             TransferEvent::DebitRecorded(_) => TransferStatus::Debited,
             TransferEvent::CreditRecorded(_) => TransferStatus::Credited,
             TransferEvent::TransferCompleted(_) => TransferStatus::Completed,
+            // The reason shown is the code's fixed wording, never the stored text: events
+            // recorded before the wording was fixed name the source's balance, which the
+            // destination's owner may read here.
             TransferEvent::CreditFailed(e) => {
+                row.failure_reason = Some(domain::transfer::failure_reason(&e.code).to_owned());
                 row.failure_code = Some(e.code);
-                row.failure_reason = Some(e.reason);
                 TransferStatus::Refunding
             }
             // The status stays `refunding` until the failure that follows in the same commit.
             TransferEvent::RefundRecorded(_) => TransferStatus::Refunding,
             TransferEvent::TransferFailed(e) => {
+                row.failure_reason = Some(domain::transfer::failure_reason(&e.code).to_owned());
                 row.failure_code = Some(e.code);
-                row.failure_reason = Some(e.reason);
                 TransferStatus::Failed
             }
         };
