@@ -53,7 +53,11 @@ pub struct Connection {
     pub password: Option<String>,
     /// Prefix of the reply inboxes; default `_INBOX_<user>`, the only one the server lets that
     /// user read (`deploy/nats-server.conf`).
-    #[arg(long = "nats-inbox-prefix", env = "TALLY_NATS_INBOX_PREFIX", global = true)]
+    #[arg(
+        long = "nats-inbox-prefix",
+        env = "TALLY_NATS_INBOX_PREFIX",
+        global = true
+    )]
     pub inbox_prefix: Option<String>,
 }
 

@@ -103,8 +103,12 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..512),
         proptest::collection::btree_map(field, value, 0..8).prop_map(|m| {
-            serde_json::to_vec(&m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect::<serde_json::Map<_, _>>())
-                .unwrap_or_default()
+            serde_json::to_vec(
+                &m.into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect::<serde_json::Map<_, _>>(),
+            )
+            .unwrap_or_default()
         }),
     ]
 }

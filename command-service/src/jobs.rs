@@ -603,8 +603,7 @@ impl Jobs {
                 // Not held while waiting: a waiting lane takes no place from the other commands.
                 // Held until the command finishes, even past the deadline.
                 let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok()?;
-                handling::run(&self.executor, command.clone(), self.deadline, Some(permit))
-                    .await
+                handling::run(&self.executor, command.clone(), self.deadline, Some(permit)).await
             };
             let cause = match &outcome.reply {
                 // The account's queue is full: not an answer for a durable command, which

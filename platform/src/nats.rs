@@ -162,9 +162,9 @@ pub fn inbox_prefix(user: Option<&str>, configured: Option<&str>) -> Result<Stri
 fn is_inbox_prefix(token: &str) -> bool {
     match token.strip_prefix(INBOX_PREFIX_BASE) {
         Some("") => true,
-        Some(rest) => rest.strip_prefix('_').is_some_and(|name| {
-            (1..=64).contains(&name.len()) && name.bytes().all(is_name_byte)
-        }),
+        Some(rest) => rest
+            .strip_prefix('_')
+            .is_some_and(|name| (1..=64).contains(&name.len()) && name.bytes().all(is_name_byte)),
         None => false,
     }
 }

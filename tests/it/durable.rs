@@ -24,7 +24,10 @@ fn results_inboxes(app: &TestApp) -> String {
 async fn publish_job(app: &TestApp, command: &str, id: Uuid, body: serde_json::Value) {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    headers.insert("Tally-Reply-To", results_inbox(app, &id.to_string()).as_str());
+    headers.insert(
+        "Tally-Reply-To",
+        results_inbox(app, &id.to_string()).as_str(),
+    );
     headers.insert(
         "Authorization",
         format!("Bearer {}", tests::app::admin_token()).as_str(),
@@ -47,11 +50,7 @@ async fn publish_job(app: &TestApp, command: &str, id: Uuid, body: serde_json::V
 async fn durable_commands_wait_for_the_service_and_run_in_order() {
     let mut app = TestApp::spawn().await;
     app.stop_command_service().await;
-    let mut results = app
-        .nats
-        .subscribe(results_inboxes(&app))
-        .await
-        .unwrap();
+    let mut results = app.nats.subscribe(results_inboxes(&app)).await.unwrap();
 
     let open = Uuid::new_v4();
     let deposits: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
@@ -261,11 +260,7 @@ async fn outage_setup(
             .await,
         );
     }
-    let results = app
-        .nats
-        .subscribe(results_inboxes(&app))
-        .await
-        .unwrap();
+    let results = app.nats.subscribe(results_inboxes(&app)).await.unwrap();
     (postgres, app, results)
 }
 
@@ -368,10 +363,7 @@ async fn assert_decided_once_in_order(
     // A marker of our own on the results subjects, sent after that: the server routed every
     // result before it, so anything ahead of it here is a second result.
     app.nats
-        .publish(
-            results_inbox(app, "marker"),
-            "".into(),
-        )
+        .publish(results_inbox(app, "marker"), "".into())
         .await
         .unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), results.next())

@@ -65,8 +65,7 @@ async fn commands_whose_callers_gave_up_still_count_as_in_flight() {
     let mut answered = Vec::new();
     while answered.len() < 2 {
         let reply = futures::StreamExt::next(&mut replies).await.unwrap();
-        let reply: CommandReply =
-            serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
+        let reply: CommandReply = serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
         assert_eq!(
             tests::client::rejected_code(&reply),
             domain::ErrorCode::Unavailable
@@ -144,8 +143,7 @@ async fn one_accounts_queue_is_bounded() {
     let mut refused = 0;
     while refused < ids.len() - 4 {
         let reply = futures::StreamExt::next(&mut replies).await.unwrap();
-        let reply: CommandReply =
-            serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
+        let reply: CommandReply = serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
         assert_eq!(
             tests::client::rejected_code(&reply),
             domain::ErrorCode::RateLimited,
@@ -157,8 +155,7 @@ async fn one_accounts_queue_is_bounded() {
     // The 4 queued ones run; the refused ones were not recorded, so their ids are free.
     let mut accepted_count = 0;
     while let Some(reply) = futures::StreamExt::next(&mut replies).await {
-        let reply: CommandReply =
-            serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
+        let reply: CommandReply = serde_json::from_slice(&reply.unwrap().unwrap().payload).unwrap();
         accepted(&reply);
         accepted_count += 1;
     }

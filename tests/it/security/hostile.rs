@@ -120,7 +120,11 @@ async fn a_client_reads_no_one_elses_messages() {
     let (default_inbox, mut default_errors) =
         secured.connect_with_inbox("tally-client", "_INBOX").await;
     let _ = default_inbox.subscribe("_INBOX.>").await;
-    assert!(violation(&mut default_errors).await.contains("permissions violation"));
+    assert!(
+        violation(&mut default_errors)
+            .await
+            .contains("permissions violation")
+    );
 
     // Traffic of every kind: commands and replies, a durable command carrying the admin's
     // token, events to both projections and the process manager, reads.
@@ -152,10 +156,17 @@ async fn a_client_reads_no_one_elses_messages() {
     // The marker: the durable command ran (its event is in the store), so its delivery to the
     // command-service, and every message before it, has been routed.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while count(app, &format!("SELECT count(*) FROM command_log WHERE command_id = '{id}'")).await
+    while count(
+        app,
+        &format!("SELECT count(*) FROM command_log WHERE command_id = '{id}'"),
+    )
+    .await
         == 0
     {
-        assert!(std::time::Instant::now() < deadline, "the durable command never ran");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the durable command never ran"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // One more request/reply after it, then a round trip on the spy's own connection: whatever
@@ -254,7 +265,10 @@ async fn stored_tokens_are_readable_only_by_the_command_service() {
     .await
         == 0
     {
-        assert!(std::time::Instant::now() < deadline, "the durable command never ran");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the durable command never ran"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -306,7 +320,15 @@ async fn replies_go_only_to_inboxes() {
     let metrics = format!("http://{}/metrics", app.command_ops_addr);
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let text = app.http.get(&metrics).send().await.unwrap().text().await.unwrap();
+        let text = app
+            .http
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let counted = text
             .lines()
             .find_map(|l| l.strip_prefix("tally_command_reply_subjects_refused_total "))
@@ -324,12 +346,19 @@ async fn replies_go_only_to_inboxes() {
     // Nothing ran, nothing was published anywhere, every stream and consumer is intact.
     for id in &ids {
         assert_eq!(
-            count(app, &format!("SELECT count(*) FROM command_log WHERE command_id = '{id}'")).await,
+            count(
+                app,
+                &format!("SELECT count(*) FROM command_log WHERE command_id = '{id}'")
+            )
+            .await,
             0,
             "a request with a hostile reply subject ran"
         );
     }
-    assert_eq!(count(app, "SELECT count(*) FROM events").await, stored_before);
+    assert_eq!(
+        count(app, "SELECT count(*) FROM events").await,
+        stored_before
+    );
     assert_eq!(messages_in(&secured, "TALLY_EVENTS").await, events_before);
     assert_eq!(messages_in(&secured, "TALLY_AUDIT").await, audit_before);
     assert_eq!(messages_in(&secured, "TALLY_DLQ").await, 0);
@@ -434,15 +463,33 @@ async fn malformed_headers_are_refused_and_write_nothing() {
         vec![("Authorization", "Basic dGFsbHk6dGFsbHk=".to_owned())],
         vec![("Authorization", format!("Bearer {long}"))],
         vec![("Authorization", "Bearer a.b.c".to_owned())],
-        vec![("Authorization", admin.clone()), ("Tally-Command-Id", "not-a-uuid".to_owned())],
-        vec![("Authorization", admin.clone()), ("Tally-Command-Id", long.clone())],
-        vec![("Authorization", admin.clone()), ("Tally-Expected-Version", "-1".to_owned())],
         vec![
             ("Authorization", admin.clone()),
-            ("Tally-Expected-Version", "99999999999999999999999".to_owned()),
+            ("Tally-Command-Id", "not-a-uuid".to_owned()),
         ],
-        vec![("Authorization", admin.clone()), ("Tally-Correlation-Id", "x".to_owned())],
-        vec![("Authorization", admin.clone()), ("Tally-Causation-Id", long.clone())],
+        vec![
+            ("Authorization", admin.clone()),
+            ("Tally-Command-Id", long.clone()),
+        ],
+        vec![
+            ("Authorization", admin.clone()),
+            ("Tally-Expected-Version", "-1".to_owned()),
+        ],
+        vec![
+            ("Authorization", admin.clone()),
+            (
+                "Tally-Expected-Version",
+                "99999999999999999999999".to_owned(),
+            ),
+        ],
+        vec![
+            ("Authorization", admin.clone()),
+            ("Tally-Correlation-Id", "x".to_owned()),
+        ],
+        vec![
+            ("Authorization", admin.clone()),
+            ("Tally-Causation-Id", long.clone()),
+        ],
     ];
     for case in &cases {
         let mut headers = HeaderMap::new();
@@ -470,7 +517,10 @@ async fn malformed_headers_are_refused_and_write_nothing() {
         &app.send("account.deposit", json!({"account_id": "h-m", "amount": 1}))
             .await,
     );
-    assert_eq!(count(app, "SELECT count(*) FROM events").await, stored_before + 1);
+    assert_eq!(
+        count(app, "SELECT count(*) FROM events").await,
+        stored_before + 1
+    );
     assert_eq!(
         count(app, "SELECT count(*) FROM command_log").await,
         logged_before + 1

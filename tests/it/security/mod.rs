@@ -69,7 +69,12 @@ impl Secured {
         let dir = tempfile::tempdir().unwrap();
         let passwords: std::collections::HashMap<String, String> = NATS_USERS
             .iter()
-            .map(|(user, _)| ((*user).to_owned(), uuid::Uuid::new_v4().simple().to_string()))
+            .map(|(user, _)| {
+                (
+                    (*user).to_owned(),
+                    uuid::Uuid::new_v4().simple().to_string(),
+                )
+            })
             .collect();
         let env: Vec<(String, String)> = NATS_USERS
             .iter()
@@ -103,7 +108,8 @@ impl Secured {
         async_nats::Client,
         tokio::sync::mpsc::UnboundedReceiver<String>,
     ) {
-        self.connect_with_inbox(user, &format!("_INBOX_{user}")).await
+        self.connect_with_inbox(user, &format!("_INBOX_{user}"))
+            .await
     }
 
     /// As [`Secured::connect`], with an inbox prefix of the caller's choosing.

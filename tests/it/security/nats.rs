@@ -79,7 +79,12 @@ async fn each_service_as_its_own_user_and_clients_only_send_commands() {
         error.contains("permissions violation") && error.contains("publish"),
         "{error}"
     );
-    for subject in ["tally.evt.>", "tally.cmd.>", "tally.dlq.>", "tally.results.>"] {
+    for subject in [
+        "tally.evt.>",
+        "tally.cmd.>",
+        "tally.dlq.>",
+        "tally.results.>",
+    ] {
         let _ = client.subscribe(subject.to_owned()).await;
         let error = violation(&mut errors).await;
         assert!(
