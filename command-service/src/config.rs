@@ -96,11 +96,12 @@ pub struct Config {
     )]
     pub group_commit: bool,
     /// Commands queued on one account at once (group commit); more are refused
-    /// `rate_limited` at once, unrecorded, so one hot account cannot hold every place.
+    /// `rate_limited` at once, unrecorded. Below `commands-in-flight-max`, one hot account
+    /// cannot hold every place; the default keeps a burst of that many on one account whole.
     #[arg(
         long = "account-queue-max",
         env = "TALLY_ACCOUNT_QUEUE_MAX",
-        default_value_t = 256,
+        default_value_t = 512,
         value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub account_queue_max: u32,

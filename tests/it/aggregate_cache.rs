@@ -21,7 +21,7 @@ fn instance(pool: &PgPool) -> Executor {
             snapshot_every: 0,
             aggregate_cache_max: 64,
             group_commit: true,
-            account_queue_max: 256,
+            account_queue_max: 1024,
             transfers_at_once: false,
         },
     )

@@ -32,7 +32,7 @@ fn writing_through(repo: TallyRepository) -> Executor {
             snapshot_every: 0,
             aggregate_cache_max: 1_000,
             group_commit: true,
-            account_queue_max: 256,
+            account_queue_max: 1024,
             transfers_at_once: false,
         },
     )

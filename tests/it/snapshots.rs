@@ -55,7 +55,7 @@ fn snapshot_loaded_state_equals_full_replay() {
             // Off: this is about snapshots, which a warm cache would bypass.
             aggregate_cache_max: 0,
             group_commit: false,
-            account_queue_max: 256,
+            account_queue_max: 1024,
             transfers_at_once: false,
         },
     );
@@ -126,7 +126,7 @@ async fn a_stale_or_corrupt_snapshot_is_never_trusted_over_events() {
             snapshot_every: 2,
             aggregate_cache_max: 0,
             group_commit: false,
-            account_queue_max: 256,
+            account_queue_max: 1024,
             transfers_at_once: false,
         },
     );
