@@ -53,6 +53,31 @@ impl Access {
         }
     }
 
+    /// The sender, if its token verifies (no scope or rate checked).
+    pub fn authenticate(&self, headers: Option<&HeaderMap>) -> Result<Principal, Rejection> {
+        let header = headers
+            .and_then(|h| h.get(HEADER_AUTHORIZATION))
+            .map(|v| v.as_str());
+        bearer_token(header)
+            .and_then(|token| self.verifier.verify(token))
+            .map_err(unauthenticated)
+    }
+
+    /// `rejection`, found before the sender was known (a malformed command id, a subject that
+    /// names no command), if the sender is authenticated; otherwise the `unauthenticated`
+    /// refusal, which writes nothing. So a sender without a valid token learns nothing of
+    /// the shapes commands take and leaves no trace, even in the command log.
+    pub fn refuse_before_admission(
+        &self,
+        headers: Option<&HeaderMap>,
+        rejection: Rejection,
+    ) -> Rejection {
+        match self.authenticate(headers) {
+            Ok(_) => rejection,
+            Err(refusal) => refusal,
+        }
+    }
+
     /// The sender of a command to `<aggregate>.<command>`, if it may send it now.
     pub fn admit(
         &self,
@@ -60,12 +85,7 @@ impl Access {
         aggregate: &str,
         command: &str,
     ) -> Result<Principal, Rejection> {
-        let header = headers
-            .and_then(|h| h.get(HEADER_AUTHORIZATION))
-            .map(|v| v.as_str());
-        let principal = bearer_token(header)
-            .and_then(|token| self.verifier.verify(token))
-            .map_err(unauthenticated)?;
+        let principal = self.authenticate(headers)?;
         let scope = required_scope(aggregate, command);
         if !principal.allows(scope) {
             return Err(Rejection::new(

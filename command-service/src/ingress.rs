@@ -110,19 +110,26 @@ impl Ingress {
             return;
         }
         let generated = Uuid::now_v7();
-        let reply = match incoming::command_id(message.headers.as_ref(), generated) {
-            Err(rejection) => rejection.into_reply(generated),
+        let headers = message.headers.as_ref();
+        let reply = match incoming::command_id(headers, generated) {
+            Err(rejection) => self
+                .access
+                .refuse_before_admission(headers, rejection)
+                .into_reply(generated),
             Ok(command_id) => {
                 let parsed = match incoming::split_subject(
                     &message.subject,
                     self.subjects.prefix(),
                     "cmd",
                 ) {
-                    None => Err(crate::rejection::Rejection::new(
-                        domain::ErrorCode::UnknownCommand,
-                        format!(
-                            "`{}` is not a command subject (<prefix>.cmd.<aggregate>.<command>)",
-                            message.subject
+                    None => Err(self.access.refuse_before_admission(
+                        headers,
+                        crate::rejection::Rejection::new(
+                            domain::ErrorCode::UnknownCommand,
+                            format!(
+                                "`{}` is not a command subject (<prefix>.cmd.<aggregate>.<command>)",
+                                message.subject
+                            ),
                         ),
                     )),
                     Some((aggregate, name)) => incoming::admit(

@@ -176,16 +176,24 @@ fn is_name_byte(b: u8) -> bool {
 /// Longest reply subject answered; a NATS client's inbox is far shorter.
 pub const REPLY_SUBJECT_MAX_BYTES: usize = 256;
 
+/// The first token of the reply subjects nats-server makes for requests that cross from
+/// another account through a service import (`_R_.<random>.<random>`): it routes the answer
+/// back to the requester's own reply subject, in the requester's account.
+pub const SERVICE_IMPORT_REPLY_PREFIX: &str = "_R_";
+
 /// Whether `subject` is a reply inbox as NATS clients make them: an inbox prefix
-/// (`_INBOX`, `_INBOX_<name>`) and 1 to 6 more tokens of letters, digits, `_` and `-`. A service
-/// replies only to such subjects: a request naming an event, audit, result or JetStream API
-/// subject as its "inbox" would otherwise make the service publish there with its own rights.
+/// (`_INBOX`, `_INBOX_<name>`), or the server's `_R_` for a request from another account, and 1
+/// to 6 more tokens of letters, digits, `_` and `-`. A service replies only to such subjects: a
+/// request naming an event, audit, result or JetStream API subject as its "inbox" would
+/// otherwise make the service publish there with its own rights.
 pub fn is_inbox_subject(subject: &str) -> bool {
     if subject.len() > REPLY_SUBJECT_MAX_BYTES {
         return false;
     }
     let mut tokens = subject.split('.');
-    let prefix_ok = tokens.next().is_some_and(is_inbox_prefix);
+    let prefix_ok = tokens
+        .next()
+        .is_some_and(|t| t == SERVICE_IMPORT_REPLY_PREFIX || is_inbox_prefix(t));
     let rest: Vec<&str> = tokens.collect();
     prefix_ok
         && (1..=6).contains(&rest.len())
@@ -346,6 +354,8 @@ mod tests {
             "_INBOX.abc",
             "_INBOX.Nuid123.tok",
             "_INBOX_tally-client.Xy9.z",
+            "_R_.aB3dE9.x0YzQ1",
+            "_R_.aB3dE9.x0YzQ1.Sh4sh.T",
         ] {
             assert!(is_inbox_subject(ok), "{ok}");
         }
@@ -364,6 +374,9 @@ mod tests {
             "_INBOX_.a",
             "_INBOX.a b",
             "_INBOX.1.2.3.4.5.6.7",
+            "_R_",
+            "_R_.>",
+            "_R_X.a",
         ] {
             assert!(!is_inbox_subject(hostile), "{hostile}");
         }

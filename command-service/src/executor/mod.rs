@@ -279,10 +279,17 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 /// Ids for durable commands published without one: stable across redeliveries of the same
-/// stream message, so a redelivery is recognised as the same command.
-pub fn derived_command_id(stream: &str, stream_sequence: u64) -> Uuid {
-    Uuid::new_v5(
-        &Uuid::NAMESPACE_OID,
-        format!("tally:{stream}:{stream_sequence}").as_bytes(),
-    )
+/// stream message, so a redelivery is recognised as the same command. The message's body and
+/// `Authorization` value are part of the name: from the stream sequence alone (which every
+/// publisher learns from its ack) another client could compute the id of the next header-less
+/// command and claim it first.
+pub fn derived_command_id(
+    stream: &str,
+    stream_sequence: u64,
+    body: &[u8],
+    authorization: &str,
+) -> Uuid {
+    let mut name = format!("tally:{stream}:{stream_sequence}:{authorization}:").into_bytes();
+    name.extend_from_slice(body);
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, &name)
 }

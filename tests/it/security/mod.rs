@@ -8,7 +8,11 @@ mod http;
 mod http_bounds;
 mod nats;
 
+use async_nats::HeaderMap;
+use domain::CommandReply;
 use platform::auth::Scope;
+use serde_json::Value;
+use tests::TestApp;
 use tests::app::{TEST_AUTH_SECRET, mint_token};
 
 /// A token that fails for `reason`, and what the services must answer.
@@ -39,6 +43,25 @@ pub fn bad_tokens() -> Vec<(&'static str, String)> {
         ("wrong audience", mint(TEST_AUTH_SECRET, "elsewhere", now)),
         ("garbage", "not-a-jwt".to_owned()),
     ]
+}
+
+/// Sends `body` as `command` with `token`, or with none at all.
+pub async fn send_as(
+    app: &TestApp,
+    command: &str,
+    body: &Value,
+    token: Option<&str>,
+) -> CommandReply {
+    let mut headers = HeaderMap::new();
+    // An explicit empty value stands for "no token": the helper adds the admin's otherwise.
+    headers.insert(
+        "Authorization",
+        token
+            .map_or(String::new(), |t| format!("Bearer {t}"))
+            .as_str(),
+    );
+    app.send_raw(command, headers, serde_json::to_vec(body).unwrap())
+        .await
 }
 
 pub fn token(scopes: &[Scope], owner: Option<&str>) -> String {

@@ -1,0 +1,93 @@
+//! Answering a durable command: its sender is not waiting on a request, so the result of
+//! every durable command is kept in the command log (readable later, and what a redelivery
+//! answers from) and announced to the inbox the sender named, before the message is
+//! acknowledged.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use domain::CommandReply;
+use tokio_util::sync::CancellationToken;
+
+use super::Jobs;
+use super::deciding::Handled;
+use super::waiting::{Backoff, Cause};
+use crate::handling;
+use crate::incoming::{HEADER_COMMAND_ID, HEADER_REPLY_TO};
+
+/// The answer to a durable command, and where it is recorded.
+#[derive(Debug)]
+pub(super) struct Answer {
+    pub(super) reply: CommandReply,
+    /// Aggregate type and id the command log files it under.
+    pub(super) target: (&'static str, String),
+    /// The executor answered, and recorded whatever it means to keep (it keeps no refusal
+    /// that says "retry": contention, another owner's account).
+    pub(super) decided: bool,
+}
+
+impl Jobs {
+    /// Records the answer unless the executor did, publishes it to the sender's inbox, and
+    /// acknowledges the message.
+    pub(super) async fn answer(
+        &self,
+        lane: usize,
+        message: &jetstream::Message,
+        answer: &Answer,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Handled {
+        let Answer {
+            reply,
+            target,
+            decided,
+        } = answer;
+        let command_id = reply.command_id();
+        // Rejections that never reached the executor are recorded here, so the result of every
+        // durable command is readable later; refusals of the sender write nothing.
+        let recordable = match reply {
+            CommandReply::Rejected { error, .. } => {
+                !decided && !crate::access::is_access_refusal(error.code)
+            }
+            CommandReply::Accepted { .. } => false,
+        };
+        // Not recorded is not answered: PostgreSQL is down, so this waits like any outage.
+        while recordable
+            && let Err(error) = self
+                .executor
+                .repository()
+                .log_rejection(command_id, target.0, &target.1, reply)
+                .await
+        {
+            tracing::warn!(%error, %command_id, "rejection of a durable command not recorded; trying again");
+            if !self
+                .wait(lane, Cause::Outage, backoff.pause(), shutdown)
+                .await
+            {
+                return Handled::Abandoned;
+            }
+        }
+        if let Some(inbox) = result_inbox(message.headers.as_ref()) {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_COMMAND_ID, command_id.to_string().as_str());
+            if let Err(error) = self
+                .nats
+                .publish_with_headers(inbox, headers, handling::reply_bytes(reply))
+                .await
+            {
+                tracing::warn!(%error, %command_id, "result announcement not sent (the command log has it)");
+            }
+        }
+        if let Err(error) = message.double_ack().await {
+            tracing::warn!(%error, %command_id, "ack failed; a redelivery will get the logged result");
+        }
+        Handled::Answered
+    }
+}
+
+/// Where a durable command's result goes: the inbox its sender named in `Tally-Reply-To`, and
+/// only an inbox. A shared results subject would let every client read every result, and any
+/// other subject would make this service publish there with its own rights.
+fn result_inbox(headers: Option<&HeaderMap>) -> Option<String> {
+    let named = headers?.get(HEADER_REPLY_TO)?.as_str().trim();
+    platform::nats::is_inbox_subject(named).then(|| named.to_owned())
+}

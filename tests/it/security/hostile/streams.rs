@@ -1,0 +1,100 @@
+//! The streams themselves: none can be purged or have a message erased, and a message on the
+//! events stream that is no event cannot hold a projection up.
+
+use std::time::Duration;
+
+use domain::CommandReply;
+use serde_json::json;
+use tests::client::accepted;
+
+#[tokio::test]
+async fn no_stream_can_be_purged_or_erased() {
+    // Without users at all (the development server): the streams themselves refuse.
+    let app = tests::TestApp::spawn().await;
+    accepted(
+        &app.send(
+            "account.open",
+            json!({"account_id": "h-p", "owner": "o", "currency": "EUR"}),
+        )
+        .await,
+    );
+    app.wait_for_stream_count(1, Duration::from_secs(10)).await;
+    let streams = [
+        app.streams.events.clone(),
+        app.streams.commands.clone(),
+        app.streams.audit.clone(),
+        app.streams.dead_letters.clone(),
+    ];
+    for name in &streams {
+        let stream = app.jetstream.get_stream(name).await.unwrap();
+        assert!(stream.purge().await.is_err(), "{name} was purged");
+        assert!(
+            stream.delete_message(1).await.is_err(),
+            "a message of {name} was erased"
+        );
+    }
+    assert_eq!(app.events_in_stream_count().await, 1);
+}
+
+#[tokio::test]
+async fn a_message_on_the_events_stream_that_is_no_event_is_dead_lettered_once() {
+    // Published straight to the stream, as a user with publish rights there could: the
+    // projection must not hold it in ack-pending and redeliver it forever.
+    let app = tests::TestApp::spawn().await;
+    app.jetstream
+        .publish(
+            format!("{}.evt.account.injected-x", app.subjects.prefix()),
+            r#"{"status":"rejected"}"#.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let mut dead_letters = app
+        .jetstream
+        .get_stream(&app.streams.dead_letters)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while dead_letters.info().await.unwrap().state.messages == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unreadable message was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letter = dead_letters.get_raw_message(1).await.unwrap();
+    let error = letter
+        .headers
+        .get("Tally-Error")
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert!(error.contains("unreadable"), "{error}");
+    // Terminated, not pending: and the projection goes on with real events.
+    let reply = app
+        .send(
+            "account.open",
+            json!({"account_id": "h-after", "owner": "o", "currency": "EUR"}),
+        )
+        .await;
+    let CommandReply::Accepted {
+        consistency_token, ..
+    } = &reply
+    else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(
+        app.http_get_with_token("/v1/accounts/h-after", consistency_token)
+            .await
+            .status(),
+        200
+    );
+    let events = app.jetstream.get_stream(&app.streams.events).await.unwrap();
+    let consumer = events.consumer_info("projection-accounts").await.unwrap();
+    assert_eq!(consumer.num_ack_pending, 0, "{consumer:?}");
+    assert_eq!(
+        dead_letters.info().await.unwrap().state.messages,
+        1,
+        "dead-lettered more than once"
+    );
+}
