@@ -66,7 +66,7 @@ impl Jobs {
                 return Handled::Abandoned;
             }
         }
-        if let Some(inbox) = result_inbox(message.headers.as_ref()) {
+        if let Some(inbox) = result_inbox(message.headers.as_ref(), &self.nats.new_inbox()) {
             let mut headers = HeaderMap::new();
             headers.insert(HEADER_COMMAND_ID, command_id.to_string().as_str());
             if let Err(error) = self
@@ -85,9 +85,44 @@ impl Jobs {
 }
 
 /// Where a durable command's result goes: the inbox its sender named in `Tally-Reply-To`, and
-/// only an inbox. A shared results subject would let every client read every result, and any
-/// other subject would make this service publish there with its own rights.
-fn result_inbox(headers: Option<&HeaderMap>) -> Option<String> {
+/// only an inbox, never one of this service's own (`own_inbox` is one of them), where its
+/// JetStream API answers arrive. A shared results subject would let every client read every
+/// result, and any other subject would make this service publish there with its own rights.
+fn result_inbox(headers: Option<&HeaderMap>, own_inbox: &str) -> Option<String> {
     let named = headers?.get(HEADER_REPLY_TO)?.as_str().trim();
-    platform::nats::is_inbox_subject(named).then(|| named.to_owned())
+    let own_prefix = own_inbox
+        .rsplit_once('.')
+        .map_or(own_inbox, |(prefix, _)| prefix);
+    // Without a NATS user every connection shares the bare prefix: nothing is ours alone.
+    let ours = own_prefix != platform::nats::INBOX_PREFIX_BASE
+        && named
+            .strip_prefix(own_prefix)
+            .is_some_and(|rest| rest.starts_with('.'));
+    (platform::nats::is_inbox_subject(named) && !ours).then(|| named.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_go_to_a_named_inbox_never_ours() {
+        let own = "_INBOX_command-service.Nu1d";
+        let named = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_REPLY_TO, value);
+            result_inbox(Some(&headers), own)
+        };
+        assert_eq!(
+            named("_INBOX_tally-client.a.b").as_deref(),
+            Some("_INBOX_tally-client.a.b")
+        );
+        assert_eq!(named("_INBOX_command-service.x.y"), None);
+        assert_eq!(named("tally.evt.account.x"), None);
+        assert_eq!(result_inbox(None, own), None);
+        // A server without users: every connection shares `_INBOX`.
+        let mut headers = HeaderMap::new();
+        headers.insert(HEADER_REPLY_TO, "_INBOX.t1.x");
+        assert!(result_inbox(Some(&headers), "_INBOX.Nu1d").is_some());
+    }
 }

@@ -57,6 +57,8 @@ const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 const FLUSH_WAIT_MAX: Duration = Duration::from_secs(10);
 /// Longest pause between attempts after a failure (PostgreSQL or JetStream down).
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A leader's term at least this long resets the failure backoff.
+const HEALTHY_TERM: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -161,15 +163,24 @@ impl Relay {
     }
 
     /// Runs until `shutdown`; then publishes what is already committed and returns.
+    ///
+    /// A leader's term that ends in an error is followed by a pause that doubles with each
+    /// term in a row that failed (up to `BACKOFF_MAX`).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
+            let term_started = std::time::Instant::now();
             match self.lead(&shutdown).await {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     if let (RelayError::Publish(_), Some(counter)) = (&error, &self.publish_errors)
                     {
                         counter.inc();
+                    }
+                    // A term that lasted is a fresh start: only failures in a row back off
+                    // further, so an occasional hiccup never costs the longest pause.
+                    if term_started.elapsed() >= HEALTHY_TERM {
+                        failures = 0;
                     }
                     failures = failures.saturating_add(1);
                     let pause = (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(6)))
