@@ -140,6 +140,12 @@ impl StreamNames {
     }
 }
 
+/// Durable commands the commands stream holds at most; beyond, a publish is refused.
+pub const COMMANDS_QUEUED_MAX: i64 = 1_000_000;
+
+/// Largest durable command message (body up to 64 KiB, headers and token included).
+pub const COMMAND_MESSAGE_MAX_BYTES: i32 = 128 * 1024;
+
 /// Every inbox prefix starts with this; a reply subject that does not is nobody's inbox.
 pub const INBOX_PREFIX_BASE: &str = "_INBOX";
 
@@ -284,12 +290,19 @@ pub async fn ensure_streams_with_window(
         ..Default::default()
     };
     let configs = [
-        stream(
-            &names.commands,
-            "Durable commands; removed once executed (results live in the command log)",
-            subjects.jobs(),
-            stream::RetentionPolicy::WorkQueue,
-        ),
+        stream::Config {
+            // Clients write here: bounded, and refusing new messages when full rather than
+            // dropping queued commands. A body is at most 64 KiB; the rest is for headers.
+            max_messages: COMMANDS_QUEUED_MAX,
+            max_message_size: COMMAND_MESSAGE_MAX_BYTES,
+            discard: stream::DiscardPolicy::New,
+            ..stream(
+                &names.commands,
+                "Durable commands; removed once executed (results live in the command log)",
+                subjects.jobs(),
+                stream::RetentionPolicy::WorkQueue,
+            )
+        },
         stream(
             &names.events,
             "Every committed event, once, in per-aggregate order",

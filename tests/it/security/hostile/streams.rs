@@ -98,3 +98,30 @@ async fn a_message_on_the_events_stream_that_is_no_event_is_dead_lettered_once()
         "dead-lettered more than once"
     );
 }
+
+#[tokio::test]
+async fn the_commands_stream_refuses_what_exceeds_its_limits() {
+    let app = tests::TestApp::spawn().await;
+    let too_big = vec![b'x'; platform::nats::COMMAND_MESSAGE_MAX_BYTES as usize + 1];
+    let stored = app
+        .jetstream
+        .publish(
+            format!("{}.jobs.account.deposit", app.subjects.prefix()),
+            too_big.into(),
+        )
+        .await
+        .unwrap()
+        .await;
+    assert!(stored.is_err(), "an oversized durable command was stored");
+    let mut stream = app
+        .jetstream
+        .get_stream(&app.streams.commands)
+        .await
+        .unwrap();
+    let config = &stream.info().await.unwrap().config;
+    assert_eq!(config.max_messages, platform::nats::COMMANDS_QUEUED_MAX);
+    assert_eq!(
+        config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New
+    );
+}
