@@ -15,6 +15,9 @@ pub enum InfraError {
     Nats(#[from] NatsError),
 }
 
+/// How long a service waits at start for the streams to be as configured.
+const STREAMS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Connected dependencies, ready to use.
 #[derive(Debug, Clone)]
 pub struct Infra {
@@ -40,13 +43,27 @@ impl Infra {
         db::migrate(&pool).await?;
         let client = nats::connect(nats_config, service).await?;
         let jetstream = jetstream::new(client.clone());
-        let streams = nats::ensure_streams_with_window(
-            &jetstream,
-            &subjects,
-            nats_config.stream_replicas,
-            std::time::Duration::from_millis(nats_config.duplicate_window_ms),
-        )
-        .await?;
+        let window = std::time::Duration::from_millis(nats_config.duplicate_window_ms);
+        // Under `deploy/nats-server.conf` only the command-service may create or change the
+        // streams: another service started first waits for it, a bounded while.
+        let started = std::time::Instant::now();
+        let streams = loop {
+            match nats::ensure_streams_with_window(
+                &jetstream,
+                &subjects,
+                nats_config.stream_replicas,
+                window,
+            )
+            .await
+            {
+                Ok(streams) => break streams,
+                Err(error) if started.elapsed() < STREAMS_WAIT => {
+                    tracing::warn!(service, %error, "streams not ready (the command-service creates them); retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
         tracing::info!(
             service,
             prefix = subjects.prefix(),

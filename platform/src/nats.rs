@@ -323,12 +323,39 @@ pub async fn ensure_streams_with_window(
         ),
     ];
     for config in configs {
+        // A stream already as configured is left alone, so a service whose NATS user may not
+        // change streams (only the command-service may, `deploy/nats-server.conf`) starts once
+        // the streams exist; one that finds them different tries to update them and, without
+        // the right, fails at start rather than run on other settings.
+        if let Ok(mut existing) = js.get_stream(&config.name).await
+            && let Ok(info) = existing.info().await
+            && same_settings(&info.config, &config)
+        {
+            continue;
+        }
         let stream = config.name.clone();
         js.create_or_update_stream(config)
             .await
             .map_err(|source| NatsError::Stream { stream, source })?;
     }
     Ok(names)
+}
+
+/// Whether `existing` has every setting Tally gives its streams as `wanted` has it (the server
+/// reports "no limit" as -1 where the request said 0).
+fn same_settings(existing: &stream::Config, wanted: &stream::Config) -> bool {
+    let limit = |value: i64| if value <= 0 { -1 } else { value };
+    existing.subjects == wanted.subjects
+        && existing.retention == wanted.retention
+        && existing.storage == wanted.storage
+        && existing.num_replicas == wanted.num_replicas
+        && existing.duplicate_window == wanted.duplicate_window
+        && existing.deny_purge == wanted.deny_purge
+        && existing.deny_delete == wanted.deny_delete
+        && limit(existing.max_messages) == limit(wanted.max_messages)
+        && limit(existing.max_message_size.into()) == limit(wanted.max_message_size.into())
+        && existing.discard == wanted.discard
+        && existing.description == wanted.description
 }
 
 #[cfg(test)]

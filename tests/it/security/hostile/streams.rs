@@ -125,3 +125,48 @@ async fn the_commands_stream_refuses_what_exceeds_its_limits() {
         async_nats::jetstream::stream::DiscardPolicy::New
     );
 }
+
+#[tokio::test]
+async fn only_the_command_service_changes_a_streams_settings() {
+    // E.g. a republish of the commands stream (tokens included) to an inbox of one's own, or
+    // limits that would age the events stream out.
+    let mut secured = crate::security::Secured::start().await;
+    for user in [
+        "tally-client",
+        "tally-operator",
+        "projections",
+        "process-manager",
+        "query-service",
+    ] {
+        let (connection, mut errors) = secured.connect(user).await;
+        for subject in [
+            "$JS.API.STREAM.UPDATE.TALLY_COMMANDS",
+            "$JS.API.STREAM.UPDATE.TALLY_EVENTS",
+            "$JS.API.STREAM.CREATE.SPY",
+        ] {
+            connection
+                .publish_with_reply(
+                    subject,
+                    format!("_INBOX_{user}.x.y"),
+                    r#"{"name":"TALLY_COMMANDS","subjects":["tally.jobs.>"],"republish":{"src":">","dest":"_INBOX_spy.>"}}"#.into(),
+                )
+                .await
+                .unwrap();
+            connection.flush().await.unwrap();
+            let error = crate::security::violation(&mut errors).await;
+            assert!(
+                error.contains("permissions violation") && error.contains("publish"),
+                "{user} may publish on {subject}: {error:?}"
+            );
+        }
+    }
+    let (service, _) = secured.connect("command-service").await;
+    let mut commands = async_nats::jetstream::new(service)
+        .get_stream("TALLY_COMMANDS")
+        .await
+        .unwrap();
+    assert!(commands.info().await.unwrap().config.republish.is_none());
+    // Every service started under these rights, and a restart finds the streams as they are.
+    secured.app.stop_projections().await;
+    secured.app.start_projections().await;
+}
