@@ -31,8 +31,10 @@ pub struct Infra {
 }
 
 impl Infra {
-    /// Connects to both, migrates the database and creates or updates the streams. Every
-    /// service runs this at start, so any of them can come up first.
+    /// Connects to both, migrates the database and creates or updates the streams (or, for a
+    /// service whose NATS user may not change them, finds them as configured, waiting up to
+    /// `STREAMS_WAIT` for the command-service). Every service runs this at start, so any of
+    /// them can come up first.
     pub async fn connect(
         service: &str,
         postgres: &PostgresConfig,
