@@ -114,7 +114,7 @@ pub async fn get(
                 &waits,
                 &headers,
                 query.consistency_token.as_deref(),
-                owner,
+                &principal,
             )
             .await;
             let waited = consistency::unless_bound(waited, owner)?;
@@ -190,7 +190,7 @@ pub async fn list(
         &waits,
         &headers,
         query.consistency_token.as_deref(),
-        principal.owner.as_deref(),
+        &principal,
     )
     .await?;
     let limit = pagination::limit(query.limit)?;
@@ -307,7 +307,7 @@ pub async fn entries(
         &waits,
         &headers,
         query.consistency_token.as_deref(),
-        principal.owner.as_deref(),
+        &principal,
     )
     .await;
     let waited = consistency::unless_bound(waited, principal.owner.as_deref())?;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use sqlx::PgPool;
 
-use crate::consistency_waits::{ConsistencyWaits, projection_of};
+use platform::auth::Principal;
+
+use crate::consistency_waits::{ConsistencyWaits, WAITING_PER_READER_MAX, projection_of};
 use crate::problem::ApiError;
 
 pub const HEADER_TOKEN: &str = "Tally-Consistency-Token";
@@ -121,15 +123,26 @@ pub fn requested(
 /// owner's aggregate is answered exactly as one naming an aggregate that does not exist (yet),
 /// after the same wait, so neither the answer nor its timing tells of the other's existence or
 /// version.
+///
+/// One reader (token subject) holds at most `WAITING_PER_READER_MAX` waits at once, so no
+/// reader can take every place of the shared watcher from the others.
 pub async fn wait(
     pool: &PgPool,
     waits: &ConsistencyWaits,
     headers: &HeaderMap,
     query_token: Option<&str>,
-    owner: Option<&str>,
+    principal: &Principal,
 ) -> Result<(), ApiError> {
+    let owner = principal.owner.as_deref();
     let Some(token) = requested(headers, query_token)? else {
         return Ok(());
+    };
+    let Ok(_place) = waits.hold(&principal.subject) else {
+        return Err(ApiError::NotYetConsistent {
+            detail: format!(
+                "{WAITING_PER_READER_MAX} reads of this token's subject already wait for a consistency token; retry once they are answered"
+            ),
+        });
     };
     let wait_ms = match headers.get(HEADER_WAIT) {
         None => WAIT_DEFAULT_MS,

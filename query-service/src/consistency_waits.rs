@@ -4,7 +4,7 @@
 //! the number of waiting reads exactly when the projections are behind (a feedback loop: the
 //! slower the projection, the more reads wait, the slower PostgreSQL gets).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ use crate::consistency::{Target, Token};
 const TICK: Duration = Duration::from_millis(5);
 /// Reads waiting at most; beyond it a read is answered `not_yet_consistent` at once.
 pub const WAITING_MAX: usize = 10_000;
+/// Reads of one reader (token subject) waiting at most, so one reader cannot fill the rest.
+pub const WAITING_PER_READER_MAX: usize = 64;
 /// Pause after a failed check (the waiting reads time out by themselves meanwhile).
 const FAILURE_PAUSE: Duration = Duration::from_millis(200);
 
@@ -35,6 +37,32 @@ pub struct Full;
 pub struct ConsistencyWaits {
     waiting: Mutex<Vec<Waiter>>,
     arrived: Notify,
+    /// Waits held per reader; a reader with none has no entry, so this stays as small as the
+    /// number of readers waiting right now.
+    per_reader: Mutex<HashMap<String, usize>>,
+}
+
+/// A reader's place among the waits, given back when dropped.
+#[derive(Debug)]
+pub struct ReaderPlace<'a> {
+    waits: &'a ConsistencyWaits,
+    reader: String,
+}
+
+impl Drop for ReaderPlace<'_> {
+    fn drop(&mut self) {
+        let mut per_reader = self
+            .waits
+            .per_reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = per_reader.get_mut(&self.reader) {
+            *held -= 1;
+            if *held == 0 {
+                per_reader.remove(&self.reader);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for ConsistencyWaits {
@@ -44,6 +72,20 @@ impl std::fmt::Debug for ConsistencyWaits {
 }
 
 impl ConsistencyWaits {
+    /// A place for one more wait of `reader`, unless it holds `WAITING_PER_READER_MAX`.
+    pub fn hold(&self, reader: &str) -> Result<ReaderPlace<'_>, Full> {
+        let mut per_reader = self.per_reader.lock().unwrap_or_else(|p| p.into_inner());
+        let held = per_reader.entry(reader.to_owned()).or_default();
+        if *held >= WAITING_PER_READER_MAX {
+            return Err(Full);
+        }
+        *held += 1;
+        Ok(ReaderPlace {
+            waits: self,
+            reader: reader.to_owned(),
+        })
+    }
+
     /// Resolves once the watcher sees the read model at `token` (dropping it withdraws the wait).
     pub fn register(&self, token: Token) -> Result<oneshot::Receiver<()>, Full> {
         let (reached, receiver) = oneshot::channel();
@@ -166,4 +208,30 @@ pub async fn reached(pool: &PgPool, tokens: &[Token]) -> Result<HashSet<Token>, 
         })
         .cloned()
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_reader_holds_a_bounded_share_of_the_waits() {
+        let waits = ConsistencyWaits::default();
+        let mallory: Vec<_> = (0..WAITING_PER_READER_MAX)
+            .map(|_| waits.hold("mallory"))
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|_| panic!("a place below the limit was refused"));
+        assert!(waits.hold("mallory").is_err(), "a place beyond the limit");
+        assert!(waits.hold("alice").is_ok(), "another reader crowded out");
+        drop(mallory);
+        assert!(waits.hold("mallory").is_ok(), "places not given back");
+        assert!(
+            waits
+                .per_reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty(),
+            "readers without a wait still take room"
+        );
+    }
 }

@@ -75,7 +75,7 @@ pub async fn get(
         &waits,
         &headers,
         query.consistency_token.as_deref(),
-        principal.owner.as_deref(),
+        &principal,
     )
     .await;
     let waited = consistency::unless_bound(waited, principal.owner.as_deref())?;
@@ -145,7 +145,7 @@ pub async fn of_account(
         &waits,
         &headers,
         query.consistency_token.as_deref(),
-        principal.owner.as_deref(),
+        &principal,
     )
     .await;
     let waited = consistency::unless_bound(waited, principal.owner.as_deref())?;
