@@ -7,6 +7,7 @@ pub mod allocator_trim;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod inbox;
 pub mod infra;
 pub mod metrics;
 pub mod nats;
