@@ -181,3 +181,33 @@ pub async fn violation(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>
         .unwrap_or_default()
         .to_lowercase()
 }
+
+/// Publishes `body` durably on `subject` with the admin's token, `id` as its `Nats-Msg-Id`
+/// and, if given, `reply_to` as the inbox for its result; returns once the stream stored it.
+pub async fn publish_durable_as_admin(
+    client: &async_nats::Client,
+    subject: &str,
+    id: uuid::Uuid,
+    reply_to: Option<&str>,
+    body: &serde_json::Value,
+) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", id.to_string().as_str());
+    if let Some(inbox) = reply_to {
+        headers.insert("Tally-Reply-To", inbox);
+    }
+    headers.insert(
+        "Authorization",
+        format!("Bearer {}", tests::app::admin_token()).as_str(),
+    );
+    async_nats::jetstream::new(client.clone())
+        .publish_with_headers(
+            subject.to_owned(),
+            headers,
+            serde_json::to_vec(body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}

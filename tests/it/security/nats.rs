@@ -40,25 +40,14 @@ async fn each_service_as_its_own_user_and_clients_only_send_commands() {
     let id = Uuid::now_v7();
     let inbox = client.new_inbox();
     let mut results = client.subscribe(inbox.clone()).await.unwrap();
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    headers.insert("Tally-Reply-To", inbox.as_str());
-    headers.insert(
-        "Authorization",
-        format!("Bearer {}", tests::app::admin_token()).as_str(),
-    );
-    async_nats::jetstream::new(client.clone())
-        .publish_with_headers(
-            "tally.jobs.account.deposit",
-            headers,
-            serde_json::to_vec(&json!({"account_id": "n-b", "amount": 1}))
-                .unwrap()
-                .into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    super::publish_durable_as_admin(
+        &client,
+        "tally.jobs.account.deposit",
+        id,
+        Some(&inbox),
+        &json!({"account_id": "n-b", "amount": 1}),
+    )
+    .await;
     let result = tokio::time::timeout(
         Duration::from_secs(10),
         futures::StreamExt::next(&mut results),

@@ -76,24 +76,14 @@ async fn a_client_reads_no_one_elses_messages() {
     assert_eq!(transfer["status"], "completed");
     let (owner, _) = secured.connect("tally-client").await;
     let id = Uuid::now_v7();
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", id.to_string().as_str());
-    headers.insert(
-        "Authorization",
-        format!("Bearer {}", tests::app::admin_token()).as_str(),
-    );
-    async_nats::jetstream::new(owner.clone())
-        .publish_with_headers(
-            "tally.jobs.account.deposit",
-            headers,
-            serde_json::to_vec(&json!({"account_id": "h-b", "amount": 1}))
-                .unwrap()
-                .into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::security::publish_durable_as_admin(
+        &owner,
+        "tally.jobs.account.deposit",
+        id,
+        None,
+        &json!({"account_id": "h-b", "amount": 1}),
+    )
+    .await;
     // The marker: the durable command ran (its event is in the store), so its delivery to the
     // command-service, and every message before it, has been routed.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

@@ -326,25 +326,14 @@ async fn a_durable_publish_cannot_aim_its_ack_at_a_tally_subject() {
     // earlier message was stored (and acknowledged) before it.
     let inbox = attacker.new_inbox();
     let mut result = attacker.subscribe(inbox.clone()).await.unwrap();
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", Uuid::now_v7().to_string().as_str());
-    headers.insert("Tally-Reply-To", inbox.as_str());
-    headers.insert(
-        "Authorization",
-        format!("Bearer {}", tests::app::admin_token()).as_str(),
-    );
-    async_nats::jetstream::new(attacker.clone())
-        .publish_with_headers(
-            "tally.jobs.account.deposit",
-            headers,
-            serde_json::to_vec(&json!({"account_id": "h-j", "amount": 1}))
-                .unwrap()
-                .into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    crate::security::publish_durable_as_admin(
+        &attacker,
+        "tally.jobs.account.deposit",
+        Uuid::now_v7(),
+        Some(&inbox),
+        &json!({"account_id": "h-j", "amount": 1}),
+    )
+    .await;
     let answer = tokio::time::timeout(
         Duration::from_secs(20),
         futures::StreamExt::next(&mut result),
