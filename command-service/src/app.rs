@@ -15,7 +15,7 @@ use crate::executor::{Executor, ExecutorLimits};
 use crate::ingress::Ingress;
 use crate::jobs::Jobs;
 use crate::relay::{Relay, RelayConfig};
-use crate::repository::TallyRepository;
+use event_store::EventStore;
 use crate::schema_check::{SchemaLoadError, SchemaRegistry};
 
 const SERVICE: &str = "command-service";
@@ -83,7 +83,7 @@ impl Application {
         let jobs_waiting = crate::jobs::Waiting::register(&infra.registry)?;
         let executor = Arc::new(
             Executor::new(
-                TallyRepository::with_write_statements_max(
+                EventStore::with_write_statements_max(
                     infra.pool.clone(),
                     config.write_statements_max,
                 ),
@@ -101,7 +101,7 @@ impl Application {
             .with_conflict_counter(metrics.conflict_retries.clone()),
         );
         let relay = Relay::new(
-            executor.repository().commit_signal(),
+            executor.store().commit_signal(),
             infra.pool.clone(),
             platform::db::connect_options(&config.postgres, "command-service-relay")?,
             infra.jetstream.clone(),

@@ -111,7 +111,7 @@ pub struct Config {
     #[arg(
         long = "write-statements-max",
         env = "TALLY_WRITE_STATEMENTS_MAX",
-        default_value_t = crate::repository::WRITE_STATEMENTS_DEFAULT
+        default_value_t = event_store::WRITE_STATEMENTS_DEFAULT
     )]
     pub write_statements_max: usize,
     /// How a transfer request is settled: `at-once` decides the debit, the credit and the

@@ -3,8 +3,8 @@
 //!
 //! Two front doors share one executor: request/reply on `<prefix>.cmd.>` (`ingress`) and the
 //! durable `<prefix>.jobs.>` stream (`jobs`). The `executor` loads an aggregate (snapshot +
-//! later events), lets the domain decide, and commits through our `repository`, which writes the
-//! events and the command log in one statement. The `relay` publishes committed events to the
+//! later events), lets the domain decide, and commits the decision through the `event-store`
+//! crate, which writes the events and the command log in one statement. The `relay` publishes committed events to the
 //! events stream in commit-safe order.
 
 mod access;
@@ -12,21 +12,19 @@ mod aggregate_cache;
 mod aggregate_locks;
 mod app;
 mod audit_digests;
-mod commit_signal;
 mod config;
 #[cfg(test)]
 mod decode_fuzz;
 pub mod executor;
 mod handling;
+pub mod idempotency;
 pub mod incoming;
 mod ingress;
 mod jobs;
 mod metrics;
 mod rejection;
 mod relay;
-pub mod repository;
 mod schema_check;
-pub mod snapshots;
 
 pub use app::{Application, StartupError};
 pub use config::Config;

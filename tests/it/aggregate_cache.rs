@@ -2,7 +2,6 @@
 //! instances committed, and the chain heads it remembers keep the hash chain intact.
 
 use command_service::executor::{Executor, ExecutorLimits};
-use command_service::repository::TallyRepository;
 use cqrs_es::EventStore;
 use cqrs_es::persist::PersistedEventStore;
 use domain::account::*;
@@ -15,7 +14,7 @@ use super::snapshots::{fresh_pool, incoming, retarget, runtime, step};
 
 fn instance(pool: &PgPool) -> Executor {
     Executor::new(
-        TallyRepository::new(pool.clone()),
+        event_store::EventStore::new(pool.clone()),
         ExecutorLimits {
             conflict_retries_max: 5,
             snapshot_every: 0,
@@ -81,7 +80,7 @@ async fn a_warm_aggregate_sees_what_another_instance_committed() {
         }
         other => panic!("b must see a's withdrawal: {other:?}"),
     }
-    assert_eq!(a.load::<Account>("warm").await.unwrap().current_sequence, 4);
+    assert_eq!(a.load::<Account>("warm").await.unwrap().sequence, 4);
     assert!(
         chain_is_clean(&pool).await,
         "hash chain broken across instances"
@@ -119,7 +118,7 @@ fn two_warm_instances_agree_with_a_full_replay() {
             for executor in &instances {
                 let warm = executor.load::<Account>(&id).await.unwrap();
                 prop_assert_eq!(&warm.aggregate, &full.aggregate);
-                prop_assert_eq!(warm.current_sequence, accepted);
+                prop_assert_eq!(warm.sequence, accepted);
             }
             Ok(())
         })?;

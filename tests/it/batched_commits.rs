@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use command_service::executor::{Executor, ExecutorLimits};
-use command_service::repository::TallyRepository;
 use cqrs_es::EventStore;
 use cqrs_es::persist::PersistedEventStore;
 use domain::account::*;
@@ -21,10 +20,10 @@ const ACCOUNTS: usize = 24;
 const DEPOSITS_EACH: i64 = 10;
 
 fn instance(pool: &PgPool) -> Executor {
-    writing_through(TallyRepository::new(pool.clone()))
+    writing_through(event_store::EventStore::new(pool.clone()))
 }
 
-fn writing_through(repo: TallyRepository) -> Executor {
+fn writing_through(repo: event_store::EventStore) -> Executor {
     Executor::new(
         repo,
         ExecutorLimits {
@@ -55,7 +54,7 @@ fn accepted(reply: &CommandReply) -> bool {
 async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through() {
     let pool = fresh_pool().await;
     // One statement in flight at a time, so writes that arrive while it runs wait for the next.
-    let a = Arc::new(writing_through(TallyRepository::with_write_statements_max(
+    let a = Arc::new(writing_through(event_store::EventStore::with_write_statements_max(
         pool.clone(),
         1,
     )));
@@ -205,7 +204,7 @@ async fn a_repeated_id_on_the_path_alone_gets_its_first_reply() {
     // Now at 4: decided again it would be accepted, and must not be.
     assert_eq!(a.execute(refused_first).await.unwrap(), refused);
     let state = a.load::<Account>("alone").await.unwrap();
-    assert_eq!((state.aggregate.balance, state.current_sequence), (12, 4));
+    assert_eq!((state.aggregate.balance, state.sequence), (12, 4));
 }
 
 /// Two statements that wait on each other's uncommitted keys deadlock, and PostgreSQL rolls
@@ -242,7 +241,7 @@ async fn a_deadlock_between_writers_counts_as_a_lost_race() {
         "{error}"
     );
     assert!(matches!(
-        command_service::repository::persistence_error(error),
-        cqrs_es::persist::PersistenceError::OptimisticLockError
+        event_store::classify(error),
+        event_store::StoreError::Conflict
     ));
 }

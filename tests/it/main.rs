@@ -21,6 +21,7 @@ mod outbox;
 mod projections;
 mod read_api;
 mod read_cache;
+mod read_failures;
 mod rebuild;
 mod rebuild_crash;
 mod schemathesis;

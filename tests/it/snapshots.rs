@@ -3,7 +3,6 @@
 
 use command_service::executor::{Executor, ExecutorLimits};
 use command_service::incoming::{Command, IncomingCommand};
-use command_service::repository::TallyRepository;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, EventStore};
 use domain::account::*;
@@ -48,7 +47,7 @@ fn snapshot_loaded_state_equals_full_replay() {
     let rt = runtime();
     let pool = rt.block_on(fresh_pool());
     let executor = Executor::new(
-        TallyRepository::new(pool.clone()),
+        event_store::EventStore::new(pool.clone()),
         ExecutorLimits {
             conflict_retries_max: 5,
             snapshot_every: 3,
@@ -84,8 +83,8 @@ fn snapshot_loaded_state_equals_full_replay() {
             let from_snapshot = executor.load::<Account>(&id).await.unwrap();
             let full = replay.load_aggregate(&id).await.unwrap();
             prop_assert_eq!(&from_snapshot.aggregate, &full.aggregate);
-            prop_assert_eq!(from_snapshot.current_sequence, full.current_sequence);
-            prop_assert_eq!(from_snapshot.current_sequence, accepted);
+            prop_assert_eq!(from_snapshot.sequence, full.current_sequence);
+            prop_assert_eq!(from_snapshot.sequence, accepted);
             Ok(())
         })?;
     });
@@ -120,7 +119,7 @@ pub(crate) fn retarget(command: AccountCommand, id: &str) -> AccountCommand {
 async fn a_stale_or_corrupt_snapshot_is_never_trusted_over_events() {
     let pool = fresh_pool().await;
     let executor = Executor::new(
-        TallyRepository::new(pool.clone()),
+        event_store::EventStore::new(pool.clone()),
         ExecutorLimits {
             conflict_retries_max: 5,
             snapshot_every: 2,
@@ -156,7 +155,7 @@ async fn a_stale_or_corrupt_snapshot_is_never_trusted_over_events() {
         .unwrap();
     let loaded = executor.load::<Account>("s").await.unwrap();
     assert_eq!(loaded.aggregate.balance, 30);
-    assert_eq!(loaded.current_sequence, 4);
+    assert_eq!(loaded.sequence, 4);
 }
 
 /// A minimal aggregate whose `apply` is not idempotent, to show the defect plainly.

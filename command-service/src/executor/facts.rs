@@ -9,7 +9,7 @@ use domain::account::AccountServices;
 use domain::transfer::{AccountFacts, StepsRecorded, Transfer, TransferCommand, TransferFacts};
 use domain::{Account, AccountCommand};
 
-use super::{ExecuteError, Executor, from_sqlx};
+use super::{ExecuteError, Executor};
 
 impl Executor {
     /// What an account command needs to know: the sender's owner, and for a transfer step,
@@ -45,10 +45,9 @@ impl Executor {
             let id = command.transfer_id();
             let transfer = self.load::<Transfer>(&id.to_string()).await?.aggregate;
             let recorded = self
-                .repo
+                .store
                 .transfer_steps_recorded(id, &transfer.from, &transfer.to)
-                .await
-                .map_err(from_sqlx)?;
+                .await?;
             return Ok(TransferFacts {
                 recorded,
                 ..TransferFacts::default()

@@ -12,18 +12,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, SerializedEvent};
-use cqrs_es::{Aggregate, EventEnvelope};
 use domain::account::AccountServices;
 use domain::{Account, CommandReply};
+use event_store::{Append, LogKey, LogRow, NewEvent};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::{Executable, ExecuteError, Executor, from_sqlx, metadata};
+use super::decision::{self, Decision, Reads};
+use super::{Executable, ExecuteError, Executor, Loaded};
 use crate::incoming::{Command, IncomingCommand};
 use crate::rejection::Rejection;
-use crate::repository;
 
 /// Most commands decided and committed together.
 pub const GROUP_MAX: usize = 64;
@@ -105,7 +105,7 @@ impl Executor {
                 Ok(Turn::Lead) => {}
                 // The leader vanished without answering (it panicked): nothing of ours is
                 // known to be written; the caller's retry with the same id is safe.
-                Err(_) => return Err(ExecuteError::Internal("command group lost".into())),
+                Err(_) => return Err(ExecuteError::internal("command group lost")),
             }
         }
         // Even if this leader panics or is dropped, the queue must move on.
@@ -178,7 +178,7 @@ impl Executor {
                 replies
             }
         };
-        let mut own = Err(ExecuteError::Internal("leader's reply missing".into()));
+        let mut own = Err(ExecuteError::internal("leader's reply missing"));
         for (waiting, reply) in group.into_iter().zip(replies) {
             if waiting.incoming.command_id == leader && own.is_err() {
                 own = reply;
@@ -201,82 +201,47 @@ impl Executor {
         aggregate_id: &str,
         commands: &[IncomingCommand],
     ) -> Result<Vec<Result<CommandReply, ExecuteError>>, ExecuteError> {
-        let mut fresh = false;
-        let mut context = match Account::cache(self).get(aggregate_id) {
-            Some((aggregate, current_sequence)) => EventStoreAggregateContext {
-                aggregate_id: aggregate_id.to_owned(),
-                aggregate,
-                current_sequence,
-                current_snapshot: None,
-            },
-            None => {
-                fresh = true;
-                self.load::<Account>(aggregate_id).await?
-            }
-        };
-        let mut decided = decide(&context, commands).await?;
-        if decided.refused_any && !fresh {
-            context = self.load::<Account>(aggregate_id).await?;
-            decided = decide(&context, commands).await?;
+        let (loaded, verified) = self.current::<Account>(aggregate_id, Reads::Memory).await?;
+        let mut decided = decide(&loaded, commands).await?;
+        if decided.refused_any && !verified {
+            let loaded = self.load::<Account>(aggregate_id).await?;
+            decided = decide(&loaded, commands).await?;
         }
-        let Decided {
-            aggregate,
-            sequence,
-            events,
-            log,
-            replies,
-            ..
-        } = decided;
-        self.repo
-            .persist_group(&events, &log)
-            .await
-            .map_err(from_sqlx)?;
-        self.maybe_snapshot(aggregate_id, context.current_sequence, sequence, &aggregate)
-            .await;
-        Account::cache(self).put(aggregate_id, aggregate, sequence);
+        let replies = self.commit(decided.decision).await?;
         Ok(replies.into_iter().map(Ok).collect())
     }
 }
 
-/// A group's decisions on one state of the account, not yet written.
+/// A group's decision on one state of the account, and whether any command was refused.
 struct Decided {
-    aggregate: Account,
-    sequence: usize,
-    events: Vec<SerializedEvent>,
-    log: Vec<repository::LogRow>,
-    replies: Vec<CommandReply>,
+    decision: Decision,
     refused_any: bool,
 }
 
-/// Runs `commands` in order on a copy of `context`'s account.
-async fn decide(
-    context: &EventStoreAggregateContext<Account>,
-    commands: &[IncomingCommand],
-) -> Result<Decided, ExecuteError> {
-    let aggregate_id = context.aggregate_id.as_str();
-    let mut aggregate = context.aggregate.clone();
-    let mut sequence = context.current_sequence;
-    let mut events: Vec<SerializedEvent> = Vec::new();
-    let mut log: Vec<repository::LogRow> = Vec::new();
-    let mut decided: HashMap<Uuid, (repository::LogKey, CommandReply)> = HashMap::new();
+/// Runs `commands` in order on a copy of `loaded`'s account.
+async fn decide(loaded: &Loaded<Account>, commands: &[IncomingCommand]) -> Result<Decided, ExecuteError> {
+    let aggregate_id = loaded.aggregate_id.as_str();
+    let mut state = loaded.aggregate.clone();
+    let mut sequence = loaded.sequence;
+    let mut events: Vec<NewEvent> = Vec::new();
+    let mut log: Vec<LogRow> = Vec::new();
+    let mut decided: HashMap<Uuid, (LogKey, CommandReply)> = HashMap::new();
     let mut replies = Vec::with_capacity(commands.len());
     let mut refused_any = false;
     for incoming in commands {
-        let key = repository::LogKey::of(incoming);
+        let key = crate::idempotency::log_key(incoming);
         // The same id twice in one group (a client's concurrent retry): one execution; the
         // id used by another sender or for another command: refused, as the log would.
         if let Some((first, reply)) = decided.get(&incoming.command_id) {
             replies.push(if first.retried_by(&key) {
                 reply.clone()
             } else {
-                repository::idempotency::mismatch(incoming.command_id)
+                event_store::command_log::mismatch(incoming.command_id)
             });
             continue;
         }
         let Command::Account(command) = &incoming.command else {
-            return Err(ExecuteError::Internal(
-                "ungroupable command in a group".into(),
-            ));
+            return Err(ExecuteError::internal("ungroupable command in a group"));
         };
         let sink = EventSink::<Account>::default();
         let services = AccountServices {
@@ -284,29 +249,22 @@ async fn decide(
             owner: incoming.owner.clone(),
         };
         let mut logged = true;
-        let reply = match aggregate.handle(command.clone(), &services, &sink).await {
+        let reply = match state.handle(command.clone(), &services, &sink).await {
             Ok(()) => {
-                let metadata = metadata(incoming).to_map();
-                for payload in sink.collect().await {
-                    sequence += 1;
-                    let envelope = EventEnvelope::<Account> {
-                        aggregate_id: aggregate_id.to_owned(),
-                        sequence,
-                        payload,
-                        metadata: metadata.clone(),
-                    };
-                    events.push(
-                        SerializedEvent::try_from(&envelope)
-                            .map_err(|e| ExecuteError::Internal(Box::new(e)))?,
-                    );
-                }
-                let version =
-                    u64::try_from(sequence).map_err(|e| ExecuteError::Internal(Box::new(e)))?;
-                repository::accepted_reply(
+                let metadata = decision::stored_metadata(incoming)?;
+                let new_events = sink.collect().await;
+                events.extend(decision::stored::<Account>(
+                    aggregate_id,
+                    sequence,
+                    &new_events,
+                    &metadata,
+                )?);
+                sequence += new_events.len();
+                decision::accepted_reply(
                     incoming.command_id,
                     Account::TYPE,
                     aggregate_id,
-                    version,
+                    decision::sequence_u64(sequence)?,
                 )
             }
             Err(error) => {
@@ -317,22 +275,26 @@ async fn decide(
             }
         };
         if logged {
-            log.push(repository::LogRow::of(
-                &reply,
-                &key,
-                Account::TYPE,
-                aggregate_id,
-            ));
+            log.push(LogRow::of(&reply, &key, Account::TYPE, aggregate_id)?);
         }
         decided.insert(incoming.command_id, (key, reply.clone()));
         replies.push(reply);
     }
     Ok(Decided {
-        aggregate,
-        sequence,
-        events,
-        log,
-        replies,
+        decision: Decision {
+            append: Append {
+                aggregates: vec![events],
+                log,
+            },
+            replies,
+            states: vec![Account::changed(decision::Changed {
+                aggregate_id: aggregate_id.to_owned(),
+                before: loaded.sequence,
+                after: sequence,
+                state,
+            })],
+            if_step_applied: None,
+        },
         refused_any,
     })
 }

@@ -1,73 +1,82 @@
-//! Loading an aggregate for a command: from memory or our snapshot, then the events after it.
+//! Loading an aggregate for a decision: from memory or our snapshot, then the events after it.
 
-use cqrs_es::persist::EventStoreAggregateContext;
+use event_store::snapshots;
 
-use super::{Executable, ExecuteError, Executor, from_sqlx};
-use crate::snapshots;
+use super::decision::Reads;
+use super::{Executable, ExecuteError, Executor};
+
+/// An aggregate as of its `sequence`th event.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub aggregate_id: String,
+    pub aggregate: A,
+    pub sequence: usize,
+}
+
+impl<A: Default> Loaded<A> {
+    /// An aggregate with no events.
+    pub(super) fn new(aggregate_id: &str) -> Self {
+        Loaded {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate: A::default(),
+            sequence: 0,
+        }
+    }
+}
 
 impl Executor {
     /// The aggregate as this instance last saw it, without reading the store; `None` if it
     /// is not in memory. Only a write can tell whether it is still current.
-    pub(super) fn cached<A: Executable>(
-        &self,
-        aggregate_id: &str,
-    ) -> Option<EventStoreAggregateContext<A>> {
-        let (aggregate, current_sequence) = A::cache(self).get(aggregate_id)?;
-        Some(EventStoreAggregateContext {
+    pub(super) fn cached<A: Executable>(&self, aggregate_id: &str) -> Option<Loaded<A>> {
+        let (aggregate, sequence) = A::cache(self).get(aggregate_id)?;
+        Some(Loaded {
             aggregate_id: aggregate_id.to_owned(),
             aggregate,
-            current_sequence,
-            current_snapshot: None,
+            sequence,
         })
+    }
+
+    /// From memory if `reads` allows and it is there (then `false`: unchecked), else from the
+    /// store (`true`).
+    pub(super) async fn current<A: Executable>(
+        &self,
+        aggregate_id: &str,
+        reads: Reads,
+    ) -> Result<(Loaded<A>, bool), ExecuteError> {
+        if reads == Reads::Memory
+            && let Some(cached) = self.cached::<A>(aggregate_id)
+        {
+            return Ok((cached, false));
+        }
+        Ok((self.load::<A>(aggregate_id).await?, true))
     }
 
     /// The aggregate as of its last event: from memory or our snapshot, plus the events after
     /// it (always read, so another instance's writes are never missed).
-    pub async fn load<A: Executable>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<EventStoreAggregateContext<A>, ExecuteError> {
-        let (aggregate, current_sequence) = match A::cache(self).get(aggregate_id) {
+    pub async fn load<A: Executable>(&self, aggregate_id: &str) -> Result<Loaded<A>, ExecuteError> {
+        let (aggregate, sequence) = match A::cache(self).get(aggregate_id) {
             Some(cached) => cached,
-            None => match snapshots::load::<A>(self.repo.pool(), aggregate_id)
-                .await
-                .map_err(from_sqlx)?
-            {
+            None => match snapshots::load::<A>(self.store.pool(), aggregate_id).await? {
                 Some(s) => (s.state, s.last_sequence),
                 None => (A::default(), 0),
             },
         };
-        let cached_sequence = current_sequence;
-        let mut context = EventStoreAggregateContext {
+        let cached_sequence = sequence;
+        let mut loaded = Loaded {
             aggregate_id: aggregate_id.to_owned(),
             aggregate,
-            current_sequence,
-            current_snapshot: None,
+            sequence,
         };
-        let events = cqrs_es::persist::PersistedEventRepository::get_last_events::<A>(
-            &self.repo,
-            aggregate_id,
-            current_sequence,
-        )
-        .await
-        .map_err(|e| match e {
-            cqrs_es::persist::PersistenceError::ConnectionError(e) => ExecuteError::Unavailable(e),
-            other => ExecuteError::Internal(Box::new(other)),
-        })?;
-        for event in events {
+        for event in self.store.events_after::<A>(aggregate_id, sequence).await? {
             let event = domain::account::upcast::upcast_event(event);
             let envelope = cqrs_es::EventEnvelope::<A>::try_from(event)
                 .map_err(|e| ExecuteError::Internal(Box::new(e)))?;
-            context.current_sequence = envelope.sequence;
-            context.aggregate.apply(envelope.payload);
+            loaded.sequence = envelope.sequence;
+            loaded.aggregate.apply(envelope.payload);
         }
-        if context.current_sequence != cached_sequence || cached_sequence == 0 {
-            A::cache(self).put(
-                aggregate_id,
-                context.aggregate.clone(),
-                context.current_sequence,
-            );
+        if loaded.sequence != cached_sequence || cached_sequence == 0 {
+            A::cache(self).put(aggregate_id, loaded.aggregate.clone(), loaded.sequence);
         }
-        Ok(context)
+        Ok(loaded)
     }
 }

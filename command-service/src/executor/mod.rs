@@ -1,29 +1,40 @@
-//! Load, handle, commit, retry: the small executor cqrs-es 0.5 does not provide (its `execute`
-//! returns neither the events nor their sequences and never retries a conflict).
+//! The one command pipeline. Every command becomes a `Decision` over a set of aggregates (their
+//! new events, the command-log rows, the replies), decided by one of three deciders:
+//!
+//! - `alone`: one command on its aggregate (`Aggregate::handle`);
+//! - `group_commit`: the commands queued on one hot account, decided one after the other;
+//! - `transfer_at_once`: a transfer request over the transfer and both accounts.
+//!
+//! One `commit` writes a decision through the event store, and one retry loop (`pipeline`)
+//! decides again when a write lost a race or a decision made on memory could not be checked
+//! by its write. cqrs-es earns its place as the `Aggregate` trait; its `commit` is not used.
 
 use std::time::Duration;
 
 use cqrs_es::Aggregate;
-use cqrs_es::persist::PersistedEventStore;
 use domain::transfer::{Transfer, TransferCommand};
-use domain::{Account, CommandReply, ErrorCode, EventMetadata};
+use domain::{Account, CommandReply, EventMetadata};
+use event_store::{EventStore, StoreError};
 use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-mod attempt;
+mod alone;
+mod decision;
 mod facts;
 mod group_commit;
 mod load;
+mod pipeline;
 mod transfer_at_once;
+
+pub use load::Loaded;
 
 use crate::aggregate_cache::AggregateCache;
 use crate::aggregate_locks::AggregateLocks;
 use crate::incoming::{Command, IncomingCommand};
 use crate::rejection::Rejection;
-use crate::repository::{self, TallyRepository};
-use crate::snapshots;
+use decision::Changed;
 
 /// Why a command got no answer from the domain: nothing was decided, a retry is safe.
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +52,19 @@ impl ExecuteError {
             ExecuteError::Internal(_) => Rejection::internal(),
         }
     }
+
+    fn internal(what: impl Into<String>) -> ExecuteError {
+        ExecuteError::Internal(what.into().into())
+    }
 }
 
-fn from_sqlx(error: sqlx::Error) -> ExecuteError {
-    match repository::persistence_error(error) {
-        cqrs_es::persist::PersistenceError::ConnectionError(e) => ExecuteError::Unavailable(e),
-        other => ExecuteError::Internal(Box::new(other)),
+impl From<StoreError> for ExecuteError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => ExecuteError::Unavailable(Box::new(error)),
+            // A lost race the pipeline did not expect here is a bug, not an outage.
+            other => ExecuteError::Internal(Box::new(other)),
+        }
     }
 }
 
@@ -73,6 +91,8 @@ pub trait Executable: Aggregate + Clone + Serialize + DeserializeOwned {
     fn refuses_the_sender(error: &Self::Error) -> bool;
     /// The executor's in-memory cache of this aggregate type.
     fn cache(executor: &Executor) -> &AggregateCache<Self>;
+    /// A new state of this type, for the executor to remember after the commit.
+    fn changed(changed: Changed<Self>) -> decision::NewState;
 }
 
 impl Executable for Account {
@@ -84,6 +104,9 @@ impl Executable for Account {
     }
     fn cache(executor: &Executor) -> &AggregateCache<Self> {
         &executor.account_cache
+    }
+    fn changed(changed: Changed<Self>) -> decision::NewState {
+        decision::NewState::Account(changed)
     }
 }
 
@@ -97,12 +120,13 @@ impl Executable for Transfer {
     fn cache(executor: &Executor) -> &AggregateCache<Self> {
         &executor.transfer_cache
     }
+    fn changed(changed: Changed<Self>) -> decision::NewState {
+        decision::NewState::Transfer(changed)
+    }
 }
 
 pub struct Executor {
-    repo: TallyRepository,
-    accounts: PersistedEventStore<TallyRepository, Account>,
-    transfers: PersistedEventStore<TallyRepository, Transfer>,
+    store: EventStore,
     locks: AggregateLocks,
     account_cache: AggregateCache<Account>,
     transfer_cache: AggregateCache<Transfer>,
@@ -119,21 +143,10 @@ impl std::fmt::Debug for Executor {
     }
 }
 
-enum Attempt {
-    Done(CommandReply),
-    Conflict,
-    /// Decided on the in-memory state, unchecked against the store, with nothing written
-    /// that would have checked it: decide again on a fresh read.
-    Unverified,
-}
-
 impl Executor {
-    pub fn new(repo: TallyRepository, limits: ExecutorLimits) -> Self {
+    pub fn new(store: EventStore, limits: ExecutorLimits) -> Self {
         Executor {
-            accounts: PersistedEventStore::new_event_store(repo.clone())
-                .with_upcasters(domain::account::upcast::account_upcasters()),
-            transfers: PersistedEventStore::new_event_store(repo.clone()),
-            repo,
+            store,
             locks: AggregateLocks::default(),
             account_cache: AggregateCache::new(limits.aggregate_cache_max),
             transfer_cache: AggregateCache::new(limits.aggregate_cache_max),
@@ -149,19 +162,18 @@ impl Executor {
         self
     }
 
-    pub fn repository(&self) -> &TallyRepository {
-        &self.repo
+    pub fn store(&self) -> &EventStore {
+        &self.store
     }
 
-    /// The first reply of `incoming`'s command id, if it has one.
+    /// What the command log answers to `incoming` if its id was used: the first reply to a
+    /// retry, `idempotency_mismatch` to any other use.
     async fn logged(
         &self,
         incoming: &IncomingCommand,
     ) -> Result<Option<CommandReply>, ExecuteError> {
-        self.repo
-            .logged_reply(incoming.command_id, &repository::LogKey::of(incoming))
-            .await
-            .map_err(from_sqlx)
+        let logged = self.store.logged(incoming.command_id).await?;
+        Ok(logged.map(|row| crate::idempotency::log_key(incoming).answer(row)))
     }
 
     /// Runs `incoming` exactly once per command id: a repeated id gets the first reply.
@@ -171,12 +183,12 @@ impl Executor {
             &tracing::Span::current(),
             incoming.traceparent.as_deref(),
         );
-        // A token bound to an owner is checked by the domain, on the state each path decides
-        // on under its lock (`AccountServices::owner`, `TransferFacts::owner`): not here, where
-        // an id not yet opened would pass and then be decided as whatever it had become.
+        // A token bound to an owner is checked by the domain, on the state each decider
+        // decides on under its lock (`AccountServices::owner`, `TransferFacts::owner`): not
+        // here, where an id not yet opened would pass and then be decided as whatever it had
+        // become. Nor is the log looked up first: a repeated id's write fails on the command
+        // log's key, and the pipeline then answers it from the log.
         if self.limits.group_commit && group_commit::groupable(&incoming) {
-            // No log lookup first: a repeated id fails its group's write on the command log's
-            // key, and the path alone then answers it from the log.
             return self.execute_grouped(incoming).await;
         }
         if self.limits.transfers_at_once
@@ -185,72 +197,7 @@ impl Executor {
             let request = request.clone();
             return self.run_transfer_at_once(incoming, request).await;
         }
-        // Nor here: a repeated id's write fails on the command log's key (then the log answers
-        // it), and a refusal or an empty outcome is answered from the log if the id is there.
         self.run_alone(incoming).await
-    }
-
-    /// Under the aggregate's lock: load, decide, commit, and retry a lost race.
-    async fn run_alone(&self, incoming: IncomingCommand) -> Result<CommandReply, ExecuteError> {
-        let _serialised = self
-            .locks
-            .lock(&format!(
-                "{}:{}",
-                incoming.aggregate_type(),
-                incoming.aggregate_id()
-            ))
-            .await;
-        // The first try trusts the in-memory aggregate: a write on a stale one fails on its
-        // sequence, and every other outcome is checked on a fresh read (`Attempt::Unverified`).
-        let mut fresh = false;
-        let mut conflicts = 0;
-        while conflicts <= self.limits.conflict_retries_max {
-            let outcome = self.attempt_once(&incoming, fresh).await?;
-            fresh = true;
-            match outcome {
-                Attempt::Done(reply) => return Ok(reply),
-                // Only ever once: every later attempt reads fresh.
-                Attempt::Unverified => {}
-                Attempt::Conflict => {
-                    // Lost a race with another instance, or with a concurrent duplicate of this
-                    // very command: if the latter, its result is now in the log.
-                    if let Some(reply) = self.logged(&incoming).await? {
-                        return Ok(reply);
-                    }
-                    tracing::debug!(conflicts, "optimistic-concurrency conflict; retrying");
-                    if let Some(retries) = &self.conflict_retries {
-                        retries.inc();
-                    }
-                    tokio::time::sleep(backoff(conflicts)).await;
-                    conflicts += 1;
-                }
-            }
-        }
-        let rejection = Rejection::new(
-            ErrorCode::Conflict,
-            format!(
-                "the {} is under heavy concurrent use; retry with the same command id",
-                incoming.aggregate_type()
-            ),
-        );
-        // Not logged: contention is transient, so a retry with the same id may succeed.
-        Ok(rejection.into_reply(incoming.command_id))
-    }
-
-    async fn maybe_snapshot<A: Executable>(
-        &self,
-        aggregate_id: &str,
-        before: usize,
-        after: usize,
-        state: &A,
-    ) {
-        if !snapshots::due(before, after, self.limits.snapshot_every) {
-            return;
-        }
-        // A failed snapshot only costs load time later; the command already succeeded.
-        if let Err(error) = snapshots::save(self.repo.pool(), aggregate_id, after, state).await {
-            tracing::warn!(%error, aggregate_id, "snapshot not saved");
-        }
     }
 }
 

@@ -26,6 +26,24 @@ pub(super) struct Answer {
 }
 
 impl Jobs {
+    /// Logs the rejection of a durable command the executor did not log (refused before it
+    /// was read, or an answer the executor does not log). The row is bound to no command: any
+    /// later use of the id is answered `idempotency_mismatch`, so nobody learns from it what
+    /// was refused.
+    async fn record_unread_rejection(
+        &self,
+        reply: &CommandReply,
+        (aggregate_type, aggregate_id): &(&'static str, String),
+    ) -> Result<CommandReply, event_store::StoreError> {
+        let row = event_store::LogRow::of(
+            reply,
+            &event_store::LogKey::unread(),
+            aggregate_type,
+            aggregate_id,
+        )?;
+        self.executor.store().log_unless_logged(row).await
+    }
+
     /// Records the answer unless the executor did, publishes it to the sender's inbox, and
     /// acknowledges the message.
     pub(super) async fn answer(
@@ -52,11 +70,7 @@ impl Jobs {
         };
         // Not recorded is not answered: PostgreSQL is down, so this waits like any outage.
         while recordable
-            && let Err(error) = self
-                .executor
-                .repository()
-                .log_rejection(command_id, target.0, &target.1, reply)
-                .await
+            && let Err(error) = self.record_unread_rejection(reply, target).await
         {
             tracing::warn!(%error, %command_id, "rejection of a durable command not recorded; trying again");
             if !self

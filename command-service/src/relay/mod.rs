@@ -41,7 +41,7 @@ use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::commit_signal::{CommitSignal, NOTIFY_CHANNEL};
+use event_store::commit_signal::{CommitSignal, NOTIFY_CHANNEL};
 
 mod outbox_row;
 mod reconcile;

@@ -9,6 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 
+use crate::StoreError;
+
 /// Bumped whenever an aggregate's state layout changes: older snapshots are then ignored and
 /// the state is rebuilt from events.
 /// 2: accounts gained `transfers_in_flight`.
@@ -23,7 +25,7 @@ pub struct Snapshot<A> {
 pub async fn load<A: Aggregate + DeserializeOwned>(
     pool: &PgPool,
     aggregate_id: &str,
-) -> Result<Option<Snapshot<A>>, sqlx::Error> {
+) -> Result<Option<Snapshot<A>>, StoreError> {
     let row: Option<(i64, serde_json::Value)> = sqlx::query_as(
         "SELECT last_sequence, payload FROM aggregate_snapshots
          WHERE aggregate_type = $1 AND aggregate_id = $2 AND state_version = $3",
@@ -64,10 +66,11 @@ pub async fn save<A: Aggregate + Serialize>(
     aggregate_id: &str,
     last_sequence: usize,
     state: &A,
-) -> Result<(), sqlx::Error> {
-    let payload = serde_json::to_value(state).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+) -> Result<(), StoreError> {
+    let payload =
+        serde_json::to_value(state).map_err(|e| StoreError::internal("serialising a snapshot", e))?;
     let last_sequence =
-        i64::try_from(last_sequence).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        i64::try_from(last_sequence).map_err(|e| StoreError::internal("a snapshot's sequence", e))?;
     sqlx::query(
         "INSERT INTO aggregate_snapshots (aggregate_type, aggregate_id, last_sequence, state_version, payload)
          VALUES ($1, $2, $3, $4, $5)

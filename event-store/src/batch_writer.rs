@@ -10,13 +10,13 @@
 
 use std::sync::{Arc, OnceLock};
 
-use cqrs_es::persist::SerializedEvent;
 use serde_json::value::RawValue;
 use sqlx::PgPool;
 use sqlx::types::Json;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::LogRow;
+use crate::append::NewEvent;
+use crate::command_log::LogRow;
 use crate::commit_signal::CommitSignal;
 
 /// Statements in flight at once unless configured (`TALLY_WRITE_STATEMENTS_MAX`); more writes
@@ -29,20 +29,20 @@ const QUEUE_MAX: usize = 4096;
 
 /// One write: events (each aggregate's consecutive), their chain hashes, and log rows.
 #[derive(Debug)]
-pub struct Write {
-    pub events: Vec<EventRow>,
-    pub hashes: Vec<Vec<u8>>,
-    pub log: Vec<LogRow>,
+pub(crate) struct Write {
+    pub(crate) events: Vec<EventRow>,
+    pub(crate) hashes: Vec<Vec<u8>>,
+    pub(crate) log: Vec<LogRow>,
 }
 
 /// An event as it is inserted: payload and metadata already JSON text, so a write queued for
 /// the writer task owns two strings per event rather than deep copies of two `Value` trees,
 /// and binding them is a copy rather than a second serialisation.
 #[derive(Debug)]
-pub struct EventRow {
-    aggregate_type: String,
+pub(crate) struct EventRow {
+    aggregate_type: &'static str,
     aggregate_id: String,
-    sequence: usize,
+    sequence: i64,
     event_type: String,
     event_version: String,
     payload: Box<RawValue>,
@@ -50,24 +50,17 @@ pub struct EventRow {
 }
 
 impl EventRow {
-    pub fn of(event: &SerializedEvent) -> Result<EventRow, serde_json::Error> {
+    pub(crate) fn of(event: &NewEvent) -> Result<EventRow, sqlx::Error> {
+        let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
         Ok(EventRow {
-            aggregate_type: event.aggregate_type.clone(),
+            aggregate_type: event.aggregate_type,
             aggregate_id: event.aggregate_id.clone(),
-            sequence: event.sequence,
+            sequence: i64::try_from(event.sequence).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
             event_type: event.event_type.clone(),
             event_version: event.event_version.clone(),
-            payload: serde_json::value::to_raw_value(&event.payload)?,
-            metadata: serde_json::value::to_raw_value(&event.metadata)?,
+            payload: serde_json::value::to_raw_value(&event.payload).map_err(encode)?,
+            metadata: serde_json::value::to_raw_value(&event.metadata).map_err(encode)?,
         })
-    }
-
-    pub fn all(events: &[SerializedEvent]) -> Result<Vec<EventRow>, sqlx::Error> {
-        events
-            .iter()
-            .map(EventRow::of)
-            .collect::<Result<_, _>>()
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))
     }
 }
 
@@ -77,7 +70,7 @@ struct Queued {
 }
 
 #[derive(Clone)]
-pub struct BatchWriter {
+pub(crate) struct BatchWriter {
     pool: PgPool,
     /// Told after every commit, so the relay publishes without polling.
     signal: Arc<CommitSignal>,
@@ -96,7 +89,7 @@ impl std::fmt::Debug for BatchWriter {
 impl BatchWriter {
     /// The writer task starts with the first write and ends when the last clone of this is
     /// dropped and the queue is empty.
-    pub fn new(pool: PgPool, signal: Arc<CommitSignal>, statements_max: usize) -> BatchWriter {
+    pub(crate) fn new(pool: PgPool, signal: Arc<CommitSignal>, statements_max: usize) -> BatchWriter {
         BatchWriter {
             pool,
             signal,
@@ -106,7 +99,7 @@ impl BatchWriter {
     }
 
     /// Writes `write`, alone or with others; its own outcome either way.
-    pub async fn write(&self, write: Write) -> Result<(), sqlx::Error> {
+    pub(crate) async fn write(&self, write: Write) -> Result<(), sqlx::Error> {
         let queue = self.queue.get_or_init(|| {
             let (queue, incoming) = mpsc::channel(QUEUE_MAX);
             tokio::spawn(run(
@@ -190,11 +183,6 @@ async fn write_batch(pool: &PgPool, signal: &Arc<CommitSignal>, batch: Vec<Queue
 async fn insert(pool: &PgPool, writes: &[&Write]) -> Result<(), sqlx::Error> {
     let events = writes.iter().flat_map(|w| w.events.iter());
     let log = writes.iter().flat_map(|w| w.log.iter());
-    let to_i64 = |n: usize| i64::try_from(n).map_err(|e| sqlx::Error::Encode(Box::new(e)));
-    let sequences = events
-        .clone()
-        .map(|e| to_i64(e.sequence))
-        .collect::<Result<Vec<_>, _>>()?;
     sqlx::query(
         "WITH logged AS (
              INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply, actor, fingerprint)
@@ -203,9 +191,9 @@ async fn insert(pool: &PgPool, writes: &[&Write]) -> Result<(), sqlx::Error> {
          INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, hash)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $8::bytea[])",
     )
-    .bind(events.clone().map(|e| e.aggregate_type.as_str()).collect::<Vec<_>>())
+    .bind(events.clone().map(|e| e.aggregate_type).collect::<Vec<_>>())
     .bind(events.clone().map(|e| e.aggregate_id.as_str()).collect::<Vec<_>>())
-    .bind(&sequences)
+    .bind(events.clone().map(|e| e.sequence).collect::<Vec<_>>())
     .bind(events.clone().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
     .bind(events.clone().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
     .bind(events.clone().map(|e| Json(&*e.payload)).collect::<Vec<_>>())
