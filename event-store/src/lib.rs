@@ -26,6 +26,8 @@ mod batch_writer;
 pub mod command_log;
 pub mod commit_signal;
 pub mod error;
+pub mod outbox;
+pub mod row;
 pub mod snapshots;
 
 pub use append::{Append, NewEvent};
@@ -33,6 +35,8 @@ pub use batch_writer::WRITE_STATEMENTS_DEFAULT;
 pub use command_log::{LogKey, LogRow, LoggedCommand};
 pub use commit_signal::CommitSignal;
 pub use error::{StoreError, classify};
+pub use outbox::{CommitPosition, RelayCheckpoint};
+pub use row::{RawEvent, StoredEvent};
 
 use append::ChainHeads;
 use batch_writer::{BatchWriter, EventRow, Write};

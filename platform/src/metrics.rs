@@ -90,26 +90,12 @@ impl OutboxWatch {
     /// `backlog_max + 1` if larger): a join against the checkpoint row read every event (the
     /// planner cannot see the checkpoint's value), 0.6 s of PostgreSQL per scrape or readiness
     /// probe at 3 M events.
-    pub async fn backlog(&self, pool: &PgPool) -> Result<Backlog, sqlx::Error> {
+    pub async fn backlog(&self, pool: &PgPool) -> Result<Backlog, event_store::StoreError> {
         let cap = BACKLOG_COUNTED_MAX.max(self.backlog_max.saturating_add(1));
-        let (events, oldest_age_s): (i64, Option<f64>) = sqlx::query_as(
-            "WITH waiting AS (
-                 SELECT e.recorded_at FROM events e
-                 WHERE (e.tx_id, e.global_position) > (
-                     (SELECT tx_id FROM relay_checkpoints WHERE stream = $1),
-                     (SELECT global_position FROM relay_checkpoints WHERE stream = $1))
-                 ORDER BY e.tx_id, e.global_position
-                 LIMIT $2
-             )
-             SELECT count(*), extract(epoch FROM now() - min(recorded_at))::float8 FROM waiting",
-        )
-        .bind(&self.stream)
-        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
-        .fetch_one(pool)
-        .await?;
+        let backlog = event_store::outbox::backlog(pool, &self.stream, i64::try_from(cap).unwrap_or(i64::MAX)).await?;
         Ok(Backlog {
-            events,
-            oldest_age_s: oldest_age_s.unwrap_or(0.0).max(0.0),
+            events: backlog.events,
+            oldest_age_s: backlog.oldest_age_s,
         })
     }
 

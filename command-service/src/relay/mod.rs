@@ -31,22 +31,20 @@
 //! every `CHECKPOINT_EVERY`, not per batch (one write per batch cost a commit, a WAL flush,
 //! per batch): after a crash, the walk covers the events published since.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream;
+use event_store::commit_signal::{CommitSignal, NOTIFY_CHANNEL};
+use event_store::outbox::{self, CommitPosition, RelayCheckpoint};
 use platform::nats::{StreamNames, Subjects};
 use sqlx::postgres::{PgListener, PgPool};
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use event_store::commit_signal::{CommitSignal, NOTIFY_CHANNEL};
-
-mod outbox_row;
+mod message;
+mod publishing;
 mod reconcile;
-
-use outbox_row::OutboxRow;
 
 /// Longest the stored checkpoint trails what was published (the start-up walk re-reads the
 /// stream's messages after it, one request each, so it stays short).
@@ -71,26 +69,24 @@ pub struct RelayConfig {
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
-    #[error("database")]
-    Db(#[from] sqlx::Error),
+    #[error("event store")]
+    Store(#[from] event_store::StoreError),
+    #[error("the leader lock's connection or the notification listener")]
+    Connection(#[from] sqlx::Error),
     #[error("publish to JetStream")]
     Publish(#[from] async_nats::jetstream::context::PublishError),
+    #[error("writing an event's message body")]
+    Body(#[source] serde_json::Error),
     #[error("stream lookup")]
     Stream(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Position {
-    /// `xid8` as text (sqlx has no xid8 type).
-    tx_id: u64,
-    global_position: i64,
-    /// The highest stream sequence our publications reached.
-    stream_sequence: u64,
-}
+/// Where the relay is: the last event JetStream confirmed, and the stream sequence our
+/// publications reached (the base of the expected-sequence chain).
+type Position = RelayCheckpoint;
 
-const START: Position = Position {
-    tx_id: 0,
-    global_position: 0,
+const START: Position = RelayCheckpoint {
+    position: CommitPosition::START,
     stream_sequence: 0,
 };
 
@@ -264,7 +260,7 @@ impl Relay {
                 if published > 0 {
                     continue;
                 }
-                if !self.committed_beyond(&position).await? {
+                if !outbox::committed_beyond(&self.pool, position.position).await? {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -303,170 +299,9 @@ impl Relay {
         Ok(())
     }
 
-    /// Whether any committed event lies beyond `position` (visible or still held back).
-    async fn committed_beyond(&self, position: &Position) -> Result<bool, RelayError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, global_position) > ($1::text::xid8, $2))",
-        )
-        .bind(position.tx_id.to_string())
-        .bind(position.global_position)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     async fn save_checkpoint(&self, position: Position) -> Result<Position, RelayError> {
-        sqlx::query(
-            "UPDATE relay_checkpoints SET tx_id = $2::text::xid8, global_position = $3,
-                    stream_sequence = $4, updated_at = now()
-             WHERE stream = $1",
-        )
-        .bind(&self.stream)
-        .bind(position.tx_id.to_string())
-        .bind(position.global_position)
-        .bind(i64::try_from(position.stream_sequence).unwrap_or(i64::MAX))
-        .execute(&self.pool)
-        .await?;
+        outbox::save_checkpoint(&self.pool, &self.stream, position).await?;
         Ok(position)
-    }
-
-    /// Publishes the next batch of committed events, chained by expected stream sequence, and
-    /// moves `position` over the rows confirmed stored, in order, up to the first that is not.
-    /// Returns the rows read and whether some of them are left to publish right away.
-    async fn publish_batch(
-        &self,
-        conn: &mut PgConnection,
-        position: &mut Position,
-        already_stored: &mut BTreeSet<(u64, i64)>,
-    ) -> Result<(usize, bool), RelayError> {
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT tx_id::text AS tx_id, global_position, aggregate_type, aggregate_id, sequence,
-                    event_type, event_version, payload, metadata, recorded_at
-             FROM events
-             WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-               AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-             -- Qualified: the bare name would sort by the text alias above ('1000' < '996').
-             ORDER BY events.tx_id, events.global_position
-             LIMIT $3",
-        )
-        .bind(position.tx_id.to_string())
-        .bind(position.global_position)
-        .bind(self.config.batch_max)
-        .fetch_all(&mut *conn)
-        .await?;
-        if rows.is_empty() {
-            return Ok((0, false));
-        }
-        let key = |row: &OutboxRow| {
-            (
-                row.tx_id.parse().unwrap_or(position.tx_id),
-                row.global_position,
-            )
-        };
-        // Pipelined: send every message, then await the acks (one round trip per batch). Each
-        // message expects the stream to end where the one before it will have put it, so once
-        // one is not stored, the server stores none after it: the stream stays a gapless
-        // prefix of the outbox, in order, whatever fails.
-        let base = position.stream_sequence;
-        let mut acks: Vec<Option<PublishAckFuture>> = Vec::with_capacity(rows.len());
-        let mut sent = 0u64;
-        let fault = self.injected_fault(rows.len());
-        for (index, row) in rows.iter().enumerate() {
-            if already_stored.contains(&key(row)) {
-                acks.push(None);
-                continue;
-            }
-            let metadata = row.relayed_metadata();
-            // One span per event, carrying the command's trace id: the relay's hop in the trace.
-            let span = tracing::debug_span!(
-                "relay_publish",
-                aggregate_type = %row.aggregate_type,
-                aggregate_id = %row.aggregate_id,
-                sequence = row.sequence,
-                trace_id = metadata.trace_id.as_deref().unwrap_or(""),
-            );
-            platform::telemetry::continue_trace(&span, metadata.traceparent.as_deref());
-            let (subject, publish) = outbox_row::message(&self.subjects, row, &metadata);
-            let mut publish = publish.expected_last_sequence(base + sent);
-            if fault == Some(index) {
-                // The server refuses a message that names another stream: nothing is stored.
-                publish = publish.expected_stream("TALLY_INJECTED_FAULT");
-            }
-            let ack = tracing::Instrument::instrument(
-                self.jetstream.send_publish(subject, publish),
-                span,
-            )
-            .await?;
-            acks.push(Some(ack));
-            sent += 1;
-        }
-        // Walk the acks in order; stop at the first row not confirmed stored. What follows it
-        // was refused by the chain, and is read again from `position`.
-        let mut last_sequence = base;
-        let mut confirmed = 0usize;
-        let mut failure = None;
-        let mut chain_broken = false;
-        for ack in acks {
-            let Some(ack) = ack else {
-                confirmed += 1;
-                continue;
-            };
-            match ack.await {
-                Ok(ack) if ack.duplicate => {
-                    // Stored before (the stream dropped this copy); the stream did not grow, so
-                    // the messages after it expected a sequence that never came.
-                    confirmed += 1;
-                    chain_broken = true;
-                    break;
-                }
-                Ok(ack) if ack.sequence == last_sequence + 1 => {
-                    last_sequence = ack.sequence;
-                    confirmed += 1;
-                }
-                Ok(ack) => {
-                    failure = Some(RelayError::Stream(format!(
-                        "stored at stream sequence {} where {} was expected",
-                        ack.sequence,
-                        last_sequence + 1
-                    )));
-                    break;
-                }
-                Err(error) => {
-                    failure = Some(error.into());
-                    break;
-                }
-            }
-        }
-        if let Some(last) = confirmed.checked_sub(1).and_then(|i| rows.get(i)) {
-            *position = Position {
-                tx_id: key(last).0,
-                global_position: last.global_position,
-                stream_sequence: last_sequence,
-            };
-            already_stored.retain(|stored| *stored > (position.tx_id, position.global_position));
-        }
-        if let Some(delays) = &self.delays {
-            let acked_at = chrono::Utc::now();
-            for row in &rows[..confirmed] {
-                let delay = (acked_at - row.recorded_at).num_microseconds().unwrap_or(0);
-                delays.observe(delay.max(0) as f64 / 1e6);
-            }
-        }
-        if let Some(error) = failure {
-            // Also when the stream was recreated or lost messages while we ran (the chain
-            // refuses every message then): the next leader term reconciles first.
-            tracing::warn!(
-                confirmed,
-                unconfirmed = rows.len() - confirmed,
-                "publication stopped at the first event not confirmed stored"
-            );
-            return Err(error);
-        }
-        tracing::debug!(
-            published = confirmed,
-            stream_sequence = position.stream_sequence,
-            "relayed"
-        );
-        Ok((rows.len(), chain_broken && confirmed < rows.len()))
     }
 }
 

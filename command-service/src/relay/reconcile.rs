@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use domain::envelope;
+use event_store::outbox::{self, CommitPosition};
 
 use super::{Position, Relay, RelayError, START};
 
@@ -28,18 +29,9 @@ const OUT_OF_ORDER_MAX: u64 = 100_000;
 #[derive(Debug)]
 pub(super) struct Reconciled {
     pub(super) position: Position,
-    /// `(tx_id, global_position)` of rows after `position` whose message the stream already
-    /// holds. While any is left, the checkpoint is not written: a restart walks them again.
-    pub(super) already_stored: BTreeSet<(u64, i64)>,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct WalkRow {
-    tx_id: String,
-    global_position: i64,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
+    /// Rows after `position` whose message the stream already holds. While any is left, the
+    /// checkpoint is not written: a restart walks them again.
+    pub(super) already_stored: BTreeSet<CommitPosition>,
 }
 
 impl Relay {
@@ -47,21 +39,7 @@ impl Relay {
     /// crash between publishing and checkpointing), or back to the stream's last message when
     /// the stream lost messages (or to the start when it is empty).
     pub(super) async fn reconcile(&self) -> Result<Reconciled, RelayError> {
-        sqlx::query("INSERT INTO relay_checkpoints (stream) VALUES ($1) ON CONFLICT DO NOTHING")
-            .bind(&self.stream)
-            .execute(&self.pool)
-            .await?;
-        let (tx_id, global_position, stream_sequence): (String, i64, i64) = sqlx::query_as(
-            "SELECT tx_id::text, global_position, stream_sequence FROM relay_checkpoints WHERE stream = $1",
-        )
-        .bind(&self.stream)
-        .fetch_one(&self.pool)
-        .await?;
-        let checkpoint = Position {
-            tx_id: tx_id.parse().unwrap_or(0),
-            global_position,
-            stream_sequence: u64::try_from(stream_sequence).unwrap_or(0),
-        };
+        let checkpoint = outbox::checkpoint(&self.pool, &self.stream).await?;
         let mut stream = self
             .jetstream
             .get_stream(&self.stream)
@@ -87,9 +65,8 @@ impl Relay {
             };
             tracing::warn!(stream = %self.stream, last_seq, checkpoint = checkpoint.stream_sequence, "the stream is behind the checkpoint; re-publishing what it lost");
             match found {
-                Some((tx_id, global_position)) => Position {
-                    tx_id,
-                    global_position,
+                Some(position) => Position {
+                    position,
                     stream_sequence: last_seq,
                 },
                 None => START,
@@ -123,19 +100,10 @@ impl Relay {
         let mut matched = from;
         let mut seq = from.stream_sequence + 1;
         'walk: while seq <= last_seq {
-            let rows: Vec<WalkRow> = sqlx::query_as(
-                "SELECT tx_id::text AS tx_id, global_position, aggregate_type, aggregate_id, sequence
-                 FROM events
-                 WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-                   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY events.tx_id, events.global_position
-                 LIMIT $3",
-            )
-            .bind(matched.tx_id.to_string())
-            .bind(matched.global_position)
-            .bind(WALK_PAGE)
-            .fetch_all(&self.pool)
-            .await?;
+            let rows = {
+                let mut conn = self.pool.acquire().await.map_err(event_store::classify)?;
+                outbox::committed_after(&mut conn, matched.position, WALK_PAGE).await?
+            };
             if rows.is_empty() {
                 break;
             }
@@ -146,14 +114,13 @@ impl Relay {
                 let expected = envelope::event_message_id(
                     &row.aggregate_type,
                     &row.aggregate_id,
-                    u64::try_from(row.sequence).unwrap_or_default(),
+                    row.sequence_u64()?,
                 );
                 if msg_id(stream, seq).await?.as_deref() != Some(expected.as_str()) {
                     break 'walk;
                 }
                 matched = Position {
-                    tx_id: row.tx_id.parse().unwrap_or(matched.tx_id),
-                    global_position: row.global_position,
+                    position: row.position(),
                     stream_sequence: seq,
                 };
                 seq += 1;
@@ -179,7 +146,7 @@ impl Relay {
                     continue;
                 };
                 if let Some(row) = self.row_of(&id).await?
-                    && row > (matched.tx_id, matched.global_position)
+                    && row > matched.position
                 {
                     already_stored.insert(row);
                 }
@@ -195,8 +162,8 @@ impl Relay {
         })
     }
 
-    /// `(tx_id, global_position)` of the event a `Nats-Msg-Id` names, if it is ours.
-    async fn row_of(&self, msg_id: &str) -> Result<Option<(u64, i64)>, RelayError> {
+    /// Where the event a `Nats-Msg-Id` names lies in commit order, if it is ours.
+    async fn row_of(&self, msg_id: &str) -> Result<Option<CommitPosition>, RelayError> {
         let mut parts = msg_id.rsplitn(3, ':');
         let (Some(seq), Some(id), Some(kind)) = (parts.next(), parts.next(), parts.next()) else {
             return Ok(None);
@@ -204,16 +171,7 @@ impl Relay {
         let Ok(seq) = seq.parse::<i64>() else {
             return Ok(None);
         };
-        let row: Option<(String, i64)> = sqlx::query_as(
-            "SELECT tx_id::text, global_position FROM events
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-        )
-        .bind(kind)
-        .bind(id)
-        .bind(seq)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(tx, gp)| (tx.parse().unwrap_or(0), gp)))
+        Ok(outbox::position_of(&self.pool, kind, id, seq).await?)
     }
 }
 

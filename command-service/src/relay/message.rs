@@ -1,5 +1,6 @@
-//! An `events` row as the relay reads it, and the JetStream message it becomes: the subject,
-//! the headers consumers filter and trace by, and the `Nats-Msg-Id` the stream deduplicates on.
+//! A stored event as the relay reads it (`event_store::RawEvent`), and the JetStream message it
+//! becomes: the subject, the headers consumers filter and trace by, and the `Nats-Msg-Id` the
+//! stream deduplicates on.
 //!
 //! The payload and metadata pass through as the JSON text PostgreSQL sends: the relay never
 //! builds them into trees. Parsing each into a `serde_json::Value`, cloning it into an
@@ -10,24 +11,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use domain::envelope;
+use event_store::RawEvent;
 use platform::nats::Subjects;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sqlx::types::Json;
-
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct OutboxRow {
-    pub(super) tx_id: String,
-    pub(super) global_position: i64,
-    pub(super) aggregate_type: String,
-    pub(super) aggregate_id: String,
-    pub(super) sequence: i64,
-    pub(super) event_type: String,
-    pub(super) event_version: String,
-    pub(super) payload: Json<Box<RawValue>>,
-    pub(super) metadata: Json<Box<RawValue>>,
-    pub(super) recorded_at: DateTime<Utc>,
-}
 
 /// The metadata fields the relay itself reads (headers and its trace span).
 #[derive(Debug, Default, Deserialize)]
@@ -37,17 +24,15 @@ pub(super) struct RelayedMetadata {
     pub(super) traceparent: Option<String>,
 }
 
-impl OutboxRow {
-    /// Metadata that is not an object of the expected shape only loses its headers: the event
-    /// is published all the same, its body as stored.
-    pub(super) fn relayed_metadata(&self) -> RelayedMetadata {
-        let text = self.metadata.get();
-        // A derived struct also reads a JSON array, by position: only an object names fields.
-        if !text.trim_start().starts_with('{') {
-            return RelayedMetadata::default();
-        }
-        serde_json::from_str(text).unwrap_or_default()
+/// Metadata that is not an object of the expected shape only loses its headers: the event is
+/// published all the same, its body as stored.
+pub(super) fn relayed_metadata(row: &RawEvent) -> RelayedMetadata {
+    let text = row.metadata.get();
+    // A derived struct also reads a JSON array, by position: only an object names fields.
+    if !text.trim_start().starts_with('{') {
+        return RelayedMetadata::default();
     }
+    serde_json::from_str(text).unwrap_or_default()
 }
 
 /// `domain::envelope::EventMessage` on the wire, borrowed from the row. Same field names, so
@@ -65,8 +50,8 @@ struct EventBody<'a> {
     metadata: &'a RawValue,
 }
 
-fn body(row: &OutboxRow, sequence: u64) -> Vec<u8> {
-    let body = EventBody {
+fn body(row: &RawEvent, sequence: u64) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&EventBody {
         aggregate_type: &row.aggregate_type,
         aggregate_id: &row.aggregate_id,
         sequence,
@@ -76,17 +61,17 @@ fn body(row: &OutboxRow, sequence: u64) -> Vec<u8> {
         recorded_at: row.recorded_at,
         payload: &row.payload,
         metadata: &row.metadata,
-    };
-    // Serialising borrowed strings and already valid JSON text cannot fail.
-    serde_json::to_vec(&body).unwrap_or_default()
+    })
 }
 
+/// The subject and message of `row`. Fails only on a row that breaks the table's invariants
+/// (a negative sequence) or a body that cannot be written (never, for valid JSON text).
 pub(super) fn message(
     subjects: &Subjects,
-    row: &OutboxRow,
+    row: &RawEvent,
     metadata: &RelayedMetadata,
-) -> (String, jetstream::message::PublishMessage) {
-    let sequence = u64::try_from(row.sequence).unwrap_or_default();
+) -> Result<(String, jetstream::message::PublishMessage), super::RelayError> {
+    let sequence = row.sequence_u64()?;
     let mut headers = HeaderMap::new();
     headers.insert(envelope::headers::EVENT_TYPE, row.event_type.as_str());
     headers.insert(envelope::headers::EVENT_VERSION, row.event_version.as_str());
@@ -110,11 +95,11 @@ pub(super) fn message(
             &row.aggregate_id,
             sequence,
         ))
-        .payload(body(row, sequence).into());
-    (
+        .payload(body(row, sequence).map_err(super::RelayError::Body)?.into());
+    Ok((
         subjects.event(&row.aggregate_type, &row.aggregate_id),
         publish,
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -125,14 +110,14 @@ mod tests {
 
     use super::*;
 
-    fn raw(value: &serde_json::Value) -> Json<Box<RawValue>> {
+    fn raw(value: &serde_json::Value) -> sqlx::types::Json<Box<RawValue>> {
         // Whitespace the compact form lacks, as jsonb text has: the body must carry it as is.
-        Json(RawValue::from_string(serde_json::to_string_pretty(value).unwrap()).unwrap())
+        sqlx::types::Json(RawValue::from_string(serde_json::to_string_pretty(value).unwrap()).unwrap())
     }
 
-    fn row(metadata: &serde_json::Value) -> OutboxRow {
-        OutboxRow {
-            tx_id: "42".into(),
+    fn row(metadata: &serde_json::Value) -> RawEvent {
+        RawEvent {
+            tx_id: 42,
             global_position: 7,
             aggregate_type: "account".into(),
             aggregate_id: "a-1".into(),
@@ -143,7 +128,8 @@ mod tests {
                 &json!({"MoneyDeposited": {"amount": 5, "reference": "r \"q\"", "balance_after": 15}}),
             ),
             metadata: raw(metadata),
-            recorded_at: DateTime::from_timestamp(1_700_000_000, 123_000).unwrap_or_default(),
+            hash: None,
+            recorded_at: DateTime::from_timestamp(1_700_000_000, 123_000).unwrap(),
         }
     }
 
@@ -151,7 +137,7 @@ mod tests {
     fn the_body_reads_back_as_the_event_message_consumers_expect() {
         let metadata = json!({"command_id": "c-1", "trace_id": "t", "traceparent": "00-ab-cd-01", "actor": "x"});
         let row = row(&metadata);
-        let read: EventMessage = serde_json::from_slice(&body(&row, 3)).unwrap();
+        let read: EventMessage = serde_json::from_slice(&body(&row, 3).unwrap()).unwrap();
         assert_eq!(
             read,
             EventMessage {
@@ -171,18 +157,18 @@ mod tests {
     #[test]
     fn headers_come_from_the_metadata_and_survive_odd_metadata() {
         let row = row(&json!({"command_id": "c-1", "traceparent": "00-ab-cd-01"}));
-        let metadata = row.relayed_metadata();
+        let metadata = relayed_metadata(&row);
         assert_eq!(metadata.command_id.as_deref(), Some("c-1"));
         assert_eq!(metadata.traceparent.as_deref(), Some("00-ab-cd-01"));
         assert_eq!(metadata.trace_id, None);
 
-        let odd = OutboxRow {
+        let odd = RawEvent {
             metadata: raw(&json!(["not", "an", "object"])),
             ..row
         };
-        let metadata = odd.relayed_metadata();
+        let metadata = relayed_metadata(&odd);
         assert!(metadata.command_id.is_none() && metadata.traceparent.is_none());
-        let read: EventMessage = serde_json::from_slice(&body(&odd, 3)).unwrap();
+        let read: EventMessage = serde_json::from_slice(&body(&odd, 3).unwrap()).unwrap();
         assert_eq!(read.metadata, json!(["not", "an", "object"]));
     }
 }
