@@ -19,14 +19,7 @@ const PUBLISH_WINDOW: usize = 256;
 
 /// A scratch table shaped like `events`; dropped by [`drop_table`].
 pub async fn create_table(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    sqlx::query("DROP TABLE IF EXISTS bench_baseline")
-        .execute(pool)
-        .await?;
-    sqlx::query(
-        "CREATE TABLE bench_baseline (LIKE events INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING INDEXES)",
-    )
-    .execute(pool)
-    .await?;
+    event_store::maintenance::create_events_shaped(pool, "bench_baseline").await?;
     Ok(())
 }
 

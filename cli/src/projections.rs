@@ -30,7 +30,7 @@ pub struct RebuildArgs {
     name: String,
 }
 
-#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, serde::Serialize)]
 struct Status {
     projection: String,
     stream_sequence: i64,
@@ -53,20 +53,31 @@ pub async fn run(
             let subjects = platform::nats::Subjects::new(&nats.prefix)?;
             let events_stream = platform::nats::StreamNames::for_subjects(&subjects).events;
             // The relay's checkpoint is the events stream's head as far as Tally published it.
-            let rows: Vec<Status> = sqlx::query_as(
-                "SELECT p.projection, p.stream_sequence,
-                        COALESCE(r.stream_sequence, 0) AS stream_head,
-                        GREATEST(COALESCE(r.stream_sequence, 0) - p.stream_sequence, 0) AS lag,
-                        p.events_applied,
-                        (SELECT count(*) FROM projection_parked k WHERE k.projection = p.projection) AS parked_aggregates,
+            let head = event_store::outbox::relayed_to(&pool, &events_stream).await?;
+            let checkpoints: Vec<(String, i64, i64, i64, chrono::DateTime<chrono::Utc>)> =
+                sqlx::query_as(
+                    "SELECT p.projection, p.stream_sequence, p.events_applied,
+                        (SELECT count(*) FROM projection_parked k WHERE k.projection = p.projection),
                         p.updated_at
                  FROM projection_checkpoints p
-                 LEFT JOIN relay_checkpoints r ON r.stream = $1
                  ORDER BY p.projection",
-            )
-            .bind(&events_stream)
-            .fetch_all(&pool)
-            .await?;
+                )
+                .fetch_all(&pool)
+                .await?;
+            let rows = checkpoints
+                .into_iter()
+                .map(
+                    |(projection, stream_sequence, events_applied, parked, updated_at)| Status {
+                        projection,
+                        stream_sequence,
+                        stream_head: head,
+                        lag: (head - stream_sequence).max(0),
+                        events_applied,
+                        parked_aggregates: parked,
+                        updated_at,
+                    },
+                )
+                .collect();
             let rows = with_consumer_lag(rows, nats, &events_stream).await;
             if json {
                 println!("{}", serde_json::to_string(&rows)?);

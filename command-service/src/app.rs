@@ -183,13 +183,16 @@ impl Application {
         );
         let ingress = tokio::spawn(ingress.run(self.subscription, shutdown.clone()));
         let jobs = tokio::spawn(jobs.run(shutdown.clone()));
-        let readiness = platform::ops_http::Readiness {
-            outbox: Some(platform::metrics::OutboxWatch {
-                stream: self.infra.streams.events.clone(),
-                backlog_max: self.config.ready_outbox_backlog_max,
-            }),
-            ..self.infra.readiness()
-        };
+        let outbox = Arc::new(crate::outbox_watch::OutboxWatch {
+            pool: self.infra.pool.clone(),
+            stream: self.infra.streams.events.clone(),
+            backlog_max: self.config.ready_outbox_backlog_max,
+        });
+        let readiness = self
+            .infra
+            .readiness()
+            .with_check(outbox.clone())
+            .with_metrics(outbox);
         let ops = tokio::spawn(platform::ops_http::serve(
             self.ops_listener,
             crate::jobs::with_readiness(

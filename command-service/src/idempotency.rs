@@ -29,7 +29,8 @@ pub fn log_key(incoming: &IncomingCommand) -> LogKey {
     };
     LogKey {
         actor: Some(incoming.actor.clone()),
-        fingerprint: fingerprint(incoming.aggregate_type(), incoming.command.name(), &body).to_vec(),
+        fingerprint: fingerprint(incoming.aggregate_type(), incoming.command.name(), &body)
+            .to_vec(),
     }
 }
 
@@ -37,7 +38,11 @@ pub fn log_key(incoming: &IncomingCommand) -> LogKey {
 /// every part's length fits the fingerprint's u32 length prefix.
 fn length_prefix(part: &[u8]) -> [u8; 4] {
     let length = u32::try_from(part.len());
-    debug_assert!(length.is_ok(), "a fingerprinted part of {} bytes", part.len());
+    debug_assert!(
+        length.is_ok(),
+        "a fingerprinted part of {} bytes",
+        part.len()
+    );
     length.unwrap_or(u32::MAX).to_be_bytes()
 }
 
@@ -80,7 +85,7 @@ mod tests {
         let logged = CommandReply::rejected(id, ErrorCode::Conflict, "first", json!({}));
         let alice = key("alice", json!({"account_id": "a", "amount": 5}));
         let row = |actor: Option<String>, fingerprint: Option<Vec<u8>>| LoggedCommand {
-            reply: logged.clone(),
+            reply: sqlx::types::Json(logged.clone()),
             actor,
             fingerprint,
         };

@@ -22,6 +22,7 @@ pub mod incoming;
 mod ingress;
 mod jobs;
 mod metrics;
+mod outbox_watch;
 mod rejection;
 mod relay;
 mod schema_check;

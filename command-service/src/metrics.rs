@@ -1,6 +1,6 @@
 //! The command-service's metrics: commands by type and outcome, their latency, optimistic-
 //! concurrency retries and JetStream publish errors. (Outbox backlog and publish lag are read
-//! from the database at scrape time, see `platform::metrics::OutboxWatch`.)
+//! from the database at scrape time, see `outbox_watch`.)
 
 use std::time::Duration;
 

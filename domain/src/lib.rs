@@ -18,5 +18,5 @@ pub mod validate;
 pub use account::{Account, AccountCommand, AccountError, AccountEvent, AccountStatus};
 pub use error_code::ErrorCode;
 pub use metadata::{EventMetadata, MetadataError};
-pub use money::{AMOUNT_MAX_MINOR, Amount};
+pub use money::{AMOUNT_MAX_MINOR, Amount, MoneyError};
 pub use reply::{CommandReply, RejectionBody};

@@ -1,20 +1,32 @@
 //! Money as integer minor units (cents, pence): never floats, overflow is an error.
-
-use crate::account::AccountError;
+//!
+//! Below the aggregates: its refusals are [`MoneyError`]s, which each aggregate maps into its own
+//! error (and so onto a wire code).
 
 /// The largest amount one command may move: 10^15 minor units.
 pub const AMOUNT_MAX_MINOR: i64 = 1_000_000_000_000_000;
+
+/// Why an amount or a balance change is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("amount {amount} is outside 1..={AMOUNT_MAX_MINOR} minor units")]
+    AmountOutOfRange { amount: i64 },
+    #[error("balance {balance} plus {amount} exceeds the largest balance an account can hold")]
+    BalanceOverflow { balance: i64, amount: i64 },
+    #[error("balance {balance} is less than the {requested} requested")]
+    InsufficientFunds { balance: i64, requested: i64 },
+}
 
 /// An amount a command moves: always in `1..=AMOUNT_MAX_MINOR`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Amount(i64);
 
 impl Amount {
-    pub fn new(minor: i64) -> Result<Self, AccountError> {
+    pub fn new(minor: i64) -> Result<Self, MoneyError> {
         if (1..=AMOUNT_MAX_MINOR).contains(&minor) {
             Ok(Amount(minor))
         } else {
-            Err(AccountError::AmountOutOfRange { amount: minor })
+            Err(MoneyError::AmountOutOfRange { amount: minor })
         }
     }
 
@@ -24,19 +36,19 @@ impl Amount {
 }
 
 /// `balance + amount`, or an error instead of a wrap.
-pub fn credit(balance: i64, amount: Amount) -> Result<i64, AccountError> {
+pub fn credit(balance: i64, amount: Amount) -> Result<i64, MoneyError> {
     balance
         .checked_add(amount.minor())
-        .ok_or(AccountError::BalanceOverflow {
+        .ok_or(MoneyError::BalanceOverflow {
             balance,
             amount: amount.minor(),
         })
 }
 
 /// `balance - amount`, refusing to go below zero.
-pub fn debit(balance: i64, amount: Amount) -> Result<i64, AccountError> {
+pub fn debit(balance: i64, amount: Amount) -> Result<i64, MoneyError> {
     if amount.minor() > balance {
-        return Err(AccountError::InsufficientFunds {
+        return Err(MoneyError::InsufficientFunds {
             balance,
             requested: amount.minor(),
         });
@@ -67,7 +79,7 @@ mod tests {
         let max = Amount::new(AMOUNT_MAX_MINOR).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             credit(i64::MAX - 5, max),
-            Err(AccountError::BalanceOverflow { .. })
+            Err(MoneyError::BalanceOverflow { .. })
         ));
         assert_eq!(credit(5, max), Ok(5 + AMOUNT_MAX_MINOR));
     }
@@ -78,7 +90,7 @@ mod tests {
         assert_eq!(debit(10, ten), Ok(0));
         assert!(matches!(
             debit(9, ten),
-            Err(AccountError::InsufficientFunds {
+            Err(MoneyError::InsufficientFunds {
                 balance: 9,
                 requested: 10
             })

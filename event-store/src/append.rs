@@ -66,7 +66,10 @@ impl Append {
 /// its predecessor's hash back. Stored rows never change, so a head we wrote stays true.
 const CHAIN_HEADS_MAX: usize = 10_000;
 
-pub(crate) struct ChainHeads(Mutex<LruCache<(&'static str, String), (u64, ChainHash)>>);
+/// `(aggregate type, aggregate id)` → the last sequence this instance wrote and its hash.
+type Heads = LruCache<(&'static str, String), (u64, ChainHash)>;
+
+pub(crate) struct ChainHeads(Mutex<Heads>);
 
 impl Default for ChainHeads {
     fn default() -> Self {
@@ -78,7 +81,12 @@ impl Default for ChainHeads {
 
 impl ChainHeads {
     /// The hash of `(aggregate, sequence)` if this instance wrote it last.
-    pub(crate) fn get(&self, aggregate_type: &'static str, aggregate_id: &str, sequence: u64) -> Option<ChainHash> {
+    pub(crate) fn get(
+        &self,
+        aggregate_type: &'static str,
+        aggregate_id: &str,
+        sequence: u64,
+    ) -> Option<ChainHash> {
         let mut heads = self.0.lock().unwrap_or_else(|p| p.into_inner());
         heads
             .get(&(aggregate_type, aggregate_id.to_owned()))
@@ -88,10 +96,10 @@ impl ChainHeads {
 
     /// After a commit: the last event of an aggregate and its hash.
     pub(crate) fn remember(&self, last: &NewEvent, hash: ChainHash) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .put((last.aggregate_type, last.aggregate_id.clone()), (last.sequence, hash));
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).put(
+            (last.aggregate_type, last.aggregate_id.clone()),
+            (last.sequence, hash),
+        );
     }
 }
 

@@ -55,7 +55,8 @@ impl EventRow {
         Ok(EventRow {
             aggregate_type: event.aggregate_type,
             aggregate_id: event.aggregate_id.clone(),
-            sequence: i64::try_from(event.sequence).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+            sequence: i64::try_from(event.sequence)
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
             event_type: event.event_type.clone(),
             event_version: event.event_version.clone(),
             payload: serde_json::value::to_raw_value(&event.payload).map_err(encode)?,
@@ -89,7 +90,11 @@ impl std::fmt::Debug for BatchWriter {
 impl BatchWriter {
     /// The writer task starts with the first write and ends when the last clone of this is
     /// dropped and the queue is empty.
-    pub(crate) fn new(pool: PgPool, signal: Arc<CommitSignal>, statements_max: usize) -> BatchWriter {
+    pub(crate) fn new(
+        pool: PgPool,
+        signal: Arc<CommitSignal>,
+        statements_max: usize,
+    ) -> BatchWriter {
         BatchWriter {
             pool,
             signal,
@@ -183,29 +188,31 @@ async fn write_batch(pool: &PgPool, signal: &Arc<CommitSignal>, batch: Vec<Queue
 async fn insert(pool: &PgPool, writes: &[&Write]) -> Result<(), sqlx::Error> {
     let events = writes.iter().flat_map(|w| w.events.iter());
     let log = writes.iter().flat_map(|w| w.log.iter());
-    sqlx::query(
+    // Bound as `_`: sqlx checks arrays of plain types, but not of `Json` wrappers of borrowed
+    // text; the SQL's casts name every type.
+    sqlx::query!(
         "WITH logged AS (
              INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply, actor, fingerprint)
              SELECT * FROM UNNEST($9::uuid[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::text[], $15::bytea[])
          )
          INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, hash)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $8::bytea[])",
+        events.clone().map(|e| e.aggregate_type).collect::<Vec<_>>() as _,
+        events.clone().map(|e| e.aggregate_id.as_str()).collect::<Vec<_>>() as _,
+        events.clone().map(|e| e.sequence).collect::<Vec<_>>() as _,
+        events.clone().map(|e| e.event_type.as_str()).collect::<Vec<_>>() as _,
+        events.clone().map(|e| e.event_version.as_str()).collect::<Vec<_>>() as _,
+        events.clone().map(|e| Json(&*e.payload)).collect::<Vec<_>>() as _,
+        events.map(|e| Json(&*e.metadata)).collect::<Vec<_>>() as _,
+        writes.iter().flat_map(|w| w.hashes.iter()).collect::<Vec<_>>() as _,
+        log.clone().map(|r| r.command_id).collect::<Vec<_>>() as _,
+        log.clone().map(|r| r.aggregate_type.as_str()).collect::<Vec<_>>() as _,
+        log.clone().map(|r| r.aggregate_id.as_str()).collect::<Vec<_>>() as _,
+        log.clone().map(|r| r.status).collect::<Vec<_>>() as _,
+        log.clone().map(|r| Json(&*r.reply)).collect::<Vec<_>>() as _,
+        log.clone().map(|r| r.key.actor.as_deref()).collect::<Vec<_>>() as _,
+        log.map(|r| r.key.fingerprint.as_slice()).collect::<Vec<_>>() as _,
     )
-    .bind(events.clone().map(|e| e.aggregate_type).collect::<Vec<_>>())
-    .bind(events.clone().map(|e| e.aggregate_id.as_str()).collect::<Vec<_>>())
-    .bind(events.clone().map(|e| e.sequence).collect::<Vec<_>>())
-    .bind(events.clone().map(|e| e.event_type.as_str()).collect::<Vec<_>>())
-    .bind(events.clone().map(|e| e.event_version.as_str()).collect::<Vec<_>>())
-    .bind(events.clone().map(|e| Json(&*e.payload)).collect::<Vec<_>>())
-    .bind(events.map(|e| Json(&*e.metadata)).collect::<Vec<_>>())
-    .bind(writes.iter().flat_map(|w| w.hashes.iter()).collect::<Vec<_>>())
-    .bind(log.clone().map(|r| r.command_id).collect::<Vec<_>>())
-    .bind(log.clone().map(|r| r.aggregate_type.as_str()).collect::<Vec<_>>())
-    .bind(log.clone().map(|r| r.aggregate_id.as_str()).collect::<Vec<_>>())
-    .bind(log.clone().map(|r| r.status).collect::<Vec<_>>())
-    .bind(log.clone().map(|r| Json(&*r.reply)).collect::<Vec<_>>())
-    .bind(log.clone().map(|r| r.key.actor.as_deref()).collect::<Vec<_>>())
-    .bind(log.map(|r| r.key.fingerprint.as_slice()).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

@@ -33,14 +33,14 @@ impl LogKey {
     pub fn answer(&self, logged: LoggedCommand) -> CommandReply {
         let Some(fingerprint) = logged.fingerprint else {
             // Logged before ids were bound (migration 0008): answered as it always was.
-            return logged.reply;
+            return logged.reply.0;
         };
         let retry = !fingerprint.is_empty()
             && fingerprint == self.fingerprint
             && logged.actor.is_some()
             && logged.actor == self.actor;
         if retry {
-            logged.reply
+            logged.reply.0
         } else {
             mismatch(logged.reply.command_id())
         }
@@ -68,7 +68,7 @@ pub fn mismatch(command_id: Uuid) -> CommandReply {
 /// logged before keys existed).
 #[derive(Debug, Clone)]
 pub struct LoggedCommand {
-    pub reply: CommandReply,
+    pub reply: sqlx::types::Json<CommandReply>,
     pub actor: Option<String>,
     pub fingerprint: Option<Vec<u8>>,
 }
@@ -106,4 +106,31 @@ impl LogRow {
             key: key.clone(),
         })
     }
+}
+
+/// A command's recorded result, as `GET /v1/commands/{id}` serves it.
+#[derive(Debug, Clone)]
+pub struct CommandRecord {
+    pub command_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    pub reply: serde_json::Value,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The recorded result of `command_id`, if it was used.
+pub async fn record(
+    pool: &sqlx::PgPool,
+    command_id: Uuid,
+) -> Result<Option<CommandRecord>, StoreError> {
+    Ok(sqlx::query_as!(
+        CommandRecord,
+        "SELECT command_id, aggregate_type, aggregate_id, status, reply, recorded_at
+         FROM command_log WHERE command_id = $1",
+        command_id
+    )
+    .fetch_optional(pool)
+    .await?)
 }

@@ -62,8 +62,7 @@ impl CommitSignal {
         let (signal, pool) = (Arc::clone(self), pool.clone());
         tokio::spawn(async move {
             loop {
-                if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(NOTIFY_CHANNEL)
+                if let Err(error) = sqlx::query!("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
                     .execute(&pool)
                     .await
                 {

@@ -83,7 +83,10 @@ pub fn classify(error: sqlx::Error) -> StoreError {
         }
         // Connection exceptions (08), insufficient resources (53) and operator intervention
         // such as a shutdown or recovery in progress (57) are outages, not bugs.
-        if ["08", "53", "57"].iter().any(|class| code.starts_with(class)) {
+        if ["08", "53", "57"]
+            .iter()
+            .any(|class| code.starts_with(class))
+        {
             return StoreError::Unavailable(error);
         }
     }

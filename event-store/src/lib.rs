@@ -26,6 +26,8 @@ mod batch_writer;
 pub mod command_log;
 pub mod commit_signal;
 pub mod error;
+pub mod history;
+pub mod maintenance;
 pub mod outbox;
 pub mod row;
 pub mod snapshots;
@@ -35,6 +37,7 @@ pub use batch_writer::WRITE_STATEMENTS_DEFAULT;
 pub use command_log::{LogKey, LogRow, LoggedCommand};
 pub use commit_signal::CommitSignal;
 pub use error::{StoreError, classify};
+pub use history::Horizon;
 pub use outbox::{CommitPosition, RelayCheckpoint};
 pub use row::{RawEvent, StoredEvent};
 
@@ -93,7 +96,9 @@ impl EventStore {
         let mut heads = Vec::new();
         for part in &append.aggregates {
             let Some(first) = part.first() else { continue };
-            let part_hashes = chain_after(self, first).await.map(|prev| append::chain(prev, part))?;
+            let part_hashes = chain_after(self, first)
+                .await
+                .map(|prev| append::chain(prev, part))?;
             for event in part {
                 events.push(EventRow::of(event)?);
             }
@@ -129,39 +134,38 @@ impl EventStore {
 
     /// The command-log row of `command_id`, if the id was used.
     pub async fn logged(&self, command_id: Uuid) -> Result<Option<LoggedCommand>, StoreError> {
-        let row: Option<(sqlx::types::Json<CommandReply>, Option<String>, Option<Vec<u8>>)> =
-            sqlx::query_as(
-                "SELECT reply, actor, fingerprint FROM command_log WHERE command_id = $1",
-            )
-            .bind(command_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|(reply, actor, fingerprint)| LoggedCommand {
-            reply: reply.0,
-            actor,
-            fingerprint,
-        }))
+        Ok(sqlx::query_as!(
+            LoggedCommand,
+            r#"SELECT reply AS "reply: sqlx::types::Json<CommandReply>", actor, fingerprint
+               FROM command_log WHERE command_id = $1"#,
+            command_id
+        )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Logs `row` unless its id already has a row; returns what the id answers to `key`
     /// (`row`'s own reply if it was written).
     pub async fn log_unless_logged(&self, row: LogRow) -> Result<CommandReply, StoreError> {
-        let inserted = sqlx::query(
+        let inserted = sqlx::query!(
             "INSERT INTO command_log (command_id, aggregate_type, aggregate_id, status, reply, actor, fingerprint)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (command_id) DO NOTHING",
+            row.command_id,
+            row.aggregate_type,
+            row.aggregate_id,
+            row.status,
+            sqlx::types::Json(&*row.reply) as _,
+            row.key.actor.as_deref(),
+            row.key.fingerprint.as_slice(),
         )
-        .bind(row.command_id)
-        .bind(&row.aggregate_type)
-        .bind(&row.aggregate_id)
-        .bind(row.status)
-        .bind(sqlx::types::Json(&*row.reply))
-        .bind(row.key.actor.as_deref())
-        .bind(row.key.fingerprint.as_slice())
         .execute(&self.pool)
         .await?
         .rows_affected();
-        let Some(logged) = (if inserted == 1 { None } else { self.logged(row.command_id).await? })
-        else {
+        let Some(logged) = (if inserted == 1 {
+            None
+        } else {
+            self.logged(row.command_id).await?
+        }) else {
             return serde_json::from_str(row.reply.get())
                 .map_err(|e| StoreError::internal("reading back a reply", e));
         };
@@ -176,21 +180,21 @@ impl EventStore {
         from: &str,
         to: &str,
     ) -> Result<domain::transfer::StepsRecorded, StoreError> {
-        let found: Vec<(String, String)> = sqlx::query_as(
+        let found = sqlx::query!(
             "SELECT aggregate_id, event_type FROM events
              WHERE aggregate_type = 'account' AND aggregate_id IN ($2, $3)
                AND event_type IN ('TransferDebited', 'TransferCredited', 'TransferRefunded', 'TransferSettled')
                AND (payload -> event_type ->> 'transfer_id') = $1",
+            transfer_id.to_string(),
+            from,
+            to,
         )
-        .bind(transfer_id.to_string())
-        .bind(from)
-        .bind(to)
         .fetch_all(&self.pool)
         .await?;
         let has = |account: &str, event: &str| {
             found
                 .iter()
-                .any(|(a, e)| a.as_str() == account && e.as_str() == event)
+                .any(|row| row.aggregate_id == account && row.event_type == event)
         };
         Ok(domain::transfer::StepsRecorded {
             debited: has(from, "TransferDebited"),
@@ -216,12 +220,12 @@ async fn chain_after(store: &EventStore, first: &NewEvent) -> Result<ChainHash, 
     {
         return Ok(hash);
     }
-    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+    let stored = sqlx::query_scalar!(
         "SELECT hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+        first.aggregate_type,
+        first.aggregate_id,
+        i64::try_from(previous).map_err(|e| StoreError::internal("a sequence", e))?,
     )
-    .bind(first.aggregate_type)
-    .bind(&first.aggregate_id)
-    .bind(i64::try_from(previous).map_err(|e| StoreError::internal("a sequence", e))?)
     .fetch_optional(&store.pool)
     .await?;
     match stored {
@@ -230,7 +234,8 @@ async fn chain_after(store: &EventStore, first: &NewEvent) -> Result<ChainHash, 
         // A predecessor written before the chain existed has no hash: the chain restarts from
         // genesis there, and `tally audit verify` reports the unchained rows.
         Some(None) => Ok(hash_chain::GENESIS),
-        Some(Some(hash)) => ChainHash::try_from(hash.as_slice())
-            .map_err(|_| StoreError::corrupt(format!("a stored chain hash of {} bytes", hash.len()))),
+        Some(Some(hash)) => ChainHash::try_from(hash.as_slice()).map_err(|_| {
+            StoreError::corrupt(format!("a stored chain hash of {} bytes", hash.len()))
+        }),
     }
 }

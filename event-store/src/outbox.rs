@@ -120,7 +120,10 @@ pub async fn checkpoint(pool: &PgPool, stream: &str) -> Result<RelayCheckpoint, 
             global_position: row.global_position,
         },
         stream_sequence: u64::try_from(row.stream_sequence).map_err(|_| {
-            StoreError::corrupt(format!("a relay checkpoint at stream sequence {}", row.stream_sequence))
+            StoreError::corrupt(format!(
+                "a relay checkpoint at stream sequence {}",
+                row.stream_sequence
+            ))
         })?,
     })
 }
@@ -132,7 +135,10 @@ pub async fn save_checkpoint(
     checkpoint: RelayCheckpoint,
 ) -> Result<(), StoreError> {
     let stream_sequence = i64::try_from(checkpoint.stream_sequence).map_err(|_| {
-        StoreError::corrupt(format!("a stream sequence of {}", checkpoint.stream_sequence))
+        StoreError::corrupt(format!(
+            "a stream sequence of {}",
+            checkpoint.stream_sequence
+        ))
     })?;
     sqlx::query!(
         "UPDATE relay_checkpoints SET tx_id = $2::bigint::text::xid8, global_position = $3,
@@ -183,4 +189,16 @@ pub async fn backlog(pool: &PgPool, stream: &str, cap: i64) -> Result<Backlog, S
         events: row.events,
         oldest_age_s: row.oldest_age_s.max(0.0),
     })
+}
+
+/// The stream sequence the relay of `stream` has confirmed (0 before its first event): the
+/// events stream's head as far as Tally published it.
+pub async fn relayed_to(pool: &PgPool, stream: &str) -> Result<i64, StoreError> {
+    let relayed = sqlx::query_scalar!(
+        "SELECT stream_sequence FROM relay_checkpoints WHERE stream = $1",
+        stream
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(relayed.unwrap_or(0))
 }

@@ -26,18 +26,19 @@ pub async fn load<A: Aggregate + DeserializeOwned>(
     pool: &PgPool,
     aggregate_id: &str,
 ) -> Result<Option<Snapshot<A>>, StoreError> {
-    let row: Option<(i64, serde_json::Value)> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT last_sequence, payload FROM aggregate_snapshots
          WHERE aggregate_type = $1 AND aggregate_id = $2 AND state_version = $3",
+        A::TYPE,
+        aggregate_id,
+        STATE_VERSION,
     )
-    .bind(A::TYPE)
-    .bind(aggregate_id)
-    .bind(STATE_VERSION)
     .fetch_optional(pool)
     .await?;
-    let Some((last_sequence, payload)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
+    let (last_sequence, payload) = (row.last_sequence, row.payload);
     // An unreadable snapshot is ignored: the events are the truth.
     let (Ok(last_sequence), Ok(state)) = (
         usize::try_from(last_sequence),
@@ -67,11 +68,11 @@ pub async fn save<A: Aggregate + Serialize>(
     last_sequence: usize,
     state: &A,
 ) -> Result<(), StoreError> {
-    let payload =
-        serde_json::to_value(state).map_err(|e| StoreError::internal("serialising a snapshot", e))?;
-    let last_sequence =
-        i64::try_from(last_sequence).map_err(|e| StoreError::internal("a snapshot's sequence", e))?;
-    sqlx::query(
+    let payload = serde_json::to_value(state)
+        .map_err(|e| StoreError::internal("serialising a snapshot", e))?;
+    let last_sequence = i64::try_from(last_sequence)
+        .map_err(|e| StoreError::internal("a snapshot's sequence", e))?;
+    sqlx::query!(
         "INSERT INTO aggregate_snapshots (aggregate_type, aggregate_id, last_sequence, state_version, payload)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
@@ -79,12 +80,12 @@ pub async fn save<A: Aggregate + Serialize>(
                payload = EXCLUDED.payload, taken_at = now()
            WHERE aggregate_snapshots.last_sequence < EXCLUDED.last_sequence
               OR aggregate_snapshots.state_version <> EXCLUDED.state_version",
+        A::TYPE,
+        aggregate_id,
+        last_sequence,
+        STATE_VERSION,
+        payload,
     )
-    .bind(A::TYPE)
-    .bind(aggregate_id)
-    .bind(last_sequence)
-    .bind(STATE_VERSION)
-    .bind(payload)
     .execute(pool)
     .await?;
     Ok(())

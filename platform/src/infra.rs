@@ -82,31 +82,9 @@ impl Infra {
         })
     }
 
+    /// Readiness on PostgreSQL and NATS, serving this instance's registry; a service adds its
+    /// own checks and metrics sources to it.
     pub fn readiness(&self) -> crate::ops_http::Readiness {
-        crate::ops_http::Readiness {
-            pool: self.pool.clone(),
-            nats: self.nats.clone(),
-            projection_lag: None,
-            outbox: None,
-            registry: self.registry.clone(),
-        }
-    }
-
-    /// Readiness that also requires each of `projections` to be at most `events_max` events
-    /// behind; `/metrics` then reports their lag too.
-    pub fn readiness_with_lag(
-        &self,
-        projections: &[&'static str],
-        events_max: u64,
-    ) -> crate::ops_http::Readiness {
-        crate::ops_http::Readiness {
-            projection_lag: Some(crate::ops_http::ProjectionLag {
-                jetstream: self.jetstream.clone(),
-                events_stream: self.streams.events.clone(),
-                projections: projections.to_vec(),
-                events_max,
-            }),
-            ..self.readiness()
-        }
+        crate::ops_http::Readiness::new(self.pool.clone(), self.nats.clone(), self.registry.clone())
     }
 }

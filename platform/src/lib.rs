@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod nats;
 pub mod ops_http;
 pub mod process_stat;
-pub mod projection_metrics;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace_context;

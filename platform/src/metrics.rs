@@ -1,7 +1,7 @@
 //! Prometheus metrics. Each service instance registers its own on a [`Registry`] it owns (not
 //! a process-wide one, so instances running side by side, as in the tests, count apart).
-//! `/metrics` serves that registry, plus figures read at scrape time: the database pool, the
-//! projections' bookkeeping, and the outbox backlog.
+//! `/metrics` serves that registry and the database pool, plus what each service reads at scrape
+//! time through its own `ops_http::MetricsSource`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
@@ -64,50 +64,4 @@ pub fn pool_text(pool: &PgPool) -> String {
         size.saturating_sub(idle),
         pool.options().get_max_connections()
     )
-}
-
-/// Backlogs are counted up to this many events (the gauge saturates there).
-pub const BACKLOG_COUNTED_MAX: u64 = 100_000;
-
-/// Committed events the outbox relay has not published yet, and how long the oldest waits.
-#[derive(Debug, Clone)]
-pub struct OutboxWatch {
-    /// The events stream the relay's checkpoint is kept for.
-    pub stream: String,
-    /// `/readyz` is not ready while more events than this wait.
-    pub backlog_max: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backlog {
-    pub events: i64,
-    /// Seconds since the oldest waiting event was recorded (0 when none waits).
-    pub oldest_age_s: f64,
-}
-
-impl OutboxWatch {
-    /// Counted in index order from the relay's checkpoint, up to `BACKLOG_COUNTED_MAX` (or
-    /// `backlog_max + 1` if larger): a join against the checkpoint row read every event (the
-    /// planner cannot see the checkpoint's value), 0.6 s of PostgreSQL per scrape or readiness
-    /// probe at 3 M events.
-    pub async fn backlog(&self, pool: &PgPool) -> Result<Backlog, event_store::StoreError> {
-        let cap = BACKLOG_COUNTED_MAX.max(self.backlog_max.saturating_add(1));
-        let backlog = event_store::outbox::backlog(pool, &self.stream, i64::try_from(cap).unwrap_or(i64::MAX)).await?;
-        Ok(Backlog {
-            events: backlog.events,
-            oldest_age_s: backlog.oldest_age_s,
-        })
-    }
-
-    pub fn text(backlog: Backlog) -> String {
-        format!(
-            "# HELP tally_outbox_backlog_events Committed events not yet published to the events stream (counted up to 100000).\n\
-             # TYPE tally_outbox_backlog_events gauge\n\
-             tally_outbox_backlog_events {}\n\
-             # HELP tally_outbox_publish_lag_seconds Age of the oldest committed event not yet published.\n\
-             # TYPE tally_outbox_publish_lag_seconds gauge\n\
-             tally_outbox_publish_lag_seconds {}\n",
-            backlog.events, backlog.oldest_age_s
-        )
-    }
 }

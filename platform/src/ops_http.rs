@@ -1,6 +1,12 @@
-//! `/healthz` and `/readyz`, shared by every service. The query-service mounts them on its API
-//! router; the other services serve them on a small ops port of their own.
+//! `/healthz`, `/readyz` and `/metrics`, shared by every service. The query-service mounts them
+//! on its API router; the other services serve them on a small ops port of their own.
+//!
+//! Platform checks what every service depends on (PostgreSQL, NATS) and serves each instance's
+//! registry and pool. What only one service knows (a projection's lag, the outbox backlog) it
+//! hands in as a [`ReadinessCheck`] or a [`MetricsSource`]: platform never names another
+//! crate's tables or consumers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,55 +19,57 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Each dependency check gets this long before it counts as failed.
-const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// For implementing [`ReadinessCheck`] and [`MetricsSource`] without a dependency of one's own.
+pub use async_trait::async_trait;
 
-/// What readiness depends on.
-#[derive(Debug, Clone)]
+/// Each dependency check, and each figure read at scrape time, gets this long before it counts
+/// as failed (or is left out of `/metrics`). A [`ReadinessCheck`] or [`MetricsSource`] bounds
+/// its own waits with it.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One more condition for `/readyz`, supplied by the service that knows it.
+#[async_trait]
+pub trait ReadinessCheck: Send + Sync {
+    /// The check's name in the report (`"projection_lag"`, `"outbox_backlog"`).
+    fn name(&self) -> &'static str;
+
+    /// `Ok` while ready; otherwise why not, for operators: never credentials or SQL. Returns
+    /// within a few [`CHECK_TIMEOUT`]s (a probe that hangs is worse than one that fails).
+    async fn check(&self) -> Result<(), String>;
+}
+
+/// Prometheus text a service adds to `/metrics`, read at scrape time (e.g. from the database).
+#[async_trait]
+pub trait MetricsSource: Send + Sync {
+    /// Complete families (`# HELP`, `# TYPE`, samples); empty to leave them out this scrape,
+    /// e.g. while PostgreSQL is down. Bounds its own waits with [`CHECK_TIMEOUT`].
+    async fn render(&self) -> String;
+}
+
+/// What readiness depends on, and what `/metrics` serves.
+#[derive(Clone)]
 pub struct Readiness {
     pub pool: PgPool,
     pub nats: async_nats::Client,
-    /// When set, not ready while a projection lags the events stream by more than this.
-    pub projection_lag: Option<ProjectionLag>,
-    /// When set (command-service), not ready while the outbox backlog is over its limit.
-    pub outbox: Option<crate::metrics::OutboxWatch>,
     /// This service instance's metrics.
     pub registry: prometheus::Registry,
+    /// Checked after PostgreSQL and NATS, in the order added.
+    checks: Vec<Arc<dyn ReadinessCheck>>,
+    /// Rendered after the registry and the pool, in the order added.
+    sources: Vec<Arc<dyn MetricsSource>>,
 }
 
-/// A projection's distance behind the events stream.
-#[derive(Debug, Clone)]
-pub struct ProjectionLag {
-    pub jetstream: async_nats::jetstream::Context,
-    pub events_stream: String,
-    /// The projections this service depends on.
-    pub projections: Vec<&'static str>,
-    pub events_max: u64,
-}
-
-impl ProjectionLag {
-    /// Events of the projection's own subjects that it has not applied yet: what its durable
-    /// consumer still has to deliver or has in flight. (The stream's head minus the
-    /// projection's position would count other aggregates' events too.) Before the consumer
-    /// exists, everything in the stream is behind.
-    pub async fn events_behind(&self, projection: &str) -> Result<u64, String> {
-        let mut stream = self
-            .jetstream
-            .get_stream(&self.events_stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        match stream
-            .consumer_info(format!("projection-{projection}"))
-            .await
-        {
-            Ok(info) => Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0)),
-            Err(_) => Ok(stream
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .state
-                .messages),
-        }
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("pool", &self.pool)
+            .field("nats", &self.nats)
+            .field(
+                "checks",
+                &self.checks.iter().map(|c| c.name()).collect::<Vec<_>>(),
+            )
+            .field("sources", &self.sources.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -81,6 +89,32 @@ pub struct Check {
 }
 
 impl Readiness {
+    /// Ready while PostgreSQL answers and NATS is connected; `/metrics` serves `registry` and
+    /// the pool.
+    pub fn new(pool: PgPool, nats: async_nats::Client, registry: prometheus::Registry) -> Self {
+        Readiness {
+            pool,
+            nats,
+            registry,
+            checks: Vec::new(),
+            sources: Vec::new(),
+        }
+    }
+
+    /// Also not ready while `check` fails.
+    #[must_use]
+    pub fn with_check(mut self, check: Arc<dyn ReadinessCheck>) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    /// Also serve `source` on `/metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, source: Arc<dyn MetricsSource>) -> Self {
+        self.sources.push(source);
+        self
+    }
+
     pub async fn check(&self) -> ReadinessReport {
         let postgres = match tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&self.pool)).await
         {
@@ -104,42 +138,10 @@ impl Readiness {
                 reason: nats,
             },
         ];
-        if let Some(lag) = &self.projection_lag {
-            let mut reasons = Vec::new();
-            for projection in &lag.projections {
-                match tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind(projection)).await {
-                    Ok(Ok(behind)) if behind <= lag.events_max => {}
-                    Ok(Ok(behind)) => reasons.push(format!(
-                        "projection {projection} is {behind} events behind (limit {})",
-                        lag.events_max
-                    )),
-                    Ok(Err(error)) => reasons.push(error),
-                    Err(_) => reasons.push("timed out".to_owned()),
-                }
-            }
+        for check in &self.checks {
+            let reason = check.check().await.err();
             checks.push(Check {
-                name: "projection_lag",
-                ok: reasons.is_empty(),
-                reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
-            });
-        }
-        if let Some(outbox) = &self.outbox {
-            let reason = match tokio::time::timeout(CHECK_TIMEOUT, outbox.backlog(&self.pool)).await
-            {
-                Ok(Ok(backlog))
-                    if u64::try_from(backlog.events).unwrap_or(0) <= outbox.backlog_max =>
-                {
-                    None
-                }
-                Ok(Ok(backlog)) => Some(format!(
-                    "{} committed events wait for the relay (limit {})",
-                    backlog.events, outbox.backlog_max
-                )),
-                Ok(Err(_)) => Some("backlog query failed".to_owned()),
-                Err(_) => Some("timed out".to_owned()),
-            };
-            checks.push(Check {
-                name: "outbox_backlog",
+                name: check.name(),
                 ok: reason.is_none(),
                 reason,
             });
@@ -165,28 +167,13 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, Json(report)).into_response()
 }
 
-/// Prometheus text: this instance's metrics, the pool, and what the database says (projection
-/// bookkeeping; the outbox backlog on the command-service). Database figures are left out,
-/// not failed, while PostgreSQL is down: the rest still matters then.
+/// Prometheus text: this instance's metrics, the pool, and what the service's sources read at
+/// scrape time.
 async fn metrics(State(readiness): State<Readiness>) -> Response {
     let mut text = crate::metrics::render(&readiness.registry);
     text.push_str(&crate::metrics::pool_text(&readiness.pool));
-    if let Ok(Ok(figures)) = tokio::time::timeout(
-        CHECK_TIMEOUT,
-        crate::projection_metrics::figures(&readiness.pool),
-    )
-    .await
-    {
-        text.push_str(&crate::projection_metrics::render(&figures));
-    }
-    if let Some(lag) = &readiness.projection_lag {
-        text.push_str(&lag_text(lag, &readiness.pool).await);
-    }
-    if let Some(outbox) = &readiness.outbox
-        && let Ok(Ok(backlog)) =
-            tokio::time::timeout(CHECK_TIMEOUT, outbox.backlog(&readiness.pool)).await
-    {
-        text.push_str(&crate::metrics::OutboxWatch::text(backlog));
+    for source in &readiness.sources {
+        text.push_str(&source.render().await);
     }
     (
         [(
@@ -196,47 +183,6 @@ async fn metrics(State(readiness): State<Readiness>) -> Response {
         text,
     )
         .into_response()
-}
-
-/// Each projection's lag in events (its consumer's undelivered and unacknowledged messages)
-/// and in seconds (how long it has been behind without applying anything; 0 when caught up).
-async fn lag_text(lag: &ProjectionLag, pool: &PgPool) -> String {
-    let mut events = String::from(
-        "# HELP tally_projection_lag_events Events of the projection's subjects not yet applied.\n\
-         # TYPE tally_projection_lag_events gauge\n",
-    );
-    let mut seconds = String::from(
-        "# HELP tally_projection_lag_seconds Seconds since a projection that is behind last applied a batch.\n\
-         # TYPE tally_projection_lag_seconds gauge\n",
-    );
-    for projection in &lag.projections {
-        let Ok(Ok(behind)) =
-            tokio::time::timeout(CHECK_TIMEOUT, lag.events_behind(projection)).await
-        else {
-            continue;
-        };
-        let idle_s: f64 = if behind == 0 {
-            0.0
-        } else {
-            sqlx::query_scalar(
-                "SELECT extract(epoch FROM now() - updated_at)::float8
-                 FROM projection_checkpoints WHERE projection = $1",
-            )
-            .bind(projection)
-            .fetch_optional(pool)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0.0)
-        };
-        events.push_str(&format!(
-            "tally_projection_lag_events{{projection=\"{projection}\"}} {behind}\n"
-        ));
-        seconds.push_str(&format!(
-            "tally_projection_lag_seconds{{projection=\"{projection}\"}} {idle_s}\n"
-        ));
-    }
-    events + &seconds
 }
 
 /// `/healthz` (alive), `/readyz` (dependencies reachable) and `/metrics`.

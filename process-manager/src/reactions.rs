@@ -173,14 +173,10 @@ pub fn refusal_is_final(code: ErrorCode) -> bool {
 
 /// The body of `transfer.fail` after a final refusal.
 pub fn fail(transfer_id: Uuid, fail_command_id: Uuid, code: ErrorCode, message: &str) -> Send {
-    let code = serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "refused".to_owned());
     Send {
         aggregate: "transfer",
         command: "fail",
-        body: json!({"transfer_id": transfer_id, "code": code, "reason": message}),
+        body: json!({"transfer_id": transfer_id, "code": code.as_str(), "reason": message}),
         command_id: fail_command_id,
     }
 }

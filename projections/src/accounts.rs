@@ -12,7 +12,7 @@ use domain::account::AccountEvent;
 use domain::envelope::EventMessage;
 use sqlx::{Postgres, Transaction};
 
-use crate::runner::ApplyError;
+use crate::apply_error::ApplyError;
 
 pub const NAME: &str = "accounts";
 

@@ -84,10 +84,7 @@ impl Application {
 
     /// Runs until `shutdown` is cancelled, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let router = platform::ops_http::router(
-            self.infra
-                .readiness_with_lag(&crate::Projection::ALL.map(|p| p.name()), self.lag_max),
-        );
+        let router = platform::ops_http::router(crate::lag::readiness(&self.infra, self.lag_max));
         let runners: Vec<_> = self
             .runners
             .into_iter()

@@ -6,7 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use domain::envelope::EventMessage;
 
-use crate::runner::{ApplyError, Delivery, FAILURE_DELAY_MAX, Runner, error_text, nak};
+use crate::apply_error::ApplyError;
+use crate::runner::{Delivery, FAILURE_DELAY_MAX, Runner, nak};
 use crate::write_lock;
 
 impl Runner {
@@ -19,7 +20,7 @@ impl Runner {
             aggregate_id = %d.event.aggregate_id,
             sequence = d.event.sequence,
             attempts,
-            error = %error_text(error),
+            error = %error.dead_letter_text(),
             "event cannot be applied"
         );
         if attempts < self.config.poison_attempts {
@@ -28,7 +29,7 @@ impl Runner {
             nak(&d.message, backoff.min(FAILURE_DELAY_MAX)).await;
             return Ok(());
         }
-        let reason = error_text(error);
+        let reason = error.dead_letter_text();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             "Nats-Msg-Id",
@@ -156,7 +157,7 @@ impl Runner {
                     tracing::info!(aggregate_id, action, applied, "parked aggregate released")
                 }
                 Err(error) => {
-                    let reason = error_text(&error);
+                    let reason = error.dead_letter_text();
                     tracing::warn!(aggregate_id, action, error = %reason, "parked aggregate stays parked");
                     sqlx::query(
                         "UPDATE projection_parked SET action = NULL, error = $3, attempts = attempts + 1
@@ -206,6 +207,8 @@ impl Runner {
         .bind(aggregate_id)
         .fetch_one(&mut *tx)
         .await?;
+        // 0: nothing applied yet. CHECK (version > 0) on the table: never negative.
+        debug_assert!(version >= 0, "projection_versions.version {version}");
         let mut expected = u64::try_from(version).unwrap_or(0) + 1;
         let mut events = Vec::new();
         if retry {

@@ -3,13 +3,17 @@
 //!
 //! `runner` is the consumer loop (batches, per-aggregate sequence checks, acks after commit);
 //! `projection` names the read models it maintains: `accounts` (`accounts`, `account_entries`,
-//! `currency_totals`) and `transfers`.
+//! `currency_totals`) and `transfers`. `figures` (their bookkeeping) and `lag` (their distance
+//! behind the stream) are what `/metrics` and `/readyz` say about them, here and on the
+//! query-service.
 
 pub mod accounts;
 mod app;
+pub mod apply_error;
 mod config;
 mod dead_letters;
-mod event_store_reader;
+pub mod figures;
+pub mod lag;
 mod projection;
 pub mod rebuild;
 pub mod runner;

@@ -4,7 +4,7 @@
 use domain::envelope::EventMessage;
 use sqlx::{Postgres, Transaction};
 
-use crate::runner::ApplyError;
+use crate::apply_error::ApplyError;
 use crate::{accounts, transfers};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::Projection;
+use crate::apply_error::ApplyError;
 use crate::versions;
 use crate::write_lock;
 
@@ -31,28 +32,6 @@ const PRIORITY_GROUP: &str = "workers";
 const PIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often operator actions on parked aggregates (`tally dlq retry|drop`) are looked for.
 const ACTIONS_POLL: Duration = Duration::from_secs(1);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("database")]
-    Db(#[from] sqlx::Error),
-    #[error("event {aggregate_id}#{sequence} cannot be applied: {reason}")]
-    Poison {
-        aggregate_id: String,
-        sequence: u64,
-        reason: String,
-    },
-}
-
-impl ApplyError {
-    pub fn poison(event: &EventMessage, reason: impl Into<String>) -> Self {
-        ApplyError::Poison {
-            aggregate_id: event.aggregate_id.clone(),
-            sequence: event.sequence,
-            reason: reason.into(),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -255,6 +234,12 @@ impl Runner {
             if is_parked {
                 parked.insert(id);
             } else {
+                // CHECK (version > 0) on the table: a stored version is never negative (if it
+                // were, 0 would re-apply the aggregate's history on top of itself).
+                debug_assert!(
+                    version > 0,
+                    "projection_versions.version {version} for {id}"
+                );
                 versions.insert(id, u64::try_from(version).unwrap_or(0));
             }
         }
@@ -358,6 +343,12 @@ impl Runner {
 
 /// Failures worth retrying as they are (the database or the network), as opposed to an event
 /// that can never be applied as it stands.
+///
+/// The outages are `event_store::classify`'s (SQL states 08, 53, 57; I/O, pool, TLS, worker),
+/// plus sqlx's protocol errors, retried here as before. It cannot call `classify`, which takes
+/// the error by value (a dead letter needs its message) and calls a unique violation a lost
+/// race: here, with the apply lock making this worker the only writer, that is an event that
+/// cannot be applied. A rolled-back transaction (40) is a retry in both.
 pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
@@ -372,13 +363,6 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
                 .any(|class| code.starts_with(class))
         }),
         _ => false,
-    }
-}
-
-pub(crate) fn error_text(error: &ApplyError) -> String {
-    match error {
-        ApplyError::Db(sqlx::Error::Database(db)) => format!("database: {}", db.message()),
-        other => other.to_string(),
     }
 }
 

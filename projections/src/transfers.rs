@@ -8,7 +8,7 @@ use domain::transfer::{TransferEvent, TransferStatus};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::runner::ApplyError;
+use crate::apply_error::ApplyError;
 
 pub const NAME: &str = "transfers";
 

@@ -139,7 +139,9 @@ pub async fn get(
         .ok_or_else(not_found)?;
     waited?;
     let etag = format!("\"{}\"", account.version);
-    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
+    // Digits in quotes are always a valid header value; were it not, a made-up ETag could
+    // answer 304 for a changed account.
+    let etag_value = HeaderValue::from_str(&etag).map_err(|e| ApiError::Internal(e.into()))?;
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

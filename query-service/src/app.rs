@@ -91,8 +91,7 @@ impl Application {
             tokio::spawn(async move { waits.watch(pool, shutdown).await })
         };
         let app = router::build(
-            self.infra
-                .readiness_with_lag(&["accounts", "transfers"], self.lag_max),
+            projections::lag::readiness(&self.infra, self.lag_max),
             &self.limits,
             self.access,
             self.metrics,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::problem::ApiError;
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CommandRecord {
     pub command_id: Uuid,
     pub aggregate_type: String,
@@ -45,14 +45,19 @@ pub async fn get(
     let command_id = Uuid::parse_str(&raw).map_err(|_| ApiError::BadRequest {
         detail: format!("`{raw}` is not a command id (a UUID)"),
     })?;
-    let record: Option<CommandRecord> = sqlx::query_as(
-        "SELECT command_id, aggregate_type, aggregate_id, status, reply, recorded_at
-         FROM command_log WHERE command_id = $1",
-    )
-    .bind(command_id)
-    .fetch_optional(&pool)
-    .await?;
-    record.map(Json).ok_or_else(|| ApiError::NotFound {
-        what: format!("command {command_id}"),
-    })
+    let record = event_store::command_log::record(&pool, command_id).await?;
+    record
+        .map(|r| {
+            Json(CommandRecord {
+                command_id: r.command_id,
+                aggregate_type: r.aggregate_type,
+                aggregate_id: r.aggregate_id,
+                status: r.status,
+                reply: r.reply,
+                recorded_at: r.recorded_at,
+            })
+        })
+        .ok_or_else(|| ApiError::NotFound {
+            what: format!("command {command_id}"),
+        })
 }

@@ -54,10 +54,9 @@ fn accepted(reply: &CommandReply) -> bool {
 async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through() {
     let pool = fresh_pool().await;
     // One statement in flight at a time, so writes that arrive while it runs wait for the next.
-    let a = Arc::new(writing_through(event_store::EventStore::with_write_statements_max(
-        pool.clone(),
-        1,
-    )));
+    let a = Arc::new(writing_through(
+        event_store::EventStore::with_write_statements_max(pool.clone(), 1),
+    ));
     let b = instance(&pool);
     let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acc-{i}")).collect();
     for id in &accounts {

@@ -138,10 +138,8 @@ impl TestApp {
 
 impl TestApp {
     /// The projections' figures, as `/metrics` reports them.
-    pub async fn projection_figures(&self) -> Vec<platform::projection_metrics::ProjectionFigures> {
-        platform::projection_metrics::figures(&self.db)
-            .await
-            .unwrap()
+    pub async fn projection_figures(&self) -> Vec<projections::figures::ProjectionFigures> {
+        projections::figures::read(&self.db).await.unwrap()
     }
 
     /// Gap safety: no projection ever jumped over an event.

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod docs;
+
 #[derive(Debug, Parser)]
 #[command(about = "Tally repository tasks")]
 struct Cli {
@@ -18,6 +20,13 @@ enum Task {
     /// API's OpenAPI document.
     Schemas {
         /// Only check; exit non-zero when a file would change.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Regenerate the settings tables of `docs/configuration.md` from the services' clap
+    /// definitions (the prose around them is hand-written).
+    Docs {
+        /// Only check; exit non-zero when the file would change.
         #[arg(long)]
         check: bool,
     },
@@ -67,5 +76,6 @@ fn schemas(check: bool) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Schemas { check } => schemas(check),
+        Task::Docs { check } => docs::run(&repo_root(), check),
     }
 }

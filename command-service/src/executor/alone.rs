@@ -104,10 +104,13 @@ impl Executor {
             // Nothing to write, so no command-log row: a repeated id must still get its first
             // reply.
             let logged = self.logged(incoming).await?;
-            return Ok(Decided::Answer(logged.unwrap_or_else(|| accepted(version_before))));
+            return Ok(Decided::Answer(
+                logged.unwrap_or_else(|| accepted(version_before)),
+            ));
         }
         let metadata = decision::stored_metadata(incoming)?;
-        let (stored, changed) = decision::changed(&aggregate_id, before, &events, state, &metadata)?;
+        let (stored, changed) =
+            decision::changed(&aggregate_id, before, &events, state, &metadata)?;
         let reply = accepted(decision::sequence_u64(changed.after)?);
         let log = LogRow::of(
             &reply,

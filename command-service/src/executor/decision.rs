@@ -117,7 +117,12 @@ pub(super) fn stored<A: Executable>(
     (before + 1..)
         .zip(events)
         .map(|(sequence, event)| {
-            Ok(NewEvent::of::<A>(aggregate_id, sequence_u64(sequence)?, event, metadata)?)
+            Ok(NewEvent::of::<A>(
+                aggregate_id,
+                sequence_u64(sequence)?,
+                event,
+                metadata,
+            )?)
         })
         .collect()
 }

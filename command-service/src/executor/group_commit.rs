@@ -219,7 +219,10 @@ struct Decided {
 }
 
 /// Runs `commands` in order on a copy of `loaded`'s account.
-async fn decide(loaded: &Loaded<Account>, commands: &[IncomingCommand]) -> Result<Decided, ExecuteError> {
+async fn decide(
+    loaded: &Loaded<Account>,
+    commands: &[IncomingCommand],
+) -> Result<Decided, ExecuteError> {
     let aggregate_id = loaded.aggregate_id.as_str();
     let mut state = loaded.aggregate.clone();
     let mut sequence = loaded.sequence;

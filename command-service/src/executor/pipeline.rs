@@ -36,7 +36,8 @@ impl Executor {
             let decided = match decider {
                 Decider::Alone => self.decide_alone(incoming, reads).await?,
                 Decider::TransferAtOnce(request) => {
-                    self.decide_transfer_at_once(incoming, request, reads).await?
+                    self.decide_transfer_at_once(incoming, request, reads)
+                        .await?
                 }
             };
             let decision = match decided {
@@ -47,7 +48,9 @@ impl Executor {
                     continue;
                 }
                 Decided::Unverified => {
-                    return Err(ExecuteError::internal("decided on fresh reads, yet unverified"));
+                    return Err(ExecuteError::internal(
+                        "decided on fresh reads, yet unverified",
+                    ));
                 }
             };
             reads = Reads::Fresh;
@@ -86,8 +89,13 @@ impl Executor {
             }
         }
         let busy = match decider {
-            Decider::Alone => format!("the {} is under heavy concurrent use", incoming.aggregate_type()),
-            Decider::TransferAtOnce(_) => "the transfer's accounts are under heavy concurrent use".to_owned(),
+            Decider::Alone => format!(
+                "the {} is under heavy concurrent use",
+                incoming.aggregate_type()
+            ),
+            Decider::TransferAtOnce(_) => {
+                "the transfer's accounts are under heavy concurrent use".to_owned()
+            }
         };
         Ok(Rejection::new(
             ErrorCode::Conflict,

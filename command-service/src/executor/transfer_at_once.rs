@@ -37,7 +37,8 @@ impl Executor {
         for key in &keys {
             _serialised.push(self.locks.lock(key).await);
         }
-        self.settle(&incoming, Decider::TransferAtOnce(&request)).await
+        self.settle(&incoming, Decider::TransferAtOnce(&request))
+            .await
     }
 
     /// Decides on the in-memory aggregates unless `reads` is fresh; an outcome that writes
@@ -89,7 +90,9 @@ impl Executor {
                     Rejection::from(&error).into_reply(incoming.command_id),
                 ));
             }
-            Err(error) => return Decision::refusal(incoming, Rejection::from(&error)).map(Decided::Write),
+            Err(error) => {
+                return Decision::refusal(incoming, Rejection::from(&error)).map(Decided::Write);
+            }
         };
         if !settled.completed() && !verified {
             return Ok(Decided::Unverified);
@@ -137,5 +140,11 @@ fn applied<A: Executable>(
     for event in events {
         state.apply(event.clone());
     }
-    decision::changed(&loaded.aggregate_id, loaded.sequence, events, state, metadata)
+    decision::changed(
+        &loaded.aggregate_id,
+        loaded.sequence,
+        events,
+        state,
+        metadata,
+    )
 }

@@ -69,9 +69,7 @@ impl Jobs {
             CommandReply::Accepted { .. } => false,
         };
         // Not recorded is not answered: PostgreSQL is down, so this waits like any outage.
-        while recordable
-            && let Err(error) = self.record_unread_rejection(reply, target).await
-        {
+        while recordable && let Err(error) = self.record_unread_rejection(reply, target).await {
             tracing::warn!(%error, %command_id, "rejection of a durable command not recorded; trying again");
             if !self
                 .wait(lane, Cause::Outage, backoff.pause(), shutdown)

@@ -112,7 +112,9 @@ mod tests {
 
     fn raw(value: &serde_json::Value) -> sqlx::types::Json<Box<RawValue>> {
         // Whitespace the compact form lacks, as jsonb text has: the body must carry it as is.
-        sqlx::types::Json(RawValue::from_string(serde_json::to_string_pretty(value).unwrap()).unwrap())
+        sqlx::types::Json(
+            RawValue::from_string(serde_json::to_string_pretty(value).unwrap()).unwrap(),
+        )
     }
 
     fn row(metadata: &serde_json::Value) -> RawEvent {

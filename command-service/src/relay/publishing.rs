@@ -34,12 +34,13 @@ impl Relay {
         position: &mut Position,
         already_stored: &mut BTreeSet<CommitPosition>,
     ) -> Result<(usize, bool), RelayError> {
-        let rows =
-            outbox::committed_after(conn, position.position, self.config.batch_max).await?;
+        let rows = outbox::committed_after(conn, position.position, self.config.batch_max).await?;
         if rows.is_empty() {
             return Ok((0, false));
         }
-        let acks = self.send_all(&rows, position.stream_sequence, already_stored).await?;
+        let acks = self
+            .send_all(&rows, position.stream_sequence, already_stored)
+            .await?;
         let confirmed = confirm(acks, position.stream_sequence).await;
         if let Some(last) = confirmed.rows.checked_sub(1).and_then(|i| rows.get(i)) {
             *position = RelayCheckpoint {
@@ -64,7 +65,10 @@ impl Relay {
             stream_sequence = position.stream_sequence,
             "relayed"
         );
-        Ok((rows.len(), confirmed.chain_broken && confirmed.rows < rows.len()))
+        Ok((
+            rows.len(),
+            confirmed.chain_broken && confirmed.rows < rows.len(),
+        ))
     }
 
     /// Sends every row not already stored, then returns their acks unawaited (one round trip

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::error_code::ErrorCode;
-use crate::money::AMOUNT_MAX_MINOR;
+use crate::money::{AMOUNT_MAX_MINOR, MoneyError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
@@ -40,6 +40,22 @@ pub enum AccountError {
     TransferNotFound,
     #[error("transfer does not call for this step: {reason}")]
     StepNotDue { reason: String },
+}
+
+/// Money's refusals are the account's own, with the same fields (and so the same message,
+/// code and details).
+impl From<MoneyError> for AccountError {
+    fn from(error: MoneyError) -> Self {
+        match error {
+            MoneyError::AmountOutOfRange { amount } => AccountError::AmountOutOfRange { amount },
+            MoneyError::BalanceOverflow { balance, amount } => {
+                AccountError::BalanceOverflow { balance, amount }
+            }
+            MoneyError::InsufficientFunds { balance, requested } => {
+                AccountError::InsufficientFunds { balance, requested }
+            }
+        }
+    }
 }
 
 impl AccountError {
@@ -104,6 +120,42 @@ impl AccountError {
             | AccountError::AlreadyFrozen
             | AccountError::NotFrozen
             | AccountError::TransferNotFound => json!({}),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Money's refusals reach the client exactly as before money had its own error type.
+    #[test]
+    fn money_refusals_keep_their_message_code_and_details() {
+        let cases = [
+            (
+                MoneyError::AmountOutOfRange { amount: 0 },
+                ErrorCode::AmountOutOfRange,
+            ),
+            (
+                MoneyError::BalanceOverflow {
+                    balance: i64::MAX,
+                    amount: 1,
+                },
+                ErrorCode::AmountOutOfRange,
+            ),
+            (
+                MoneyError::InsufficientFunds {
+                    balance: 9,
+                    requested: 10,
+                },
+                ErrorCode::InsufficientFunds,
+            ),
+        ];
+        for (money, code) in cases {
+            let account = AccountError::from(money.clone());
+            assert_eq!(account.to_string(), money.to_string());
+            assert_eq!(account.code(), code);
+            assert_ne!(account.details(), json!({}), "{account:?}");
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::account::AccountError;
 use crate::error_code::ErrorCode;
+use crate::money::MoneyError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
@@ -31,6 +32,13 @@ pub enum TransferError {
         status: &'static str,
         action: &'static str,
     },
+}
+
+/// An amount refused by money's rules, as the account commands refuse it.
+impl From<MoneyError> for TransferError {
+    fn from(error: MoneyError) -> Self {
+        TransferError::Invalid(AccountError::from(error))
+    }
 }
 
 impl TransferError {

@@ -29,10 +29,10 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use crate::Projection;
-use crate::event_store_reader::{Row, current_horizon, range_sql, read_range};
-use crate::runner::ApplyError;
+use crate::apply_error::ApplyError;
 use crate::versions;
 use crate::write_lock;
+use event_store::history::{self, Horizon};
 
 mod shadow_tables;
 
@@ -63,6 +63,8 @@ pub enum RebuildError {
     },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] event_store::StoreError),
 }
 
 impl From<ApplyError> for RebuildError {
@@ -143,16 +145,8 @@ pub async fn rebuild(
     let retired = format!("tally_retired_{projection}");
     let deferred_indexes = shadow_tables::create(&mut conn, kind, &live, &shadow).await?;
 
-    let mut horizon = current_horizon(&mut conn).await?;
-    let events_total: u64 = sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM events WHERE aggregate_type = $2 AND tx_id < $1::text::xid8",
-    )
-    .bind(&horizon)
-    .bind(kind.aggregate_type())
-    .fetch_one(&mut conn)
-    .await?
-    .try_into()
-    .unwrap_or(0);
+    let mut horizon = history::horizon(&mut conn).await?;
+    let events_total = history::count_below(&mut conn, kind.aggregate_type(), horizon).await?;
     let mut progress = Progress {
         phase: Phase::Copy,
         events_done: 0,
@@ -163,8 +157,8 @@ pub async fn rebuild(
         pool,
         &mut conn,
         kind,
-        "0",
-        &horizon,
+        Horizon::START,
+        horizon,
         &mut progress,
         &mut on_progress,
     )
@@ -176,14 +170,14 @@ pub async fn rebuild(
     let mut passes = 0;
     loop {
         passes += 1;
-        let next = current_horizon(&mut conn).await?;
+        let next = history::horizon(&mut conn).await?;
         let before = progress.events_done;
         copy_range(
             pool,
             &mut conn,
             kind,
-            &horizon,
-            &next,
+            horizon,
+            next,
             &mut progress,
             &mut on_progress,
         )
@@ -211,8 +205,12 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     write_lock::exclusive(&mut tx, projection).await?;
-    let last = current_horizon(&mut tx).await?;
-    let tail = read_range(&mut tx, kind.aggregate_type(), &horizon, &last).await?;
+    let last = history::horizon(&mut tx).await?;
+    let tail = history::read_range(&mut tx, kind.aggregate_type(), horizon, last)
+        .await?
+        .into_iter()
+        .map(event_store::StoredEvent::into_message)
+        .collect::<Result<Vec<_>, _>>()?;
     progress.events_done += tail.len() as u64;
     apply_shadow(&mut tx, kind, &tail).await?;
     let mut swap = String::new();
@@ -245,22 +243,18 @@ async fn copy_range(
     pool: &PgPool,
     conn: &mut PgConnection,
     kind: Projection,
-    from: &str,
-    to: &str,
+    from: Horizon,
+    to: Horizon,
     progress: &mut Progress,
     on_progress: &mut impl FnMut(Progress),
 ) -> Result<(), RebuildError> {
     let (sender, mut batches) = mpsc::channel::<Vec<EventMessage>>(2);
-    let (pool, from, to) = (pool.clone(), from.to_owned(), to.to_owned());
+    let pool = pool.clone();
     let reader = tokio::spawn(async move {
-        let mut rows = sqlx::query_as::<_, Row>(range_sql(&from))
-            .bind(from)
-            .bind(to)
-            .bind(kind.aggregate_type())
-            .fetch(&pool);
+        let mut rows = history::range(&pool, kind.aggregate_type(), from, to);
         let mut batch = Vec::with_capacity(BATCH_EVENTS);
         while let Some(row) = rows.try_next().await? {
-            batch.push(EventMessage::from(row));
+            batch.push(row.into_message()?);
             if batch.len() == BATCH_EVENTS {
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
                 if sender.send(full).await.is_err() {
@@ -271,7 +265,7 @@ async fn copy_range(
         if !batch.is_empty() {
             let _ = sender.send(batch).await;
         }
-        Ok::<(), sqlx::Error>(())
+        Ok::<(), event_store::StoreError>(())
     });
     while let Some(batch) = batches.recv().await {
         let mut tx = conn.begin().await?;

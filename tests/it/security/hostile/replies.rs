@@ -356,6 +356,12 @@ async fn a_durable_publish_cannot_aim_its_ack_at_a_tally_subject() {
         (replies.len() + 1) as f64,
     )
     .await;
+    // The honest command's event reaches the stream through the relay, after its reply: wait
+    // for it, then nothing more may be there.
+    crate::dead_letters::eventually("the honest command's event is relayed", async || {
+        messages_in(&secured, "TALLY_EVENTS").await > events_before
+    })
+    .await;
     assert_eq!(
         messages_in(&secured, "TALLY_EVENTS").await,
         events_before + 1,

@@ -1,6 +1,8 @@
-//! Projection health figures, read from the projections' own transactional bookkeeping, so
-//! they are exact and per database. Rendered as Prometheus text on `/metrics`.
+//! Projection health figures, read from the projections' own transactional bookkeeping
+//! (`projection_checkpoints`, `projection_versions`, `projection_parked`), so they are exact and
+//! per database. Rendered as Prometheus text on `/metrics`.
 
+use platform::ops_http::{CHECK_TIMEOUT, MetricsSource};
 use sqlx::PgPool;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,7 +17,8 @@ pub struct ProjectionFigures {
     pub stream_sequence: i64,
 }
 
-pub async fn figures(pool: &PgPool) -> Result<Vec<ProjectionFigures>, sqlx::Error> {
+/// Every projection's figures, by name.
+pub async fn read(pool: &PgPool) -> Result<Vec<ProjectionFigures>, sqlx::Error> {
     let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT c.projection, c.events_applied, c.events_dropped,
                 COALESCE((SELECT sum(v.version) FROM projection_versions v WHERE v.projection = c.projection), 0)::bigint
@@ -94,4 +97,21 @@ pub fn render(figures: &[ProjectionFigures]) -> String {
         |f| f.stream_sequence,
     );
     out
+}
+
+/// The figures on `/metrics`; left out, not failed, while PostgreSQL is down or slow: the rest
+/// of the page still matters then.
+#[derive(Debug, Clone)]
+pub struct FiguresSource {
+    pub pool: PgPool,
+}
+
+#[platform::ops_http::async_trait]
+impl MetricsSource for FiguresSource {
+    async fn render(&self) -> String {
+        match tokio::time::timeout(CHECK_TIMEOUT, read(&self.pool)).await {
+            Ok(Ok(figures)) => render(&figures),
+            Ok(Err(_)) | Err(_) => String::new(),
+        }
+    }
 }
