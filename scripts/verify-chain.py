@@ -4,7 +4,7 @@
     tally audit export acc-1 | python3 scripts/verify-chain.py
 
 Reads the events of one aggregate (oldest first) on stdin and checks every link with the
-definition in ARCHITECTURE.md ("Audit"). Exit status 0 when every hash matches, 1 at the first
+definition in docs/design/hash-chain.md. Exit status 0 when every hash matches, 1 at the first
 that does not (printed), 2 on unusable input. Standard library only.
 """
 

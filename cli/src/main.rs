@@ -1,5 +1,5 @@
 //! `tally`: the command-line client. Sends commands over NATS exactly as any client would
-//! (subjects, headers and replies of README.md) and prints the reply.
+//! (subjects, headers and replies of docs/subjects.md) and prints the reply.
 //!
 //! Reads (`show`, `list`, `entries`) go to the query-service over HTTP.
 //!

@@ -116,7 +116,7 @@ pub struct Config {
     pub write_statements_max: usize,
     /// How a transfer request is settled: `at-once` decides the debit, the credit and the
     /// settle with the request and commits all three aggregates in one transaction;
-    /// `steps` records the request and leaves each step to the process manager (design §4).
+    /// `steps` records the request and leaves each step to the process manager (docs/design/transfer-saga.md).
     #[arg(
         long = "transfer-settlement",
         env = "TALLY_TRANSFER_SETTLEMENT",

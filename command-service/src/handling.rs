@@ -18,7 +18,7 @@ pub struct Outcome {
 
 /// Executes `incoming` on a task of its own, so that a caller giving up (deadline, client gone,
 /// shutdown) can never cancel it in the middle of a database transaction (see the sqlx
-/// cancellation bug in `notes/postgres.md`). After `deadline` the caller gets `unavailable`;
+/// cancellation bug in docs/design/commands-on-own-task.md). After `deadline` the caller gets `unavailable`;
 /// the work still finishes and its result is in the command log for a retry with the same id.
 ///
 /// `permit` (a place among the commands executing at once) is held until the command has

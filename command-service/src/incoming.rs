@@ -13,7 +13,7 @@ use crate::access::{self, Access};
 use crate::rejection::Rejection;
 use crate::schema_check::SchemaRegistry;
 
-/// Design §3: command bodies are at most 64 KiB.
+/// Command bodies are at most 64 KiB (`payload_too_large`, docs/errors.md).
 pub const BODY_MAX_BYTES: usize = 64 * 1024;
 
 pub const HEADER_COMMAND_ID: &str = "Tally-Command-Id";

@@ -1,5 +1,5 @@
 //! Executes commands arriving on NATS against the event store and relays committed events to
-//! JetStream (design §1–§3, §5).
+//! JetStream (ARCHITECTURE.md, "command-service"; docs/design/one-decision-pipeline.md).
 //!
 //! Two front doors share one executor: request/reply on `<prefix>.cmd.>` (`ingress`) and the
 //! durable `<prefix>.jobs.>` stream (`jobs`). The `executor` loads an aggregate (snapshot +

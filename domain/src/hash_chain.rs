@@ -1,7 +1,7 @@
-//! The tamper-evident hash chain over each aggregate's events (design §5), and the Merkle root
+//! The tamper-evident hash chain over each aggregate's events (docs/design/hash-chain.md), and the Merkle root
 //! over all chain heads that audit digests publish.
 //!
-//! The byte layout is a public contract: ARCHITECTURE.md ("Hash chain") restates it so a third
+//! The byte layout is a public contract: docs/design/hash-chain.md restates it so a third
 //! party can recompute every hash without this code. Change it only with a new
 //! [`CHAIN_FORMAT`] and a migration path.
 

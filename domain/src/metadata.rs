@@ -1,4 +1,4 @@
-//! Who, why and when: the metadata every event carries (design §4).
+//! Who, why and when: the metadata every event carries (its keys are fixed here; docs/subjects.md, "Events").
 //!
 //! cqrs-es stores metadata as `HashMap<String, String>` and copies one map onto every event of a
 //! command; this type is the typed view of that map, with the keys fixed here.

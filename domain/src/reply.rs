@@ -1,4 +1,4 @@
-//! The reply every command gets (design §3), shared by the service and its clients.
+//! The reply every command gets (docs/subjects.md, "Replies"), shared by the service and its clients.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -5,7 +5,7 @@
 //! Why not a trigger on `events`: a transaction that notifies takes a database-wide lock at
 //! commit and holds it through its WAL flush (PostgreSQL's `PreCommit_Notify`), so every
 //! insert statement would commit one after another instead of sharing flushes. Measured with
-//! 64 clients: 4,301 commands/s with the trigger, 5,971/s without (BENCHMARKS.md).
+//! 64 clients: 4,301 commands/s with the trigger, 5,971/s without (docs/design/relay-wake-without-trigger.md).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

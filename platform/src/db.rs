@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use crate::config::PostgresConfig;
 
 /// A connection is recycled after this long, so a connection left in a bad state (see
-/// `notes/postgres.md`, the sqlx cancellation bug) cannot live forever.
+/// docs/design/commands-on-own-task.md, the sqlx cancellation bug) cannot live forever.
 const CONNECTION_LIFETIME_MAX: Duration = Duration::from_secs(30 * 60);
 /// A pooled connection idle for this long is pinged before it is handed out.
 const PING_WHEN_IDLE_FOR: Duration = Duration::from_millis(250);

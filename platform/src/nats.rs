@@ -1,4 +1,4 @@
-//! The NATS connection, Tally's subject names, and the JetStream streams (design §2).
+//! The NATS connection, Tally's subject names, and the JetStream streams (names: docs/subjects.md; settings: docs/design/jetstream-streams.md).
 
 use std::time::Duration;
 
@@ -12,13 +12,13 @@ pub use crate::inbox::{
 };
 
 /// Oldest nats-server Tally runs on: 2.9 silently ignores subject transforms, multiple filter
-/// subjects and per-message TTL (see `notes/nats.md`), and the pinned priority groups that keep
+/// subjects and per-message TTL (see docs/design/jetstream-streams.md), and the pinned priority groups that keep
 /// one durable-command consumer and one projection worker active arrived in 2.11. Older servers
 /// are refused rather than trusted.
 pub const SERVER_VERSION_MIN: (u64, u64) = (2, 11);
 
-/// Published messages stay deduplicable by `Nats-Msg-Id` this long by default (design:
-/// >= 2 minutes); `--nats-duplicate-window-ms` sets it ([`crate::config::NatsConfig`]).
+/// Published messages stay deduplicable by `Nats-Msg-Id` this long by default (2 minutes;
+/// docs/design/relay-exactly-once.md); `--nats-duplicate-window-ms` sets it ([`crate::config::NatsConfig`]).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! The transfer process manager (design §4): reacts to each transfer event by sending the next
+//! The transfer process manager (docs/design/transfer-saga.md): reacts to each transfer event by sending the next
 //! command through the normal command path, so every step is validated, recorded and
 //! idempotent like any client's command.
 //!

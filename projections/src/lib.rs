@@ -1,5 +1,5 @@
 //! Consumes the events stream with durable consumers and builds read models in PostgreSQL, with
-//! each projection's checkpoint in the same transaction as its rows (design §1, §5).
+//! each projection's checkpoint in the same transaction as its rows (docs/design/projection-exactly-once.md).
 //!
 //! `runner` is the consumer loop (batches, per-aggregate sequence checks, acks after commit);
 //! `projection` names the read models it maintains: `accounts` (`accounts`, `account_entries`,

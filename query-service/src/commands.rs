@@ -16,7 +16,7 @@ pub struct CommandRecord {
     pub aggregate_id: String,
     /// `accepted` or `rejected`.
     pub status: String,
-    /// The reply the command got (design §3; `schemas/replies/command-reply.json`).
+    /// The reply the command got (`schemas/replies/command-reply.json`; docs/subjects.md, "Replies").
     #[schema(value_type = Object)]
     pub reply: serde_json::Value,
     pub recorded_at: DateTime<Utc>,

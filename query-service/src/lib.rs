@@ -1,4 +1,4 @@
-//! The HTTP API (axum) over the read models, plus the audit endpoints (design §6). It serves
+//! The HTTP API (axum) over the read models, plus the audit endpoints (docs/http-api.md). It serves
 //! `/v1/accounts`, `/v1/accounts/{id}`, `/v1/accounts/{id}/entries`,
 //! `/v1/accounts/{id}/transfers`, `/v1/transfers/{id}`, `/v1/totals`, `/v1/commands/{id}`, the
 //! audit endpoints, `/healthz` and `/readyz`; read-your-writes waits live in `consistency` (checked together by `consistency_waits`),

@@ -38,7 +38,7 @@ use utoipa::{Modify, OpenApi};
 )]
 struct ApiDoc;
 
-/// Every `/v1` route takes `Authorization: Bearer <JWT>` (scopes in README.md).
+/// Every `/v1` route takes `Authorization: Bearer <JWT>` (scopes in docs/security.md).
 struct BearerAuth;
 
 impl Modify for BearerAuth {

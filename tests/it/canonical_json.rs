@@ -1,4 +1,4 @@
-//! The hash chain's canonical JSON is what ARCHITECTURE.md promises: byte for byte what
+//! The hash chain's canonical JSON is what docs/design/hash-chain.md promises: byte for byte what
 //! Python's `json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False)` gives,
 //! for random values with awkward keys and strings (control characters, quotes, non-ASCII).
 

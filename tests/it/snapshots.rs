@@ -203,7 +203,7 @@ impl Aggregate for Counter {
 }
 
 /// Reproduces the upstream defect that made us write our own snapshots (see
-/// `notes/cqrs-es-0.5.md`): in snapshot mode `commit` applies the events a second time on top
+/// docs/design/own-snapshots.md): in snapshot mode `commit` applies the events a second time on top
 /// of the state `handle` already changed, and saves that. If this test starts failing, the
 /// defect is fixed upstream.
 #[tokio::test]

@@ -3,129 +3,105 @@
 
 use cqrs_es::event_sink::EventSink;
 use domain::transfer::Transfer;
-use domain::{Account, CommandReply, ErrorCode};
+use domain::{Account, CommandReply};
 use event_store::{Append, LogRow};
 
 use super::decision::{self, Decided, Decision, Reads};
 use super::pipeline::Decider;
-use super::{Executable, ExecuteError, Executor};
+use super::{Executable, ExecuteError, Executor, facts, load, pipeline};
 use crate::incoming::{Command, IncomingCommand};
-use crate::rejection::Rejection;
 
-impl Executor {
-    /// Under the aggregate's lock: decide, commit, and decide again after a lost race.
-    pub(super) async fn run_alone(
-        &self,
-        incoming: IncomingCommand,
-    ) -> Result<CommandReply, ExecuteError> {
-        let _serialised = self
-            .locks
-            .lock(&format!(
-                "{}:{}",
-                incoming.aggregate_type(),
-                incoming.aggregate_id()
-            ))
-            .await;
-        self.settle(&incoming, Decider::Alone).await
-    }
+/// Under the aggregate's lock: decide, commit, and decide again after a lost race.
+pub(super) async fn run(
+    ex: &Executor,
+    incoming: IncomingCommand,
+) -> Result<CommandReply, ExecuteError> {
+    let _serialised = ex
+        .locks
+        .lock(&format!(
+            "{}:{}",
+            incoming.aggregate_type(),
+            incoming.aggregate_id()
+        ))
+        .await;
+    pipeline::settle(ex, &incoming, Decider::Alone).await
+}
 
-    pub(super) async fn decide_alone(
-        &self,
-        incoming: &IncomingCommand,
-        reads: Reads,
-    ) -> Result<Decided, ExecuteError> {
-        match &incoming.command {
-            Command::Account(command) => {
-                let services = self
-                    .account_services(command, incoming.owner.as_deref())
-                    .await?;
-                self.decide_one::<Account>(incoming, command.clone(), services, reads)
-                    .await
-            }
-            Command::Transfer(command) => {
-                let facts = self
-                    .transfer_facts(command, incoming.owner.as_deref())
-                    .await?;
-                self.decide_one::<Transfer>(incoming, command.clone(), facts, reads)
-                    .await
-            }
+pub(super) async fn decide(
+    ex: &Executor,
+    incoming: &IncomingCommand,
+    reads: Reads,
+) -> Result<Decided, ExecuteError> {
+    match &incoming.command {
+        Command::Account(command) => {
+            let services = facts::account_services(ex, command, incoming.owner.as_deref()).await?;
+            decide_one::<Account>(ex, incoming, command.clone(), services, reads).await
+        }
+        Command::Transfer(command) => {
+            let facts = facts::transfer_facts(ex, command, incoming.owner.as_deref()).await?;
+            decide_one::<Transfer>(ex, incoming, command.clone(), facts, reads).await
         }
     }
+}
 
-    async fn decide_one<A: Executable>(
-        &self,
-        incoming: &IncomingCommand,
-        command: A::Command,
-        services: A::Services,
-        reads: Reads,
-    ) -> Result<Decided, ExecuteError> {
-        let aggregate_id = incoming.aggregate_id();
-        let (loaded, verified) = self.current::<A>(&aggregate_id, reads).await?;
-        let version_before = decision::sequence_u64(loaded.sequence)?;
-        if let Some(expected) = incoming.expected_version
-            && version_before != expected
-        {
-            if !verified {
-                return Ok(Decided::Unverified);
-            }
-            let rejection = Rejection::new(
-                ErrorCode::Conflict,
-                format!(
-                    "expected version {expected}, but the {} is at {version_before}",
-                    A::TYPE
-                ),
-            )
-            .with_details(serde_json::json!({"expected": expected, "actual": version_before}));
-            return Decision::refusal(incoming, rejection).map(Decided::Write);
-        }
+async fn decide_one<A: Executable>(
+    ex: &Executor,
+    incoming: &IncomingCommand,
+    command: A::Command,
+    services: A::Services,
+    reads: Reads,
+) -> Result<Decided, ExecuteError> {
+    let aggregate_id = incoming.aggregate_id();
+    let (loaded, verified) = load::current::<A>(ex, &aggregate_id, reads).await?;
+    let version_before = decision::sequence_u64(loaded.sequence)?;
+    if let Some(refused) = decision::expected_version(incoming, A::TYPE, version_before, verified) {
+        return refused;
+    }
 
-        let before = loaded.sequence;
-        let mut state = loaded.aggregate;
-        let sink = EventSink::<A>::default();
-        if let Err(error) = state.handle(command, &services, &sink).await {
-            if !verified {
-                return Ok(Decided::Unverified);
-            }
-            if A::refuses_the_sender(&error) {
-                return Ok(Decided::Answer(
-                    A::rejection(&error).into_reply(incoming.command_id),
-                ));
-            }
-            return Decision::refusal(incoming, A::rejection(&error)).map(Decided::Write);
+    let before = loaded.sequence;
+    let mut state = loaded.aggregate;
+    let sink = EventSink::<A>::default();
+    if let Err(error) = state.handle(command, &services, &sink).await {
+        if !verified {
+            return Ok(Decided::Unverified);
         }
-        let events = sink.collect().await;
-        let accepted = |version| {
-            decision::accepted_reply(incoming.command_id, A::TYPE, &aggregate_id, version)
-        };
-        if events.is_empty() {
-            if !verified {
-                return Ok(Decided::Unverified);
-            }
-            // Nothing to write, so no command-log row: a repeated id must still get its first
-            // reply.
-            let logged = self.logged(incoming).await?;
+        if A::refuses_the_sender(&error) {
             return Ok(Decided::Answer(
-                logged.unwrap_or_else(|| accepted(version_before)),
+                A::rejection(&error).into_reply(incoming.command_id),
             ));
         }
-        let metadata = decision::stored_metadata(incoming)?;
-        let (stored, changed) =
-            decision::changed(&aggregate_id, before, &events, state, &metadata)?;
-        let reply = accepted(decision::sequence_u64(changed.after)?);
-        let log = LogRow::of(
-            &reply,
-            &crate::idempotency::log_key(incoming),
-            A::TYPE,
-            &aggregate_id,
-        )?;
-        Ok(Decided::Write(Decision {
-            append: Append {
-                aggregates: vec![stored],
-                log: vec![log],
-            },
-            replies: vec![reply],
-            states: vec![A::changed(changed)],
-            if_step_applied: Some(accepted(version_before)),
-        }))
+        return Decision::refusal(incoming, A::rejection(&error)).map(Decided::Write);
     }
+    let events = sink.collect().await;
+    let accepted =
+        |version| decision::accepted_reply(incoming.command_id, A::TYPE, &aggregate_id, version);
+    if events.is_empty() {
+        if !verified {
+            return Ok(Decided::Unverified);
+        }
+        // Nothing to write, so no command-log row: a repeated id must still get its first
+        // reply.
+        let logged = ex.logged(incoming).await?;
+        return Ok(Decided::Answer(
+            logged.unwrap_or_else(|| accepted(version_before)),
+        ));
+    }
+    let metadata = decision::stored_metadata(incoming)?;
+    let (stored, changed) = decision::changed(&aggregate_id, before, &events, state, &metadata)?;
+    let reply = accepted(decision::sequence_u64(changed.after)?);
+    let log = LogRow::of(
+        &reply,
+        &crate::idempotency::log_key(incoming),
+        A::TYPE,
+        &aggregate_id,
+    )?;
+    Ok(Decided::Write(Decision {
+        append: Append {
+            aggregates: vec![stored],
+            log: vec![log],
+        },
+        replies: vec![reply],
+        states: vec![A::changed(changed)],
+        if_step_applied: Some(accepted(version_before)),
+    }))
 }

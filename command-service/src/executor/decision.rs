@@ -2,7 +2,7 @@
 //! admission that it decided on memory that its write could not check.
 
 use domain::transfer::Transfer;
-use domain::{Account, CommandReply};
+use domain::{Account, CommandReply, ErrorCode};
 use event_store::{Append, LogRow, NewEvent};
 use serde_json::Value;
 
@@ -64,6 +64,30 @@ impl Decision {
             if_step_applied: None,
         })
     }
+}
+
+/// The first rule of every decider: a command that names the version it expects is refused
+/// (`conflict`, logged) unless its aggregate is there. `None` when it may go on. Decided on
+/// memory, a mismatch is checked on a fresh read first.
+pub(super) fn expected_version(
+    incoming: &IncomingCommand,
+    aggregate_type: &str,
+    actual: u64,
+    verified: bool,
+) -> Option<Result<Decided, ExecuteError>> {
+    let expected = incoming.expected_version?;
+    if expected == actual {
+        return None;
+    }
+    if !verified {
+        return Some(Ok(Decided::Unverified));
+    }
+    let rejection = Rejection::new(
+        ErrorCode::Conflict,
+        format!("expected version {expected}, but the {aggregate_type} is at {actual}"),
+    )
+    .with_details(serde_json::json!({"expected": expected, "actual": actual}));
+    Some(Decision::refusal(incoming, rejection).map(Decided::Write))
 }
 
 /// The reply an accepted command gets; a pure function of what was committed, so the command

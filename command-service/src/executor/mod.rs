@@ -168,7 +168,7 @@ impl Executor {
 
     /// What the command log answers to `incoming` if its id was used: the first reply to a
     /// retry, `idempotency_mismatch` to any other use.
-    async fn logged(
+    pub(super) async fn logged(
         &self,
         incoming: &IncomingCommand,
     ) -> Result<Option<CommandReply>, ExecuteError> {
@@ -189,15 +189,21 @@ impl Executor {
         // become. Nor is the log looked up first: a repeated id's write fails on the command
         // log's key, and the pipeline then answers it from the log.
         if self.limits.group_commit && group_commit::groupable(&incoming) {
-            return self.execute_grouped(incoming).await;
+            return group_commit::run(self, incoming).await;
         }
         if self.limits.transfers_at_once
             && let Command::Transfer(TransferCommand::Request(request)) = &incoming.command
         {
             let request = request.clone();
-            return self.run_transfer_at_once(incoming, request).await;
+            return transfer_at_once::run(self, incoming, request).await;
         }
-        self.run_alone(incoming).await
+        alone::run(self, incoming).await
+    }
+
+    /// The aggregate as of its last event (from memory or our snapshot, plus the events after
+    /// it, always read).
+    pub async fn load<A: Executable>(&self, aggregate_id: &str) -> Result<Loaded<A>, ExecuteError> {
+        load::load(self, aggregate_id).await
     }
 }
 

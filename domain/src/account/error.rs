@@ -73,7 +73,7 @@ impl AccountError {
         matches!(self, AccountError::NotVisible)
     }
 
-    /// The stable wire code (design §3) for this refusal.
+    /// The stable wire code (docs/errors.md) for this refusal.
     pub fn code(&self) -> ErrorCode {
         match self {
             AccountError::InvalidField { .. } => ErrorCode::SchemaViolation,

@@ -1,6 +1,6 @@
 //! The Account aggregate: a balance in one currency that can be frozen and closed.
 //!
-//! Rules (design §4): amounts are 1..=10^15 minor units; the balance never goes below zero and
+//! Rules: amounts are 1..=10^15 minor units; the balance never goes below zero and
 //! never overflows, not even when a transfer in flight is refunded; frozen accounts take deposits but not withdrawals; an account closes only at
 //! a zero balance; a closed account accepts nothing.
 

@@ -1,5 +1,5 @@
 //! The Transfer aggregate: one movement of money between two accounts, driven step by step by
-//! the process manager (design §4): requested -> debited -> credited -> completed; or failed,
+//! the process manager (docs/design/transfer-saga.md): requested -> debited -> credited -> completed; or failed,
 //! either when the debit is refused (nothing moved) or after the refund when the credit is
 //! refused (requested -> debited -> refunding -> failed).
 //!
