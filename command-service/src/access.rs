@@ -11,8 +11,11 @@ use platform::auth::{
 };
 use serde_json::json;
 
-use crate::incoming::Command;
+use uuid::Uuid;
+
+use crate::incoming::{Command, IncomingCommand};
 use crate::rejection::Rejection;
+use crate::schema_check::SchemaRegistry;
 
 pub const HEADER_AUTHORIZATION: &str = "Authorization";
 
@@ -157,4 +160,24 @@ mod tests {
         assert_eq!(required_scope("transfer", "record_credit"), Scope::Admin);
         assert_eq!(required_scope("transfer", "fail"), Scope::Admin);
     }
+}
+
+/// Admits one command message: who sent it and whether they may (before anything else), then
+/// its body.
+#[allow(clippy::too_many_arguments)]
+pub fn admit(
+    access: &Access,
+    command_id: Uuid,
+    aggregate: &str,
+    name: &str,
+    headers: Option<&HeaderMap>,
+    body: &[u8],
+    schemas: &SchemaRegistry,
+) -> Result<IncomingCommand, Rejection> {
+    let principal: Principal = access.admit(headers, aggregate, name)?;
+    let mut incoming = crate::incoming::parse(command_id, aggregate, name, headers, body, schemas)?;
+    check_body(&principal, &incoming.command)?;
+    incoming.actor = principal.subject.clone();
+    incoming.owner = principal.owner;
+    Ok(incoming)
 }

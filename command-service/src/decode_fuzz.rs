@@ -148,7 +148,7 @@ proptest! {
         let outcome = incoming::command_id(Some(&map), fallback)
             .map_err(|rejection| access.refuse_before_admission(Some(&map), rejection))
             .and_then(|id| {
-                incoming::admit(&access, id, &aggregate, &name, Some(&map), &body, &schemas)
+                crate::access::admit(&access, id, &aggregate, &name, Some(&map), &body, &schemas)
             });
         match outcome {
             Ok(command) => {

@@ -66,6 +66,41 @@ pub async fn run(
     }
 }
 
+/// A reply as sent. Plain data always serialises; should one ever not, its sender is told
+/// `internal` (with its command id) rather than sent nothing or an empty body.
 pub fn reply_bytes(reply: &CommandReply) -> bytes::Bytes {
-    serde_json::to_vec(reply).unwrap_or_default().into()
+    match serde_json::to_vec(reply) {
+        Ok(bytes) => bytes.into(),
+        Err(error) => {
+            let command_id = reply.command_id();
+            tracing::error!(%error, %command_id, "a reply did not serialise; answering internal");
+            internal_reply_text(command_id).into()
+        }
+    }
+}
+
+/// `internal` for `command_id`, written without serde.
+fn internal_reply_text(command_id: uuid::Uuid) -> String {
+    format!(
+        r#"{{"status":"rejected","command_id":"{command_id}","error":{{"code":"internal","message":"unexpected failure","details":{{}}}}}}"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_fallback_reply_is_an_internal_rejection() {
+        let id = uuid::Uuid::from_u128(7);
+        let read: domain::CommandReply =
+            serde_json::from_str(&super::internal_reply_text(id)).expect("a command reply");
+        assert_eq!(
+            read,
+            domain::CommandReply::rejected(
+                id,
+                domain::ErrorCode::Internal,
+                "unexpected failure",
+                serde_json::json!({})
+            )
+        );
+    }
 }

@@ -6,10 +6,8 @@ use domain::ErrorCode;
 use domain::account::AccountCommand;
 use domain::metadata::ANONYMOUS_ACTOR;
 use domain::transfer::TransferCommand;
-use platform::auth::Principal;
 use uuid::Uuid;
 
-use crate::access::{self, Access};
 use crate::rejection::Rejection;
 use crate::schema_check::SchemaRegistry;
 
@@ -136,26 +134,6 @@ pub fn split_subject<'a>(subject: &'a str, prefix: &str, kind: &str) -> Option<(
         .strip_prefix('.')?;
     let (aggregate, command) = rest.split_once('.')?;
     (!command.contains('.')).then_some((aggregate, command))
-}
-
-/// Admits one command message: who sent it and whether they may (before anything else), then
-/// its body.
-#[allow(clippy::too_many_arguments)]
-pub fn admit(
-    access: &Access,
-    command_id: Uuid,
-    aggregate: &str,
-    name: &str,
-    headers: Option<&HeaderMap>,
-    body: &[u8],
-    schemas: &SchemaRegistry,
-) -> Result<IncomingCommand, Rejection> {
-    let principal: Principal = access.admit(headers, aggregate, name)?;
-    let mut incoming = parse(command_id, aggregate, name, headers, body, schemas)?;
-    access::check_body(&principal, &incoming.command)?;
-    incoming.actor = principal.subject.clone();
-    incoming.owner = principal.owner;
-    Ok(incoming)
 }
 
 /// Parses and validates one command message.

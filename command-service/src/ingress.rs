@@ -132,7 +132,7 @@ impl Ingress {
                             ),
                         ),
                     )),
-                    Some((aggregate, name)) => incoming::admit(
+                    Some((aggregate, name)) => crate::access::admit(
                         &self.access,
                         command_id,
                         aggregate,

@@ -38,7 +38,7 @@ impl ReadinessCheck for OutboxWatch {
 
     async fn check(&self) -> Result<(), String> {
         match tokio::time::timeout(CHECK_TIMEOUT, self.backlog()).await {
-            Ok(Ok(backlog)) if u64::try_from(backlog.events).unwrap_or(0) <= self.backlog_max => {
+            Ok(Ok(backlog)) if backlog.events <= self.backlog_max => {
                 Ok(())
             }
             Ok(Ok(backlog)) => Err(format!(

@@ -158,7 +158,7 @@ pub async fn save_checkpoint(
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backlog {
     /// Counted up to the cap the caller gave.
-    pub events: i64,
+    pub events: u64,
     /// Seconds since the oldest of them was recorded, by the database's clock (0 when none
     /// waits).
     pub oldest_age_s: f64,
@@ -186,7 +186,8 @@ pub async fn backlog(pool: &PgPool, stream: &str, cap: i64) -> Result<Backlog, S
     .fetch_one(pool)
     .await?;
     Ok(Backlog {
-        events: row.events,
+        events: u64::try_from(row.events)
+            .map_err(|_| StoreError::corrupt(format!("a count of {}", row.events)))?,
         oldest_age_s: row.oldest_age_s.max(0.0),
     })
 }

@@ -37,10 +37,14 @@ impl Jobs {
         shutdown: &CancellationToken,
     ) -> Handled {
         let started = Instant::now();
-        let (stream_sequence, delivered) = message
-            .info()
-            .map(|i| (i.stream_sequence, i.delivered))
-            .unwrap_or((0, 1));
+        // A consumer's message always names its stream sequence (in its ack subject): the
+        // derived command id is built from it, so a message without one is not run.
+        let Ok((stream_sequence, delivered)) =
+            message.info().map(|i| (i.stream_sequence, i.delivered))
+        else {
+            tracing::error!(subject = %message.subject, "a durable command without JetStream metadata; not run");
+            return Handled::Abandoned;
+        };
         let authorization = message
             .headers
             .as_ref()
@@ -185,7 +189,7 @@ impl Jobs {
                     )
                 },
             )?;
-        incoming::admit(
+        crate::access::admit(
             &self.access,
             command_id,
             aggregate,
