@@ -144,25 +144,52 @@ async fn decide(
     loaded: &Loaded<Account>,
     commands: &[IncomingCommand],
 ) -> Result<Decided, ExecuteError> {
-    let aggregate_id = loaded.aggregate_id.as_str();
-    let mut state = loaded.aggregate.clone();
-    let mut sequence = loaded.sequence;
-    let mut events: Vec<NewEvent> = Vec::new();
-    let mut log: Vec<LogRow> = Vec::new();
-    let mut decided: HashMap<Uuid, (LogKey, CommandReply)> = HashMap::new();
-    let mut replies = Vec::with_capacity(commands.len());
-    let mut refused_any = false;
+    let mut deciding = Deciding::on(loaded, commands.len());
     for incoming in commands {
+        deciding.next(incoming).await?;
+    }
+    Ok(deciding.finish(loaded.sequence))
+}
+
+/// A group's decision as it grows, one command at a time, on one copy of the account.
+struct Deciding<'a> {
+    aggregate_id: &'a str,
+    state: Account,
+    sequence: usize,
+    events: Vec<NewEvent>,
+    log: Vec<LogRow>,
+    /// Each id decided so far, with its key and reply.
+    decided: HashMap<Uuid, (LogKey, CommandReply)>,
+    replies: Vec<CommandReply>,
+    refused_any: bool,
+}
+
+impl<'a> Deciding<'a> {
+    fn on(loaded: &'a Loaded<Account>, commands: usize) -> Self {
+        Deciding {
+            aggregate_id: &loaded.aggregate_id,
+            state: loaded.aggregate.clone(),
+            sequence: loaded.sequence,
+            events: Vec::new(),
+            log: Vec::new(),
+            decided: HashMap::new(),
+            replies: Vec::with_capacity(commands),
+            refused_any: false,
+        }
+    }
+
+    /// Decides `incoming` on the state the commands before it left.
+    async fn next(&mut self, incoming: &IncomingCommand) -> Result<(), ExecuteError> {
         let key = crate::idempotency::log_key(incoming);
         // The same id twice in one group (a client's concurrent retry): one execution; the
         // id used by another sender or for another command: refused, as the log would.
-        if let Some((first, reply)) = decided.get(&incoming.command_id) {
-            replies.push(if first.retried_by(&key) {
+        if let Some((first, reply)) = self.decided.get(&incoming.command_id) {
+            self.replies.push(if first.retried_by(&key) {
                 reply.clone()
             } else {
                 event_store::command_log::mismatch(incoming.command_id)
             });
-            continue;
+            return Ok(());
         }
         let Command::Account(command) = &incoming.command else {
             return Err(ExecuteError::internal("ungroupable command in a group"));
@@ -173,52 +200,59 @@ async fn decide(
             owner: incoming.owner.clone(),
         };
         let mut logged = true;
-        let reply = match state.handle(command.clone(), &services, &sink).await {
+        let reply = match self.state.handle(command.clone(), &services, &sink).await {
             Ok(()) => {
                 let metadata = decision::stored_metadata(incoming)?;
                 let new_events = sink.collect().await;
-                events.extend(decision::stored::<Account>(
-                    aggregate_id,
-                    sequence,
+                self.events.extend(decision::stored::<Account>(
+                    self.aggregate_id,
+                    self.sequence,
                     &new_events,
                     &metadata,
                 )?);
-                sequence += new_events.len();
+                self.sequence += new_events.len();
                 decision::accepted_reply(
                     incoming.command_id,
                     Account::TYPE,
-                    aggregate_id,
-                    decision::sequence_u64(sequence)?,
+                    self.aggregate_id,
+                    decision::sequence_u64(self.sequence)?,
                 )
             }
             Err(error) => {
-                refused_any = true;
+                self.refused_any = true;
                 // Another owner's account: answered as a missing one, and not logged.
                 logged = !error.refuses_the_sender();
                 Rejection::from(&error).into_reply(incoming.command_id)
             }
         };
         if logged {
-            log.push(LogRow::of(&reply, &key, Account::TYPE, aggregate_id)?);
+            self.log
+                .push(LogRow::of(&reply, &key, Account::TYPE, self.aggregate_id)?);
         }
-        decided.insert(incoming.command_id, (key, reply.clone()));
-        replies.push(reply);
+        self.decided
+            .insert(incoming.command_id, (key, reply.clone()));
+        self.replies.push(reply);
+        Ok(())
     }
-    Ok(Decided {
-        decision: Decision {
-            append: Append {
-                aggregates: vec![events],
-                log,
+
+    /// The decision, from sequence `before` of the account.
+    fn finish(self, before: usize) -> Decided {
+        Decided {
+            decision: Decision {
+                append: Append {
+                    aggregates: vec![self.events],
+                    log: self.log,
+                },
+                replies: self.replies,
+                states: vec![Account::changed(decision::Changed {
+                    aggregate_id: self.aggregate_id.to_owned(),
+                    before,
+                    after: self.sequence,
+                    state: self.state,
+                })],
+                if_step_applied: None,
             },
-            replies,
-            states: vec![Account::changed(decision::Changed {
-                aggregate_id: aggregate_id.to_owned(),
-                before: loaded.sequence,
-                after: sequence,
-                state,
-            })],
-            if_step_applied: None,
-        },
-        refused_any,
-    })
+            refused_any: self.refused_any,
+        }
+    }
 }
