@@ -93,9 +93,9 @@ impl AggregateCheck {
         if self.aggregate_type == "transfer" {
             // Transfers' rules are checked across aggregates (`transfer_ledger`); here, only
             // that each event is one.
-            if let Err(error) =
-                <domain::transfer::TransferEvent as serde::Deserialize>::deserialize(&event.payload)
-            {
+            if let Err(error) = <domain::transfer::TransferEvent as serde::Deserialize>::deserialize(
+                &*event.payload,
+            ) {
                 self.fold_broken = true;
                 findings.push(Finding::Unreadable {
                     aggregate_type: self.aggregate_type.clone(),

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use domain::hash_chain::{self, ChainHash};
+use event_store::audit as store;
+use event_store::{Horizon, StoreError};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -27,7 +29,7 @@ pub struct Digest {
     pub position: i64,
     pub event_count: i64,
     pub aggregate_count: i64,
-    /// Hex SHA-256 Merkle root over the chain heads (ARCHITECTURE.md, "Digests").
+    /// Hex SHA-256 Merkle root over the chain heads (docs/design/audit-digests.md).
     pub merkle_root: String,
     pub taken_at: DateTime<Utc>,
     /// Present when the publisher has a signing key (`TALLY_AUDIT_SIGNING_KEY_FILE`).
@@ -49,16 +51,8 @@ pub fn root_of(heads: &[(String, String, u64, ChainHash)]) -> ChainHash {
     )
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct Head {
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    hash: Option<Vec<u8>>,
-}
-
 /// Takes a digest of everything committed so far, from one consistent snapshot.
-pub async fn take(pool: &PgPool) -> Result<Digest, sqlx::Error> {
+pub async fn take(pool: &PgPool) -> Result<Digest, StoreError> {
     DigestTracker::default().take(pool).await
 }
 
@@ -75,19 +69,10 @@ pub struct DigestTracker {
     event_count: i64,
     position: i64,
     /// The last digest's `as_of_tx`; none before the first.
-    as_of_tx: Option<u64>,
+    as_of: Option<Horizon>,
     /// A head without a hash was seen (a row from before the hash chain, which a starting
     /// instance may hash later): the next digest reads every head again.
     unhashed: bool,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct NewEvent {
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    hash: Option<Vec<u8>>,
-    global_position: i64,
 }
 
 fn chain_hash(hash: Option<&[u8]>) -> ChainHash {
@@ -98,17 +83,12 @@ fn chain_hash(hash: Option<&[u8]>) -> ChainHash {
 impl DigestTracker {
     /// A digest of everything committed so far; the first reads every head, the next ones
     /// only what committed since.
-    pub async fn take(&mut self, pool: &PgPool) -> Result<Digest, sqlx::Error> {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let (xmin, taken_at): (String, DateTime<Utc>) =
-            sqlx::query_as("SELECT pg_snapshot_xmin(pg_current_snapshot())::text, now()")
-                .fetch_one(&mut *tx)
-                .await?;
-        let as_of_tx: u64 = xmin.parse().unwrap_or(0);
-        match self.as_of_tx.filter(|_| !self.unhashed) {
+    pub async fn take(&mut self, pool: &PgPool) -> Result<Digest, StoreError> {
+        let mut tx = store::begin_snapshot(pool).await?;
+        let (horizon, taken_at) = store::snapshot_point(&mut tx).await?;
+        let as_of_tx = u64::try_from(horizon.0)
+            .map_err(|_| StoreError::corrupt(format!("a snapshot horizon of {horizon}")))?;
+        match self.as_of.filter(|_| !self.unhashed) {
             Some(previous) => {
                 // Streamed and folded to one head per aggregate as it arrives: a minute of a
                 // busy ledger is hundreds of thousands of rows, never held at once. Merged only
@@ -117,13 +97,7 @@ impl DigestTracker {
                     BTreeMap::new();
                 let (mut count, mut position, mut unhashed) = (0i64, self.position, false);
                 {
-                    let mut rows = sqlx::query_as::<_, NewEvent>(
-                        "SELECT aggregate_type, aggregate_id, sequence, hash, global_position
-                         FROM events WHERE tx_id >= $1::text::xid8 AND tx_id < $2::text::xid8",
-                    )
-                    .bind(previous.to_string())
-                    .bind(&xmin)
-                    .fetch(&mut *tx);
+                    let mut rows = store::links_between(&mut tx, previous, horizon);
                     while let Some(event) = rows.try_next().await? {
                         count = count.saturating_add(1);
                         position = position.max(event.global_position);
@@ -162,28 +136,12 @@ impl DigestTracker {
                 // timeout (every attempt then failed, and was retried each minute at the cost
                 // of seconds of CPU on all cores). One worker and no timeout: it finishes, once,
                 // without taking the machine from the command path.
-                sqlx::query("SET LOCAL statement_timeout = 0")
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
-                    .execute(&mut *tx)
-                    .await?;
-                let (event_count, position): (i64, i64) = sqlx::query_as(
-                    "SELECT count(*), COALESCE(max(global_position), 0) FROM events WHERE tx_id < $1::text::xid8",
-                )
-                .bind(&xmin)
-                .fetch_one(&mut *tx)
-                .await?;
+                store::allow_full_scans(&mut tx).await?;
+                let (event_count, position) = store::totals_below(&mut tx, horizon).await?;
                 let mut heads = BTreeMap::new();
                 let mut unhashed = false;
                 {
-                    let mut rows = sqlx::query_as::<_, Head>(
-                        "SELECT DISTINCT ON (aggregate_type, aggregate_id) aggregate_type, aggregate_id, sequence, hash
-                         FROM events WHERE tx_id < $1::text::xid8
-                         ORDER BY aggregate_type, aggregate_id, sequence DESC",
-                    )
-                    .bind(&xmin)
-                    .fetch(&mut *tx);
+                    let mut rows = store::heads_below(&mut tx, horizon);
                     while let Some(head) = rows.try_next().await? {
                         unhashed |= head.hash.is_none();
                         heads.insert(
@@ -200,12 +158,12 @@ impl DigestTracker {
                     heads,
                     event_count,
                     position,
-                    as_of_tx: None,
+                    as_of: None,
                     unhashed,
                 };
             }
         }
-        self.as_of_tx = Some(as_of_tx);
+        self.as_of = Some(horizon);
         let root = hash_chain::merkle_root(
             self.heads
                 .iter()

@@ -1,4 +1,4 @@
-//! Ed25519 signatures on audit digests (design §2: a *signed* summary), so a digest kept by an
+//! Ed25519 signatures on audit digests (a *signed* summary, docs/design/audit-digests.md), so a digest kept by an
 //! auditor or read from the stream cannot be replaced by a tamperer who lacks the key.
 //!
 //! Signed bytes: `"tally-digest-v1"`, then `as_of_tx`, `position`, `event_count`,

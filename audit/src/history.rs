@@ -5,18 +5,18 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::Account;
 use domain::transfer::{Transfer, TransferEvent};
+use event_store::StoreError;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 
-use crate::StoredEvent;
 use crate::fold::{AccountFold, FoldError};
-use crate::stored_event::COLUMNS;
+use crate::{StoredEvent, StoredEventExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] StoreError),
     /// Stored history that the domain cannot fold: `tally audit verify` names the event.
     #[error("event {sequence} cannot be folded: {reason}")]
     Corrupt { sequence: i64, reason: String },
@@ -29,18 +29,8 @@ pub async fn events_page(
     aggregate_id: &str,
     after_sequence: i64,
     limit: i64,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM events
-         WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
-         ORDER BY sequence LIMIT $4"
-    ))
-    .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(after_sequence)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+) -> Result<Vec<StoredEvent>, StoreError> {
+    event_store::audit::events_page(pool, aggregate_type, aggregate_id, after_sequence, limit).await
 }
 
 /// Most events one flow lookup returns: a transfer has about a dozen.
@@ -51,16 +41,8 @@ pub const CORRELATED_MAX: i64 = 1_000;
 pub async fn correlated_events(
     pool: &PgPool,
     correlation_id: uuid::Uuid,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM events
-         WHERE metadata ->> 'correlation_id' = $1
-         ORDER BY global_position LIMIT $2"
-    ))
-    .bind(correlation_id.to_string())
-    .bind(CORRELATED_MAX)
-    .fetch_all(pool)
-    .await
+) -> Result<Vec<StoredEvent>, StoreError> {
+    event_store::audit::correlated_events(pool, &correlation_id.to_string(), CORRELATED_MAX).await
 }
 
 /// Every event of one aggregate, oldest first, streamed (exports of long histories).
@@ -68,7 +50,7 @@ pub fn events_stream(
     pool: PgPool,
     aggregate_type: String,
     aggregate_id: String,
-) -> BoxStream<'static, Result<StoredEvent, sqlx::Error>> {
+) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
     async_stream(pool, aggregate_type, aggregate_id).boxed()
 }
 
@@ -76,7 +58,7 @@ fn async_stream(
     pool: PgPool,
     aggregate_type: String,
     aggregate_id: String,
-) -> impl futures::Stream<Item = Result<StoredEvent, sqlx::Error>> {
+) -> impl futures::Stream<Item = Result<StoredEvent, StoreError>> {
     // Pages of a bounded size rather than one long cursor: a slow client never holds a
     // connection (or a snapshot) open for the length of its download.
     const PAGE: i64 = 500;
@@ -84,7 +66,7 @@ fn async_stream(
         (pool, aggregate_type, aggregate_id, 0i64, false),
         |(pool, t, id, after, done)| async move {
             if done {
-                return Ok::<_, sqlx::Error>(None);
+                return Ok::<_, StoreError>(None);
             }
             let page = events_page(&pool, &t, &id, after, PAGE).await?;
             let last = page.last().map_or(after, |e| e.sequence);
@@ -193,7 +175,7 @@ pub async fn transfer_state(
         aggregate_id,
         point,
         |transfer: &mut Transfer, event| {
-            let parsed: TransferEvent = serde::Deserialize::deserialize(&event.payload)
+            let parsed: TransferEvent = serde::Deserialize::deserialize(&*event.payload)
                 .map_err(|e| format!("unreadable payload: {e}"))?;
             transfer.apply(parsed);
             Ok(())

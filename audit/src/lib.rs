@@ -4,7 +4,7 @@
 //!
 //! Shared by the `tally` CLI (`audit verify`), the query-service (audit endpoints) and the
 //! command-service (digest publisher). `chain_check` and `fold` are pure; the rest reads
-//! PostgreSQL.
+//! PostgreSQL: the event store through `event_store::audit`, the read models directly.
 
 pub mod backfill;
 pub mod chain_check;
@@ -17,5 +17,6 @@ pub mod stored_event;
 pub mod transfer_ledger;
 pub mod verify;
 
+pub use event_store::StoredEvent;
 pub use finding::Finding;
-pub use stored_event::StoredEvent;
+pub use stored_event::StoredEventExt;

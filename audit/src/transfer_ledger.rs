@@ -40,7 +40,7 @@ impl TransferLedger {
     pub fn observe(&mut self, event: &StoredEvent) {
         match event.aggregate_type.as_str() {
             "account" if event.event_type.starts_with("Transfer") => {
-                let Ok(parsed) = AccountEvent::deserialize(&event.payload) else {
+                let Ok(parsed) = AccountEvent::deserialize(&*event.payload) else {
                     return;
                 };
                 let account = event.aggregate_id.clone();
@@ -61,7 +61,7 @@ impl TransferLedger {
             "transfer" => {
                 let (Ok(id), Ok(parsed)) = (
                     Uuid::parse_str(&event.aggregate_id),
-                    TransferEvent::deserialize(&event.payload),
+                    TransferEvent::deserialize(&*event.payload),
                 ) else {
                     return;
                 };

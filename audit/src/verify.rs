@@ -5,13 +5,13 @@
 //! transfer.
 
 use domain::hash_chain::ChainHash;
+use event_store::{Horizon, StoreError};
 use futures::TryStreamExt;
 use sqlx::PgPool;
 
+use crate::Finding;
 use crate::chain_check::AggregateCheck;
-use crate::stored_event::COLUMNS;
 use crate::transfer_ledger::TransferLedger;
-use crate::{Finding, StoredEvent};
 
 /// Read-model rows looked up per round trip.
 const READ_MODEL_BATCH: usize = 1_000;
@@ -63,27 +63,19 @@ pub async fn verify(
     pool: &PgPool,
     options: &VerifyOptions,
     mut on_progress: impl FnMut(u64),
-) -> Result<VerifyReport, sqlx::Error> {
+) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let mut sql = format!("SELECT {COLUMNS} FROM events WHERE true");
-    if options.aggregate.is_some() {
-        sql.push_str(" AND aggregate_type = $1 AND aggregate_id = $2");
-    }
-    if options.as_of_tx.is_some() {
-        sql.push_str(" AND tx_id < $3::text::xid8");
-    }
-    sql.push_str(" ORDER BY aggregate_type, aggregate_id, sequence");
-    let (aggregate_type, aggregate_id) = options.aggregate.clone().unwrap_or_default();
+    let aggregate = options
+        .aggregate
+        .as_ref()
+        .map(|(t, id)| (t.as_str(), id.as_str()));
+    // Transaction ids stay far below 2^63: a bound beyond it excludes nothing, as i64::MAX does.
+    let below = options
+        .as_of_tx
+        .map(|tx| Horizon(i64::try_from(tx).unwrap_or(i64::MAX)));
 
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let mut rows = sqlx::query_as::<_, StoredEvent>(&sql)
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(options.as_of_tx.unwrap_or(0).to_string())
-        .fetch(&mut *tx);
+    let mut tx = event_store::audit::begin_snapshot(pool).await?;
+    let mut rows = event_store::audit::events_in_chain_order(&mut tx, aggregate, below);
 
     // Across aggregates, so only over the whole store.
     let mut ledger = options.aggregate.is_none().then(TransferLedger::default);
@@ -165,7 +157,7 @@ async fn compare(
     checks: Vec<AggregateCheck>,
     found: &mut Vec<Finding>,
     report: &mut VerifyReport,
-) -> Result<(), sqlx::Error> {
+) -> Result<(), StoreError> {
     let ids: Vec<&str> = checks.iter().map(|c| c.aggregate_id.as_str()).collect();
     let rows: Vec<ReadModelRow> = sqlx::query_as(
         // The version as a scalar subquery on the full primary key: as a join, stale statistics

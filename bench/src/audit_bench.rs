@@ -49,7 +49,7 @@ pub async fn run(events: u64, runs: usize) -> anyhow::Result<AuditFigures> {
     let started = Instant::now();
     let generated = generate::events(&pool, events / 10).await?;
     let generate_s = started.elapsed().as_secs_f64();
-    sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
+    event_store::maintenance::vacuum_analyze(&pool).await?;
     println!(
         "audit: generated {generated} events ({} accounts) in {generate_s:.1}s ({:.0} events/s written)",
         generated / 10,
@@ -105,12 +105,9 @@ pub async fn run(events: u64, runs: usize) -> anyhow::Result<AuditFigures> {
 }
 
 /// The floor: every event row read and decoded as audits read them.
-async fn scan(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let sql = format!(
-        "SELECT {} FROM events ORDER BY aggregate_type, aggregate_id, sequence",
-        audit::stored_event::COLUMNS
-    );
-    let mut rows = sqlx::query_as::<_, audit::StoredEvent>(&sql).fetch(pool);
+async fn scan(pool: &PgPool) -> Result<u64, event_store::StoreError> {
+    let mut conn = pool.acquire().await?;
+    let mut rows = event_store::audit::events_in_chain_order(&mut conn, None, None);
     let mut n = 0;
     while rows.try_next().await?.is_some() {
         n += 1;

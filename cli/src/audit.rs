@@ -124,22 +124,11 @@ async fn verify(args: VerifyArgs, nats: &Connection, json: bool) -> anyhow::Resu
         .aggregate
         .clone()
         .map(|id| (args.aggregate_type.clone(), id));
-    let total: i64 = match &aggregate {
-        Some((t, id)) => {
-            sqlx::query_scalar(
-                "SELECT count(*) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-            )
-            .bind(t)
-            .bind(id)
-            .fetch_one(&pool)
-            .await?
-        }
-        None => {
-            sqlx::query_scalar("SELECT count(*) FROM events")
-                .fetch_one(&pool)
-                .await?
-        }
-    };
+    let total = event_store::audit::count_events(
+        &pool,
+        aggregate.as_ref().map(|(t, id)| (t.as_str(), id.as_str())),
+    )
+    .await?;
     let options = VerifyOptions {
         aggregate,
         as_of_tx: digest.as_ref().map(|d| d.as_of_tx),

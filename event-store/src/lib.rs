@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub mod append;
+pub mod audit;
 mod batch_writer;
 pub mod command_log;
 pub mod commit_signal;

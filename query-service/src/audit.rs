@@ -2,8 +2,8 @@
 //! pages, or whole as NDJSON or CSV), and its state at any version or instant, folded from the
 //! event store with the domain's own `apply` (never from the read models).
 
-use audit::StoredEvent;
 use audit::history;
+use audit::{StoredEvent, StoredEventExt};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -68,8 +68,8 @@ impl From<StoredEvent> for AuditEvent {
             event_type: e.event_type,
             event_version: e.event_version,
             global_position: e.global_position,
-            payload: e.payload,
-            metadata: e.metadata,
+            payload: e.payload.0,
+            metadata: e.metadata.0,
         }
     }
 }
@@ -114,11 +114,13 @@ impl AuditEvent {
     }
 }
 
-fn csv_line<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(fields: I) -> Bytes {
+/// One CSV record. Writing to a Vec does not fail; if it ever did, the export stops with the
+/// error (the client sees a broken download) rather than leave a line out of an audit trail.
+fn csv_line<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(fields: I) -> std::io::Result<Bytes> {
     let mut writer = csv::Writer::from_writer(Vec::with_capacity(256));
-    // Writing to a Vec cannot fail; a failed record would show as an empty line, not a panic.
-    let _ = writer.write_record(fields);
-    Bytes::from(writer.into_inner().unwrap_or_default())
+    writer.write_record(fields).map_err(std::io::Error::other)?;
+    let line = writer.into_inner().map_err(|e| e.into_error())?;
+    Ok(Bytes::from(line))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -179,11 +181,11 @@ pub async fn events(
             return Err(not_found());
         }
         let csv = content_type == CSV;
-        let header_line = csv.then(|| Ok::<Bytes, std::io::Error>(csv_line(CSV_HEADER)));
+        let header_line = csv.then(|| csv_line(CSV_HEADER));
         let lines = history::events_stream(pool, aggregate_type, aggregate_id).map(move |row| {
             let event = AuditEvent::from(row.map_err(std::io::Error::other)?);
             if csv {
-                Ok(csv_line(event.csv_record()))
+                csv_line(event.csv_record())
             } else {
                 let mut line = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
                 line.push(b'\n');
