@@ -289,13 +289,18 @@ pub async fn hash_unchained_tail(
         .iter()
         .rposition(|e| e.hash.is_some())
         .map_or(0, |i| i + 1);
-    // A predecessor's hash of the wrong length (never written so) restarts the chain;
-    // `tally audit verify` reports the link.
-    let mut prev: ChainHash = tail_start
+    // The chain continues from the last hashed row, or starts at genesis if none is. The
+    // table's CHECK keeps every stored hash 32 bytes long.
+    let predecessor = tail_start
         .checked_sub(1)
-        .and_then(|i| events[i].hash.as_deref())
-        .and_then(|h| ChainHash::try_from(h).ok())
-        .unwrap_or(hash_chain::GENESIS);
+        .and_then(|i| events.get(i))
+        .and_then(|e| e.hash.as_deref());
+    let mut prev: ChainHash = match predecessor {
+        None => hash_chain::GENESIS,
+        Some(hash) => ChainHash::try_from(hash).map_err(|_| {
+            StoreError::corrupt(format!("a stored chain hash of {} bytes", hash.len()))
+        })?,
+    };
     let mut sequences = Vec::new();
     let mut hashes = Vec::new();
     for event in &events[tail_start..] {

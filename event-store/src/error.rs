@@ -67,37 +67,48 @@ impl From<sqlx::Error> for StoreError {
 /// Sorts a database error into the three kinds callers react to.
 pub fn classify(error: sqlx::Error) -> StoreError {
     if let Some(db) = error.as_database_error()
-        && let Some(code) = db.code()
+        && db.code().as_deref() == Some(UNIQUE_VIOLATION)
     {
-        if code == UNIQUE_VIOLATION && db.constraint() == Some(TRANSFER_STEP_INDEX) {
+        if db.constraint() == Some(TRANSFER_STEP_INDEX) {
             return StoreError::StepAlreadyApplied;
         }
-        if code == UNIQUE_VIOLATION {
-            return StoreError::Conflict;
-        }
-        // Transaction rollback (40): a deadlock (40P01) between two instances' writes that
-        // wait on each other's keys, or a serialization failure. The statement wrote nothing,
-        // so it is a lost race like any other.
-        if code.starts_with("40") {
-            return StoreError::Conflict;
-        }
-        // Connection exceptions (08), insufficient resources (53) and operator intervention
-        // such as a shutdown or recovery in progress (57) are outages, not bugs.
-        if ["08", "53", "57"]
-            .iter()
-            .any(|class| code.starts_with(class))
-        {
-            return StoreError::Unavailable(error);
-        }
+        return StoreError::Conflict;
     }
+    // The statement wrote nothing, so it is a lost race like any other.
+    if is_rolled_back(&error) {
+        return StoreError::Conflict;
+    }
+    if is_outage(&error) {
+        return StoreError::Unavailable(error);
+    }
+    StoreError::internal("database statement", error)
+}
+
+/// Whether PostgreSQL cannot be reached or refuses work for now: connection exceptions (SQL
+/// state class 08), insufficient resources (53), operator intervention such as a shutdown or
+/// recovery in progress (57), and the client side's I/O, TLS, pool and worker failures.
+pub fn is_outage(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-        other => StoreError::internal("database statement", other),
+        | sqlx::Error::WorkerCrashed => true,
+        other => sql_state_class(other).is_some_and(|class| ["08", "53", "57"].contains(&class)),
     }
+}
+
+/// Whether the server rolled the transaction back (class 40): a deadlock (40P01) between two
+/// writers waiting on each other's keys, or a serialization failure. Nothing was written.
+pub fn is_rolled_back(error: &sqlx::Error) -> bool {
+    sql_state_class(error) == Some("40")
+}
+
+fn sql_state_class(error: &sqlx::Error) -> Option<&'static str> {
+    let code = error.as_database_error()?.code()?;
+    ["08", "40", "53", "57"]
+        .into_iter()
+        .find(|class| code.starts_with(class))
 }
 
 /// postgres-es's errors (it reads aggregates' history) in the same kinds: it boxes the

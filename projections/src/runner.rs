@@ -70,7 +70,7 @@ impl Runner {
             .await
             .map_err(|e| e.to_string())?
             .create_consumer(pull::Config {
-                durable_name: Some(format!("projection-{}", self.projection.name())),
+                durable_name: Some(crate::lag::consumer_name(self.projection)),
                 filter_subject: self.filter_subject.clone(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
@@ -147,10 +147,7 @@ impl Runner {
         drop(messages);
         if let Ok(stream) = self.jetstream.get_stream(&self.stream).await
             && let Err(error) = stream
-                .unpin_consumer(
-                    &format!("projection-{}", self.projection.name()),
-                    PRIORITY_GROUP,
-                )
+                .unpin_consumer(&crate::lag::consumer_name(self.projection), PRIORITY_GROUP)
                 .await
         {
             tracing::debug!(%error, "unpin on shutdown failed; the pin expires by itself");
@@ -344,26 +341,14 @@ impl Runner {
 /// Failures worth retrying as they are (the database or the network), as opposed to an event
 /// that can never be applied as it stands.
 ///
-/// The outages are `event_store::classify`'s (SQL states 08, 53, 57; I/O, pool, TLS, worker),
-/// plus sqlx's protocol errors, retried here as before. It cannot call `classify`, which takes
-/// the error by value (a dead letter needs its message) and calls a unique violation a lost
-/// race: here, with the apply lock making this worker the only writer, that is an event that
-/// cannot be applied. A rolled-back transaction (40) is a retry in both.
+/// The outages and rollbacks are the event store's own (`event_store::error::is_outage`,
+/// `is_rolled_back`), plus sqlx's protocol errors, retried here as before. Not `classify`,
+/// which calls a unique violation a lost race: here, with the apply lock making this worker
+/// the only writer, that is an event that cannot be applied.
 pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["08", "40", "53", "57"]
-                .iter()
-                .any(|class| code.starts_with(class))
-        }),
-        _ => false,
-    }
+    event_store::error::is_outage(error)
+        || event_store::error::is_rolled_back(error)
+        || matches!(error, sqlx::Error::Protocol(_))
 }
 
 pub(crate) async fn nak(message: &jetstream::Message, delay: Duration) {
