@@ -1,111 +1,11 @@
-//! `tally`: the command-line client. Sends commands over NATS exactly as any client would
-//! (subjects, headers and replies of docs/subjects.md) and prints the reply.
-//!
-//! Reads (`show`, `list`, `entries`) go to the query-service over HTTP.
-//!
-//! Exit status: 0 accepted (or read), 1 rejected (or the read failed), 2 could not get an answer.
+//! `tally`: the command-line client; everything but starting the runtime is in the library
+//! (`src/lib.rs`).
 
-mod account;
-mod audit;
-mod database;
-mod dlq;
-mod output;
-mod progress;
-mod projections;
-mod read;
-mod send;
-mod token;
-mod transfer;
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "tally",
-    version,
-    about = "Send commands to Tally and read its answers"
-)]
-struct Cli {
-    #[command(flatten)]
-    connection: send::Connection,
-    #[command(flatten)]
-    http: read::Http,
-    /// Print the raw JSON reply instead of a sentence.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Account commands: open, deposit, withdraw, freeze, unfreeze, close.
-    #[command(subcommand)]
-    Account(account::AccountCommand),
-    /// Transfers between accounts: send, show, list.
-    #[command(subcommand)]
-    Transfer(transfer::TransferCommand),
-    /// Dead letters: list, retry or drop events a projection could not apply.
-    #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
-    /// Audits: verify the hash chains and derived state, take digests, export history.
-    #[command(subcommand)]
-    Audit(audit::AuditCommand),
-    /// Projections: status and lag, zero-downtime rebuilds.
-    #[command(subcommand)]
-    Projections(projections::ProjectionsCommand),
-    /// Tokens: mint a development token (HS256).
-    #[command(subcommand)]
-    Token(token::TokenCommand),
-}
-
-/// Exit status of an operator command: 0 all well, 1 something found or refused, 2 failed.
-fn operator_exit(result: anyhow::Result<bool>) -> std::process::ExitCode {
-    match result {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::from(2)
-        }
-    }
-}
+use clap::Parser;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    let request = match cli.command {
-        Command::Account(command) => command.into_request(),
-        Command::Transfer(command) => {
-            return transfer::run(command, &cli.connection, &cli.http, cli.json).await;
-        }
-        Command::Dlq(command) => return operator_exit(dlq::run(command, cli.json).await),
-        Command::Audit(command) => {
-            return operator_exit(audit::run(command, &cli.connection, &cli.http, cli.json).await);
-        }
-        Command::Token(command) => return operator_exit(token::run(command)),
-        Command::Projections(command) => {
-            return operator_exit(projections::run(command, &cli.connection, cli.json).await);
-        }
-    };
-    match request {
-        account::Request::Command(name, body, options) => {
-            match send::send(&cli.connection, "account", name, &body, &options).await {
-                Ok(reply) => output::print(&reply, cli.json),
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    std::process::ExitCode::from(2)
-                }
-            }
-        }
-        account::Request::Read(path, token) => {
-            match read::get(&cli.http, &path, token.as_deref(), &cli.connection).await {
-                Ok(body) => output::print_read(&body, cli.json),
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    std::process::ExitCode::from(1)
-                }
-            }
-        }
-    }
+async fn main() -> ExitCode {
+    cli::run(cli::Cli::parse()).await
 }

@@ -167,8 +167,11 @@ async fn with_consumer_lag(mut rows: Vec<Status>, nats: &Connection, stream: &st
         return rows;
     };
     for row in &mut rows {
+        let Some(projection) = projections::Projection::by_name(&row.projection) else {
+            continue;
+        };
         if let Ok(info) = stream
-            .consumer_info(format!("projection-{}", row.projection))
+            .consumer_info(projections::lag::consumer_name(projection))
             .await
         {
             row.lag = i64::try_from(info.num_pending).unwrap_or(i64::MAX)

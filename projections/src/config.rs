@@ -31,8 +31,8 @@ pub struct Config {
         default_value_t = 500
     )]
     pub batch_max: usize,
-    /// `/readyz` reports not ready while the accounts projection is more than this many events
-    /// behind the events stream.
+    /// `/readyz` reports not ready while any projection (accounts, transfers) is more than this
+    /// many events behind the events stream.
     #[arg(
         long = "ready-projection-lag-max",
         env = "TALLY_READY_PROJECTION_LAG_MAX",

@@ -72,8 +72,8 @@ pub struct Config {
         default_value_t = 65_536
     )]
     pub body_max_bytes: usize,
-    /// `/readyz` reports not ready while the accounts projection is more than this many events
-    /// behind the events stream.
+    /// `/readyz` reports not ready while any projection (accounts, transfers) is more than this
+    /// many events behind the events stream.
     #[arg(
         long = "ready-projection-lag-max",
         env = "TALLY_READY_PROJECTION_LAG_MAX",

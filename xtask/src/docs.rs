@@ -1,8 +1,11 @@
-//! `cargo xtask docs`: the generated part of `docs/configuration.md`, built from each service's
-//! `clap` definition (its `Config`), so the settings reference cannot drift from the code.
+//! `cargo xtask docs`: the generated parts of `docs/configuration.md`, built from each service's
+//! `clap` definition (its `Config`) and from the `tally` CLI's (`cli::command()`), so the
+//! settings reference cannot drift from the code.
 //!
-//! Only the text between the markers is generated; the prose around it is written by hand.
+//! Only the text between each pair of markers is generated; the prose around it is written by
+//! hand.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -11,6 +14,7 @@ use clap::CommandFactory;
 /// The file holding the generated tables, relative to the repository root.
 pub const CONFIGURATION: &str = "docs/configuration.md";
 const BEGIN: &str = "<!-- BEGIN GENERATED: `cargo xtask docs` writes this part from the services' clap definitions; edit those, not this -->";
+const BEGIN_CLI: &str = "<!-- BEGIN GENERATED CLI: `cargo xtask docs` writes this part from the CLI's clap definition; edit that, not this -->";
 const END: &str = "<!-- END GENERATED -->";
 
 /// Each service's name and its settings, in the order the tables list them.
@@ -26,8 +30,11 @@ fn services() -> Vec<(&'static str, clap::Command)> {
 /// One setting as the reference shows it; services that read it alike share one row.
 #[derive(Debug, PartialEq, Eq)]
 struct Setting {
-    env: String,
+    /// `None` only for the CLI's global flags that have no environment variable.
+    env: Option<String>,
     flag: String,
+    /// A switch (`--json`): present or absent, no value; its default is "off".
+    switch: bool,
     default: Option<String>,
     meaning: String,
 }
@@ -53,8 +60,9 @@ fn settings() -> anyhow::Result<Vec<(Setting, Vec<&'static str>)>> {
                 bail!("{service}: --{flag} has no doc comment");
             };
             let setting = Setting {
-                env: env.to_string_lossy().into_owned(),
+                env: Some(env.to_string_lossy().into_owned()),
                 flag: flag.to_owned(),
+                switch: is_switch(arg),
                 default: default_of(arg),
                 meaning: meaning_of(&help.to_string(), arg),
             };
@@ -65,6 +73,11 @@ fn settings() -> anyhow::Result<Vec<(Setting, Vec<&'static str>)>> {
         }
     }
     Ok(rows)
+}
+
+/// Whether `arg` is a switch (`--json`), present or absent, rather than a flag taking a value.
+fn is_switch(arg: &clap::Arg) -> bool {
+    !arg.get_action().takes_values()
 }
 
 fn default_of(arg: &clap::Arg) -> Option<String> {
@@ -84,6 +97,9 @@ fn default_of(arg: &clap::Arg) -> Option<String> {
 /// The doc comment as one line, followed by the accepted values when clap knows them.
 fn meaning_of(help: &str, arg: &clap::Arg) -> String {
     let mut meaning = one_line(help);
+    if is_switch(arg) {
+        return meaning;
+    }
     let values: Vec<String> = arg
         .get_possible_values()
         .iter()
@@ -146,22 +162,176 @@ fn render() -> anyhow::Result<String> {
         } else {
             english_list(readers)
         };
-        out.push_str(&format!("\n### {heading}\n\n"));
-        out.push_str("| variable | flag | default | meaning |\n|---|---|---|---|\n");
-        for setting in settings {
-            let default = match setting.default.as_deref() {
-                None => "unset".to_owned(),
-                Some("") => "empty".to_owned(),
-                Some(value) => format!("`{}`", cell(value)),
-            };
-            out.push_str(&format!(
-                "| `{}` | `--{}` | {} | {} |\n",
-                cell(&setting.env),
-                cell(&setting.flag),
-                default,
-                cell(&setting.meaning)
-            ));
+        out.push_str(&table(&heading, &settings));
+    }
+    out.push('\n');
+    Ok(out)
+}
+
+/// A `### heading` and the settings' table.
+fn table(heading: &str, settings: &[&Setting]) -> String {
+    let mut out = format!("\n### {heading}\n\n");
+    out.push_str("| variable | flag | default | meaning |\n|---|---|---|---|\n");
+    for setting in settings {
+        let env = match setting.env.as_deref() {
+            None => String::new(),
+            Some(env) => format!("`{}`", cell(env)),
+        };
+        let default = match setting.default.as_deref() {
+            _ if setting.switch => "off".to_owned(),
+            None => "unset".to_owned(),
+            Some("") => "empty".to_owned(),
+            Some(value) => format!("`{}`", cell(value)),
+        };
+        out.push_str(&format!(
+            "| {env} | `--{}` | {default} | {} |\n",
+            cell(&setting.flag),
+            cell(&setting.meaning)
+        ));
+    }
+    out
+}
+
+/// The CLI's settings: its global flags (every command takes them, environment variable or
+/// not), then every other flag that has an environment variable, wherever in the command tree
+/// it is defined, once each. Each comes with the commands (paths below `tally`) that read it.
+fn cli_settings(root: &clap::Command) -> anyhow::Result<Vec<(Setting, BTreeSet<String>)>> {
+    let mut rows: Vec<(Setting, BTreeSet<String>)> = Vec::new();
+    let mut found = Vec::new();
+    collect_cli_args(root, "", &mut found);
+    for (path, arg) in found {
+        let id = arg.get_id().as_str();
+        let where_ = if path.is_empty() {
+            "tally".to_owned()
+        } else {
+            format!("tally {path}")
+        };
+        let flag = arg
+            .get_long()
+            .with_context(|| format!("{where_}: setting `{id}` has no long flag"))?;
+        let Some(help) = arg.get_long_help().or(arg.get_help()) else {
+            bail!("{where_}: --{flag} has no doc comment");
+        };
+        let setting = Setting {
+            env: arg.get_env().map(|env| env.to_string_lossy().into_owned()),
+            flag: flag.to_owned(),
+            switch: is_switch(arg),
+            default: default_of(arg),
+            meaning: meaning_of(&help.to_string(), arg),
+        };
+        match rows
+            .iter_mut()
+            .find(|(known, _)| known.env == setting.env && known.env.is_some())
+        {
+            // One program: one variable means one thing wherever it is read.
+            Some((known, _)) if *known != setting => bail!(
+                "{where_}: --{flag} reads {} like another command's --{} but is defined \
+                 differently; define it once (a shared `clap::Args`)",
+                setting.env.as_deref().unwrap_or_default(),
+                known.flag
+            ),
+            Some((_, readers)) => {
+                readers.insert(path);
+            }
+            None => rows.push((setting, BTreeSet::from([path]))),
         }
+    }
+    Ok(rows)
+}
+
+/// `(path, arg)` for the global flags of `command` (the root) and, below it, every flag with
+/// an environment variable. `path` is the space-separated subcommand path, empty for the root.
+fn collect_cli_args<'a>(
+    command: &'a clap::Command,
+    path: &str,
+    found: &mut Vec<(String, &'a clap::Arg)>,
+) {
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        if id == "help" || id == "version" || arg.is_hide_set() || arg.is_positional() {
+            continue;
+        }
+        // Globals are defined on the root and propagated only when clap builds the command.
+        let global = path.is_empty() && arg.is_global_set();
+        if global || arg.get_env().is_some() {
+            found.push((path.to_owned(), arg));
+        }
+    }
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        collect_cli_args(sub, &join(path, sub.get_name()), found);
+    }
+}
+
+/// Whether `command` (at `path`) reads a setting read by `readers`: it is one of them, or each
+/// of its subcommands is.
+fn covered(command: &clap::Command, path: &str, readers: &BTreeSet<String>) -> bool {
+    readers.contains(path) || {
+        let mut subs = command
+            .get_subcommands()
+            .filter(|sub| !sub.is_hide_set())
+            .peekable();
+        subs.peek().is_some() && subs.all(|sub| covered(sub, &join(path, sub.get_name()), readers))
+    }
+}
+
+/// The path of the subcommand `name` of the command at `path`.
+fn join(path: &str, name: &str) -> String {
+    if path.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{path} {name}")
+    }
+}
+
+/// The commands reading a setting, as few as say it: `tally dlq …` when every `dlq` command
+/// does, `tally audit verify` when only that one does, `tally token mint` rather than
+/// `tally token …` when that is the only `token` command.
+fn command_names(
+    command: &clap::Command,
+    path: &str,
+    readers: &BTreeSet<String>,
+    out: &mut Vec<String>,
+) {
+    let subcommands = command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set())
+        .count();
+    if covered(command, path, readers) && subcommands != 1 {
+        out.push(if subcommands == 0 {
+            format!("`tally {path}`")
+        } else {
+            format!("`tally {path} …`")
+        });
+        return;
+    }
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        command_names(sub, &join(path, sub.get_name()), readers, out);
+    }
+}
+
+/// The CLI's generated markdown: one table per set of commands reading the same settings, the
+/// ones every command takes first.
+fn render_cli() -> anyhow::Result<String> {
+    let root = cli::command();
+    let rows = cli_settings(&root)?;
+    let mut groups: Vec<(&BTreeSet<String>, Vec<&Setting>)> = Vec::new();
+    for (setting, readers) in &rows {
+        match groups.iter_mut().find(|(known, _)| *known == readers) {
+            Some((_, settings)) => settings.push(setting),
+            None => groups.push((readers, vec![setting])),
+        }
+    }
+    let mut out = String::new();
+    for (readers, settings) in groups {
+        let heading = if covered(&root, "", readers) {
+            "Every command".to_owned()
+        } else {
+            let mut names = Vec::new();
+            command_names(&root, "", readers, &mut names);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            english_list(&names)
+        };
+        out.push_str(&table(&heading, &settings));
     }
     out.push('\n');
     Ok(out)
@@ -175,15 +345,15 @@ fn english_list(items: &[&str]) -> String {
     }
 }
 
-/// `text` with the part between the markers replaced by `generated`.
-fn splice(text: &str, generated: &str) -> anyhow::Result<String> {
+/// `text` with the part between `begin` and the next end marker replaced by `generated`.
+fn splice(text: &str, begin: &str, generated: &str) -> anyhow::Result<String> {
     let start = text
-        .find(BEGIN)
-        .with_context(|| format!("{CONFIGURATION}: no line `{BEGIN}`"))?
-        + BEGIN.len();
+        .find(begin)
+        .with_context(|| format!("{CONFIGURATION}: no line `{begin}`"))?
+        + begin.len();
     let end = text[start..]
         .find(END)
-        .with_context(|| format!("{CONFIGURATION}: no line `{END}` after the BEGIN marker"))?
+        .with_context(|| format!("{CONFIGURATION}: no line `{END}` after the line `{begin}`"))?
         + start;
     Ok(format!("{}\n{generated}{}", &text[..start], &text[end..]))
 }
@@ -193,12 +363,13 @@ pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
     let path = root.join(CONFIGURATION);
     let current =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let wanted = splice(&current, &render()?)?;
+    let wanted = splice(&current, BEGIN, &render()?)?;
+    let wanted = splice(&wanted, BEGIN_CLI, &render_cli()?)?;
     match (check, current == wanted) {
         (_, true) => eprintln!("docs: up to date"),
         (true, false) => {
             bail!(
-                "{CONFIGURATION}: the tables differ from the services' settings; run `cargo xtask docs`"
+                "{CONFIGURATION}: the tables differ from the services' and the CLI's settings; run `cargo xtask docs`"
             )
         }
         (false, false) => {

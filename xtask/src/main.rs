@@ -23,8 +23,8 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Regenerate the settings tables of `docs/configuration.md` from the services' clap
-    /// definitions (the prose around them is hand-written).
+    /// Regenerate the settings tables of `docs/configuration.md` from the services' and the
+    /// `tally` CLI's clap definitions (the prose around them is hand-written).
     Docs {
         /// Only check; exit non-zero when the file would change.
         #[arg(long)]

@@ -16,7 +16,8 @@ pub struct AuthConfig {
     /// File holding the HS256 shared secret (its whole content, surrounding whitespace ignored).
     #[arg(long = "auth-hs256-secret-file", env = "TALLY_AUTH_HS256_SECRET_FILE")]
     pub hs256_secret_file: Option<PathBuf>,
-    /// PEM public key (RSA for RS256, Ed25519 for EdDSA) that signs tokens.
+    /// PEM public key (RSA for RS256, Ed25519 for EdDSA) that tokens are verified with: the
+    /// public half of the key the token issuer signs them with.
     #[arg(long = "auth-public-key-file", env = "TALLY_AUTH_PUBLIC_KEY_FILE")]
     pub public_key_file: Option<PathBuf>,
     /// JWKS file (`{"keys": [...]}`, RS256 and EdDSA keys); a token's `kid` picks the key.
