@@ -15,8 +15,8 @@ use crate::executor::{Executor, ExecutorLimits};
 use crate::ingress::Ingress;
 use crate::jobs::Jobs;
 use crate::relay::{Relay, RelayConfig};
-use event_store::EventStore;
 use crate::schema_check::{SchemaLoadError, SchemaRegistry};
+use event_store::EventStore;
 
 const SERVICE: &str = "command-service";
 

@@ -38,9 +38,7 @@ impl ReadinessCheck for OutboxWatch {
 
     async fn check(&self) -> Result<(), String> {
         match tokio::time::timeout(CHECK_TIMEOUT, self.backlog()).await {
-            Ok(Ok(backlog)) if backlog.events <= self.backlog_max => {
-                Ok(())
-            }
+            Ok(Ok(backlog)) if backlog.events <= self.backlog_max => Ok(()),
             Ok(Ok(backlog)) => Err(format!(
                 "{} committed events wait for the relay (limit {})",
                 backlog.events, self.backlog_max

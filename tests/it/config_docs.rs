@@ -82,8 +82,7 @@ fn compose_sets_only_known_variables_and_everything_needed() {
 
 #[test]
 fn the_configuration_reference_documents_every_variable() {
-    let reference =
-        std::fs::read_to_string(repo_root().join("docs/configuration.md")).unwrap();
+    let reference = std::fs::read_to_string(repo_root().join("docs/configuration.md")).unwrap();
     let mut missing = Vec::new();
     for (_, vars) in services() {
         for var in vars {
@@ -94,5 +93,8 @@ fn the_configuration_reference_documents_every_variable() {
     }
     missing.sort();
     missing.dedup();
-    assert!(missing.is_empty(), "docs/configuration.md lacks {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md lacks {missing:?}"
+    );
 }
