@@ -147,21 +147,6 @@ pub fn is_access_refusal(code: ErrorCode) -> bool {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_command_needs_its_scope() {
-        assert_eq!(required_scope("account", "open"), Scope::AccountsWrite);
-        assert_eq!(required_scope("account", "withdraw"), Scope::AccountsWrite);
-        assert_eq!(required_scope("transfer", "request"), Scope::TransfersWrite);
-        assert_eq!(required_scope("account", "credit"), Scope::Admin);
-        assert_eq!(required_scope("transfer", "record_credit"), Scope::Admin);
-        assert_eq!(required_scope("transfer", "fail"), Scope::Admin);
-    }
-}
-
 /// Admits one command message: who sent it and whether they may (before anything else), then
 /// its body.
 #[allow(clippy::too_many_arguments)]
@@ -180,4 +165,19 @@ pub fn admit(
     incoming.actor = principal.subject.clone();
     incoming.owner = principal.owner;
     Ok(incoming)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_command_needs_its_scope() {
+        assert_eq!(required_scope("account", "open"), Scope::AccountsWrite);
+        assert_eq!(required_scope("account", "withdraw"), Scope::AccountsWrite);
+        assert_eq!(required_scope("transfer", "request"), Scope::TransfersWrite);
+        assert_eq!(required_scope("account", "credit"), Scope::Admin);
+        assert_eq!(required_scope("transfer", "record_credit"), Scope::Admin);
+        assert_eq!(required_scope("transfer", "fail"), Scope::Admin);
+    }
 }

@@ -87,6 +87,7 @@ fn internal_reply_text(command_id: uuid::Uuid) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     #[test]
     fn the_fallback_reply_is_an_internal_rejection() {

@@ -1,6 +1,8 @@
 //! The event store's tables have one owner: no source outside `event-store/` runs a statement
 //! on them (migrations create them; the integration tests' assertions may read them).
 
+#![allow(clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 const TABLES: [&str; 4] = [
