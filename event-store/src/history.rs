@@ -4,7 +4,7 @@
 //! `global_position` order. Rebuilds copy history this way while the live projection runs.
 
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryFutureExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
@@ -80,9 +80,6 @@ pub fn range<'a>(
         .boxed()
     } else {
         between(pool, aggregate_type, from, to)
-            .map_ok(|events| futures::stream::iter(events.into_iter().map(Ok)))
-            .try_flatten_stream()
-            .boxed()
     }
 }
 
@@ -93,30 +90,21 @@ pub async fn read_range(
     from: Horizon,
     to: Horizon,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    range_on(conn, aggregate_type, from, to).await
+    between(conn, aggregate_type, from, to).try_collect().await
 }
 
 /// The (usually few) events between two horizons: found through the `tx_id` index first,
 /// then sorted. Planned as the full copy's query, PostgreSQL walks the whole table in
 /// `global_position` order to find a handful of rows, and the swap (which runs this under the
-/// write lock) took over a second on a million events.
-async fn between(
-    pool: &PgPool,
-    aggregate_type: &str,
+/// write lock) took over a second on a million events. Streamed: the first catch-up pass after
+/// a long copy can be large.
+fn between<'e, E: sqlx::PgExecutor<'e> + 'e>(
+    executor: E,
+    aggregate_type: &'e str,
     from: Horizon,
     to: Horizon,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let mut conn = pool.acquire().await?;
-    range_on(&mut conn, aggregate_type, from, to).await
-}
-
-async fn range_on(
-    conn: &mut PgConnection,
-    aggregate_type: &str,
-    from: Horizon,
-    to: Horizon,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    Ok(sqlx::query_as!(
+) -> BoxStream<'e, Result<StoredEvent, StoreError>> {
+    sqlx::query_as!(
         StoredEvent,
         r#"WITH tail AS MATERIALIZED (
                SELECT tx_id::text::bigint AS tx_id, global_position, aggregate_type,
@@ -136,8 +124,9 @@ async fn range_on(
         from.0,
         to.0,
     )
-    .fetch_all(conn)
-    .await?)
+    .fetch(executor)
+    .map_err(StoreError::from)
+    .boxed()
 }
 
 impl StoredEvent<Value> {

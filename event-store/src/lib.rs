@@ -230,8 +230,12 @@ async fn chain_after(store: &EventStore, first: &NewEvent) -> Result<ChainHash, 
     .fetch_optional(&store.pool)
     .await?;
     match stored {
-        // A decision never skips a sequence: its predecessor was read before it was decided.
-        None => Err(StoreError::Conflict),
+        // A decision never skips a sequence: its predecessor was read before it was decided,
+        // and stored rows are never deleted. Missing, the store lost rows under us.
+        None => Err(StoreError::corrupt(format!(
+            "{} {} has no event {previous} to follow",
+            first.aggregate_type, first.aggregate_id
+        ))),
         // A predecessor written before the chain existed has no hash: the chain restarts from
         // genesis there, and `tally audit verify` reports the unchained rows.
         Some(None) => Ok(hash_chain::GENESIS),

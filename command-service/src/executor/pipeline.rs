@@ -57,10 +57,12 @@ pub(super) async fn settle(
         if let Some(reply) = ex.logged(incoming).await? {
             return Ok(reply);
         }
-        // The same transfer step applied under another command id: this one changes nothing.
-        if let (StoreError::StepAlreadyApplied, Some(reply)) = (lost, &if_step_applied) {
+        if let StoreError::StepAlreadyApplied = lost {
             tracing::debug!("transfer step already applied");
-            return Ok(reply.clone());
+            // The same step applied under another command id: this one changes nothing. A
+            // decision that is not one step (a transfer settled at once) never meets this: the
+            // transfer's own first event is taken first.
+            return if_step_applied.ok_or_else(|| ExecuteError::from(lost));
         }
         tracing::debug!(conflicts, "optimistic-concurrency conflict; retrying");
         if let Some(retries) = &ex.conflict_retries {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, AckKind};
 use domain::{CommandReply, ErrorCode};
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +21,8 @@ use crate::rejection::Rejection;
 /// What became of the message a lane handled.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Handled {
-    /// Answered (result recorded and published) and acknowledged.
+    /// Answered (result recorded and published) and acknowledged; or, for a message that is
+    /// not a JetStream delivery (no stream sequence), terminated unrun.
     Answered,
     /// Shutdown came while it waited: neither answered nor acknowledged.
     Abandoned,
@@ -43,7 +44,10 @@ impl Jobs {
             message.info().map(|i| (i.stream_sequence, i.delivered))
         else {
             tracing::error!(subject = %message.subject, "a durable command without JetStream metadata; not run");
-            return Handled::Abandoned;
+            if let Err(error) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(%error, "terminating a message without metadata failed");
+            }
+            return Handled::Answered;
         };
         let authorization = message
             .headers
