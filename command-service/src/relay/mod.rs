@@ -253,23 +253,11 @@ impl Relay {
                 saved_at = tokio::time::Instant::now();
             }
             if shutdown.is_cancelled() {
-                // Flush what is already committed before stopping. Rows can be held back by
-                // unrelated transactions still open (the xmin guard), so wait for them, bounded.
                 let deadline = *flush_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_WAIT_MAX);
-                if published > 0 {
-                    continue;
-                }
-                if !outbox::committed_beyond(&self.pool, position.position).await? {
+                if self.flushed(published, position, deadline).await? {
                     break;
                 }
-                if tokio::time::Instant::now() >= deadline {
-                    tracing::warn!(
-                        "stopping with committed events not yet published; the next relay publishes them"
-                    );
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
             if more || published as i64 >= self.config.batch_max {
@@ -297,6 +285,31 @@ impl Relay {
             self.save_checkpoint(position).await?;
         }
         Ok(())
+    }
+
+    /// Whether a stopping relay is done: it flushes what is already committed first. Rows can
+    /// be held back by unrelated transactions still open (the xmin guard), so it waits for
+    /// them, until `deadline`.
+    async fn flushed(
+        &self,
+        published: usize,
+        position: Position,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, RelayError> {
+        if published > 0 {
+            return Ok(false);
+        }
+        if !outbox::committed_beyond(&self.pool, position.position).await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "stopping with committed events not yet published; the next relay publishes them"
+            );
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok(false)
     }
 
     async fn save_checkpoint(&self, position: Position) -> Result<Position, RelayError> {
