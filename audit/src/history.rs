@@ -22,17 +22,6 @@ pub enum HistoryError {
     Corrupt { sequence: i64, reason: String },
 }
 
-/// Events after `after_sequence`, oldest first, at most `limit`.
-pub async fn events_page(
-    pool: &PgPool,
-    aggregate_type: &str,
-    aggregate_id: &str,
-    after_sequence: i64,
-    limit: i64,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    event_store::audit::events_page(pool, aggregate_type, aggregate_id, after_sequence, limit).await
-}
-
 /// Most events one flow lookup returns: a transfer has about a dozen.
 pub const CORRELATED_MAX: i64 = 1_000;
 
@@ -68,7 +57,7 @@ fn async_stream(
             if done {
                 return Ok::<_, StoreError>(None);
             }
-            let page = events_page(&pool, &t, &id, after, PAGE).await?;
+            let page = event_store::audit::events_page(&pool, &t, &id, after, PAGE).await?;
             let last = page.last().map_or(after, |e| e.sequence);
             let done = i64::try_from(page.len()).unwrap_or(0) < PAGE;
             Ok(Some((

@@ -5,7 +5,7 @@
 use platform::ops_http::{CHECK_TIMEOUT, MetricsSource};
 use sqlx::PgPool;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct ProjectionFigures {
     pub projection: String,
     pub events_applied: i64,
@@ -19,38 +19,16 @@ pub struct ProjectionFigures {
 
 /// Every projection's figures, by name.
 pub async fn read(pool: &PgPool) -> Result<Vec<ProjectionFigures>, sqlx::Error> {
-    let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+    sqlx::query_as(
         "SELECT c.projection, c.events_applied, c.events_dropped,
                 COALESCE((SELECT sum(v.version) FROM projection_versions v WHERE v.projection = c.projection), 0)::bigint
-                  - c.events_applied - c.events_dropped,
-                (SELECT count(*) FROM projection_parked p WHERE p.projection = c.projection),
+                  - c.events_applied - c.events_dropped AS events_skipped,
+                (SELECT count(*) FROM projection_parked p WHERE p.projection = c.projection) AS parked_aggregates,
                 c.stream_sequence
          FROM projection_checkpoints c ORDER BY c.projection",
     )
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                projection,
-                events_applied,
-                events_dropped,
-                events_skipped,
-                parked_aggregates,
-                stream_sequence,
-            )| {
-                ProjectionFigures {
-                    projection,
-                    events_applied,
-                    events_dropped,
-                    events_skipped,
-                    parked_aggregates,
-                    stream_sequence,
-                }
-            },
-        )
-        .collect())
+    .await
 }
 
 /// Prometheus text exposition of `figures`.

@@ -174,7 +174,7 @@ pub async fn events(
     };
     if let Some(content_type) = export {
         // Checked before streaming starts, so an unknown aggregate is a 404, not an empty body.
-        if history::events_page(&pool, &aggregate_type, &aggregate_id, 0, 1)
+        if event_store::audit::events_page(&pool, &aggregate_type, &aggregate_id, 0, 1)
             .await?
             .is_empty()
         {
@@ -209,7 +209,8 @@ pub async fn events(
             })?,
         None => 0,
     };
-    let rows = history::events_page(&pool, &aggregate_type, &aggregate_id, after, limit).await?;
+    let rows = event_store::audit::events_page(&pool, &aggregate_type, &aggregate_id, after, limit)
+        .await?;
     if rows.is_empty() && after == 0 {
         return Err(not_found());
     }
