@@ -11,11 +11,13 @@ mod cpu_budget;
 mod fixed_rate;
 mod generate;
 mod memory;
+mod projection_scaling;
 mod queries;
 mod report;
 mod stack;
 mod stats;
 mod suite;
+mod topology;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +37,15 @@ enum Scenario {
     All(Box<suite::SuiteArgs>),
     /// Only the closed-loop command scenarios, with each process's CPU per accepted command.
     Commands(Box<commands_only::CommandsArgs>),
+    /// The deposit/withdraw closed loop and the projection lag at a modest rate, on whichever
+    /// stack runs, to one JSON file per round (`./dev bench cluster` runs it on both topologies).
+    Topology(Box<topology::TopologyArgs>),
+    /// Medians per topology from `topology` rounds, side by side.
+    TopologyReport(topology::TopologyReportArgs),
+    /// Projection scaling: a generated backlog applied by 1, 2 and 4 workers (events/s), and
+    /// the lag when one of 2 is SIGKILLed (own PostgreSQL and NATS; no stack needed; needs the
+    /// release `projections` binary).
+    Projections(projection_scaling::ProjectionScalingArgs),
     /// Only rebuild and audit-verify throughput, over a generated store (no stack needed).
     Audit {
         /// Events to generate (rounded down to whole accounts of 10 events).
@@ -52,6 +63,13 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::All(args) => suite::run(*args).await,
         Scenario::Commands(args) => commands_only::run(*args).await,
+        Scenario::Topology(args) => topology::run(*args).await,
+        Scenario::TopologyReport(args) => topology::report(args),
+        Scenario::Projections(args) => {
+            let figures = projection_scaling::run(args).await?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
         Scenario::Audit { events, runs } => {
             let figures = audit_bench::run(events, runs).await?;
             println!("{}", serde_json::to_string_pretty(&figures)?);

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -75,9 +75,7 @@ pub async fn run(command: DlqCommand, json: bool) -> anyhow::Result<bool> {
 }
 
 async fn connect(target: &Target) -> anyhow::Result<PgConnection> {
-    PgConnection::connect(&target.database.url)
-        .await
-        .context("cannot connect to the Tally database (TALLY_DATABASE_URL)")
+    target.database.connection().await
 }
 
 #[allow(clippy::print_stdout)]

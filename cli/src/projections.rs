@@ -56,6 +56,7 @@ pub async fn run(
             let head = event_store::outbox::relayed_to(&pool, &events_stream).await?;
             let checkpoints: Vec<(String, i64, i64, i64, chrono::DateTime<chrono::Utc>)> =
                 sqlx::query_as(
+                    // The view sums the partitions' checkpoints (migration 0009).
                     "SELECT p.projection, p.stream_sequence, p.events_applied,
                         (SELECT count(*) FROM projection_parked k WHERE k.projection = p.projection),
                         p.updated_at
@@ -163,19 +164,22 @@ async fn with_consumer_lag(mut rows: Vec<Status>, nats: &Connection, stream: &st
         eprintln!("NATS unreachable: lag is the distance to the stream head, all subjects");
         return rows;
     };
-    let Ok(stream) = async_nats::jetstream::new(client).get_stream(stream).await else {
+    let Ok(mut stream) = async_nats::jetstream::new(client).get_stream(stream).await else {
         return rows;
+    };
+    // One consumer per partition of the events stream: the lag is their sum.
+    let partitions = match stream.info().await {
+        Ok(info) => platform::nats::event_partitions_of(&info.config).unwrap_or(1),
+        Err(_) => return rows,
     };
     for row in &mut rows {
         let Some(projection) = projections::Projection::by_name(&row.projection) else {
             continue;
         };
-        if let Ok(info) = stream
-            .consumer_info(projections::lag::consumer_name(projection))
-            .await
+        if let Some(behind) =
+            projections::lag::consumers_behind(&mut stream, projection, partitions).await
         {
-            row.lag = i64::try_from(info.num_pending).unwrap_or(i64::MAX)
-                + i64::try_from(info.num_ack_pending).unwrap_or(0);
+            row.lag = i64::try_from(behind).unwrap_or(i64::MAX);
         }
     }
     rows

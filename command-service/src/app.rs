@@ -103,7 +103,6 @@ impl Application {
         let relay = Relay::new(
             executor.store().commit_signal(),
             infra.pool.clone(),
-            platform::db::connect_options(&config.postgres, "command-service-relay")?,
             infra.jetstream.clone(),
             infra.subjects.clone(),
             &infra.streams,

@@ -94,9 +94,20 @@ pub fn is_outage(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
-        other => sql_state_class(other).is_some_and(|class| ["08", "53", "57"].contains(&class)),
+        other => {
+            sql_state_class(other).is_some_and(|class| ["08", "53", "57"].contains(&class))
+                || other
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == READ_ONLY_TRANSACTION)
+        }
     }
 }
+
+/// A write met a server that is a standby: the primary moved (a failover) after this session
+/// was opened, or the session was opened read-only. Nothing was written, and the pool finds the
+/// new primary (`platform::db`), so it is an outage to wait out, not a bug to report.
+const READ_ONLY_TRANSACTION: &str = "25006";
 
 /// Whether the server rolled the transaction back (class 40): a deadlock (40P01) between two
 /// writers waiting on each other's keys, or a serialization failure. Nothing was written.

@@ -129,6 +129,37 @@ fn between<'e, E: sqlx::PgExecutor<'e> + 'e>(
     .boxed()
 }
 
+/// Events of `aggregate_type` the caller is missing: for each `ids[i]`, its sequences
+/// `from[i]..=to[i]`, in (aggregate id, sequence) order. A projection that receives an
+/// aggregate's event N while it has applied only up to v < N - 1 reads v + 1 .. N - 1 here:
+/// the relay publishes an event only after it and its predecessors committed, so they exist.
+pub async fn aggregate_gaps(
+    conn: &mut PgConnection,
+    aggregate_type: &str,
+    ids: &[String],
+    from: &[i64],
+    to: &[i64],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let rows = sqlx::query_as!(
+        StoredEvent,
+        r#"SELECT e.tx_id::text::bigint AS "tx_id!", e.global_position, e.aggregate_type,
+                  e.aggregate_id, e.sequence, e.event_type, e.event_version,
+                  e.payload AS "payload: Json<Value>", e.metadata AS "metadata: Json<Value>",
+                  e.hash, e.recorded_at
+           FROM UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS g(id, lo, hi)
+           JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = g.id
+                        AND e.sequence BETWEEN g.lo AND g.hi
+           ORDER BY e.aggregate_id, e.sequence"#,
+        aggregate_type,
+        ids,
+        from,
+        to,
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
 impl StoredEvent<Value> {
     /// The event as the projections apply it (the body the relay publishes).
     pub fn into_message(self) -> Result<domain::envelope::EventMessage, StoreError> {

@@ -9,7 +9,11 @@ use secrecy::SecretString;
 /// PostgreSQL connection settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PostgresConfig {
-    /// PostgreSQL URL. Holds the password, so it is never logged.
+    /// PostgreSQL URL. Holds the password, so it is never logged. May list several hosts as
+    /// libpq does (what `pg_autoctl show uri` prints):
+    /// `postgres://u:pw@h1:5432,h2:5432/tally?target_session_attrs=read-write`; the services
+    /// then connect to the primary and follow it across a failover
+    /// (`target_session_attrs` = `any`, `read-write` or `primary`).
     #[arg(
         long = "database-url",
         env = "TALLY_DATABASE_URL",
@@ -80,6 +84,19 @@ pub struct NatsConfig {
         value_parser = clap::value_parser!(u64).range(1_000..=86_400_000)
     )]
     pub duplicate_window_ms: u64,
+    /// Partitions of the events stream (`<prefix>.evt.<type>.<id>` is stored as
+    /// `<prefix>.evt.<type>.<id>.<partition>`, the partition a hash of the id): each projection
+    /// runs one consumer per partition, spread over its workers. Set by whoever creates the
+    /// streams (the command-service); the workers read it from the stream. A change applies to
+    /// events stored from then on only: let the projections catch up first
+    /// (docs/operations.md, "Projection partitions").
+    #[arg(
+        long = "event-partitions",
+        env = "TALLY_EVENT_PARTITIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=256)
+    )]
+    pub event_partitions: u32,
     /// How long to wait for the NATS server when connecting.
     #[arg(
         long = "nats-connect-timeout-ms",

@@ -50,11 +50,12 @@ impl Infra {
         // streams: another service started first waits for it, a bounded while.
         let started = std::time::Instant::now();
         let streams = loop {
-            match nats::ensure_streams_with_window(
+            match nats::ensure_streams_partitioned(
                 &jetstream,
                 &subjects,
                 nats_config.stream_replicas,
                 window,
+                nats_config.event_partitions,
             )
             .await
             {

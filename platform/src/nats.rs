@@ -150,6 +150,70 @@ pub const COMMANDS_QUEUED_MAX: i64 = 1_000_000;
 /// Largest durable command message (body up to 64 KiB, headers and token included).
 pub const COMMAND_MESSAGE_MAX_BYTES: i32 = 128 * 1024;
 
+/// First pause before reconnecting after the first failed attempt; doubles from here.
+pub const RECONNECT_DELAY_FIRST: Duration = Duration::from_millis(50);
+/// Longest pause between reconnect attempts. async-nats's default grows to 4 s, so a service
+/// whose server came back mid-pause stayed disconnected up to 4 s longer (about 3 s measured
+/// after a restart). An attempt against a server that is down costs a refused TCP connect, so
+/// trying twice a second costs nothing worth saving, and every second of extra outage is a
+/// second of commands refused.
+pub const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(500);
+
+/// The pause before reconnect attempt `attempts` (async-nats counts from 1): none before the
+/// first, then [`RECONNECT_DELAY_FIRST`] doubling up to [`RECONNECT_DELAY_MAX`], each less up
+/// to a fifth at random, so that many clients of one restarted server do not all knock at the
+/// same instant.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
+    let delay = RECONNECT_DELAY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RECONNECT_DELAY_MAX);
+    delay - delay.mul_f64(jitter_fraction() / 5.0)
+}
+
+/// A number in `[0, 1)`, random enough for jitter: the standard library's per-process random
+/// hash keys, without a dependency for it.
+fn jitter_fraction() -> f64 {
+    use std::hash::BuildHasher;
+    let bits = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod reconnect_delay_tests {
+    use super::*;
+
+    #[test]
+    fn first_attempt_at_once_then_doubling_to_the_cap_with_jitter_below() {
+        assert_eq!(reconnect_delay(0), Duration::ZERO);
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        let bounds = |attempts: usize| {
+            let full =
+                (RECONNECT_DELAY_FIRST * 2u32.pow(attempts as u32 - 2)).min(RECONNECT_DELAY_MAX);
+            (full.mul_f64(0.8), full)
+        };
+        for attempts in 2..200 {
+            for _ in 0..20 {
+                let delay = reconnect_delay(attempts);
+                let (low, high) = bounds(attempts.min(20));
+                assert!(
+                    low <= delay && delay <= high,
+                    "attempt {attempts}: {delay:?} not in {low:?}..={high:?}"
+                );
+            }
+        }
+        assert!(reconnect_delay(2) <= Duration::from_millis(50));
+        assert!(reconnect_delay(usize::MAX) <= RECONNECT_DELAY_MAX);
+        // Jittered: not every client of a restarted server waits the same.
+        let delays: std::collections::HashSet<Duration> =
+            (0..50).map(|_| reconnect_delay(10)).collect();
+        assert!(delays.len() > 1, "no jitter: {delays:?}");
+    }
+}
+
 /// Connects, and refuses servers older than [`SERVER_VERSION_MIN`] or without JetStream.
 pub async fn connect(
     config: &NatsConfig,
@@ -159,6 +223,7 @@ pub async fn connect(
         .name(client_name)
         .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
         .request_timeout(Some(Duration::from_secs(5)))
+        .reconnect_delay_callback(reconnect_delay)
         .custom_inbox_prefix(inbox_prefix(
             config.user.as_deref(),
             config.inbox_prefix.as_deref(),
@@ -207,14 +272,63 @@ pub async fn ensure_streams(
     ensure_streams_with_window(js, subjects, replicas, DUPLICATE_WINDOW).await
 }
 
+/// Partitions of the events stream unless configured (`--event-partitions`).
+pub const EVENT_PARTITIONS_DEFAULT: u32 = 4;
+
 /// [`ensure_streams`] with the configured duplicate window (`--nats-duplicate-window-ms`). The
 /// relay's exactly-once start-up does not depend on it (see `command-service/src/relay`); it
-/// only decides how long a blind re-publication is dropped.
+/// only decides how long a blind re-publication is dropped. The events stream gets
+/// [`EVENT_PARTITIONS_DEFAULT`] partitions; [`ensure_streams_partitioned`] takes the setting.
 pub async fn ensure_streams_with_window(
     js: &jetstream::Context,
     subjects: &Subjects,
     replicas: usize,
     duplicate_window: Duration,
+) -> Result<StreamNames, NatsError> {
+    ensure_streams_partitioned(
+        js,
+        subjects,
+        replicas,
+        duplicate_window,
+        EVENT_PARTITIONS_DEFAULT,
+    )
+    .await
+}
+
+/// The events stream's subject transform: `<prefix>.evt.<type>.<id>` is stored as
+/// `<prefix>.evt.<type>.<id>.<partition>`, the partition a hash of the aggregate id (NATS
+/// deterministic partitioning), so each projection can run one consumer per partition and every
+/// aggregate's events stay in one of them, in order. Subscribers of the published subject
+/// (core NATS) see it unchanged; only what the stream stores and its consumers filter on
+/// changes.
+pub fn event_partitioning(subjects: &Subjects, partitions: u32) -> stream::SubjectTransform {
+    let prefix = subjects.prefix();
+    stream::SubjectTransform {
+        source: format!("{prefix}.evt.*.*"),
+        destination: format!(
+            "{prefix}.evt.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},2)}}}}"
+        ),
+    }
+}
+
+/// The partition count of an events stream's configuration (from its subject transform); `None`
+/// for a stream without one (created before partitions, or not Tally's).
+pub fn event_partitions_of(config: &stream::Config) -> Option<u32> {
+    let destination = &config.subject_transform.as_ref()?.destination;
+    let start = destination.find("{{partition(")? + "{{partition(".len();
+    let rest = &destination[start..];
+    rest[..rest.find(',')?].trim().parse().ok()
+}
+
+/// [`ensure_streams_with_window`] with the events stream's partition count
+/// (`--event-partitions`). Changing it on an existing stream changes the subjects of events
+/// stored from then on only (docs/operations.md, "Projection partitions").
+pub async fn ensure_streams_partitioned(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+    duplicate_window: Duration,
+    event_partitions: u32,
 ) -> Result<StreamNames, NatsError> {
     let names = StreamNames::for_subjects(subjects);
     let stream = |name: &str, description: &str, subject: String, retention| stream::Config {
@@ -245,12 +359,15 @@ pub async fn ensure_streams_with_window(
                 stream::RetentionPolicy::WorkQueue,
             )
         },
-        stream(
-            &names.events,
-            "Every committed event, once, in per-aggregate order",
-            subjects.events(),
-            stream::RetentionPolicy::Limits,
-        ),
+        stream::Config {
+            subject_transform: Some(event_partitioning(subjects, event_partitions.max(1))),
+            ..stream(
+                &names.events,
+                "Every committed event, once, in per-aggregate order",
+                subjects.events(),
+                stream::RetentionPolicy::Limits,
+            )
+        },
         stream(
             &names.dead_letters,
             "Events a projection could not apply, with the error",
@@ -298,11 +415,31 @@ fn same_settings(existing: &stream::Config, wanted: &stream::Config) -> bool {
         && limit(existing.max_message_size.into()) == limit(wanted.max_message_size.into())
         && existing.discard == wanted.discard
         && existing.description == wanted.description
+        && existing.subject_transform == wanted.subject_transform
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_partition_count_reads_back_from_the_transform() {
+        let Ok(subjects) = Subjects::new("tally") else {
+            panic!("a valid prefix")
+        };
+        let transform = event_partitioning(&subjects, 8);
+        assert_eq!(transform.source, "tally.evt.*.*");
+        assert_eq!(
+            transform.destination,
+            "tally.evt.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(8,2)}}"
+        );
+        let config = stream::Config {
+            subject_transform: Some(transform),
+            ..Default::default()
+        };
+        assert_eq!(event_partitions_of(&config), Some(8));
+        assert_eq!(event_partitions_of(&stream::Config::default()), None);
+    }
 
     #[test]
     fn versions() {

@@ -7,6 +7,7 @@
 //! crate's tables or consumers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -27,14 +28,21 @@ pub use async_trait::async_trait;
 /// its own waits with it.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Each `/readyz` check gets this long, all of them at once, so the whole answer comes well
+/// within a second even while a dependency is down: a probe with a 1 s timeout (a load
+/// balancer's, Kubernetes') that gets no answer learns nothing, and a pool waiting out its
+/// acquire timeout (2 s by default) on a dead PostgreSQL would otherwise hold the answer.
+/// Checks that take longer count as failed, with a reason saying so.
+pub const READY_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// One more condition for `/readyz`, supplied by the service that knows it.
 #[async_trait]
 pub trait ReadinessCheck: Send + Sync {
     /// The check's name in the report (`"projection_lag"`, `"outbox_backlog"`).
     fn name(&self) -> &'static str;
 
-    /// `Ok` while ready; otherwise why not, for operators: never credentials or SQL. Returns
-    /// within a few [`CHECK_TIMEOUT`]s (a probe that hangs is worse than one that fails).
+    /// `Ok` while ready; otherwise why not, for operators: never credentials or SQL. Cut off
+    /// (and reported as failed) after [`READY_CHECK_TIMEOUT`], so keep it to one cheap look.
     async fn check(&self) -> Result<(), String>;
 }
 
@@ -57,6 +65,9 @@ pub struct Readiness {
     checks: Vec<Arc<dyn ReadinessCheck>>,
     /// Rendered after the registry and the pool, in the order added.
     sources: Vec<Arc<dyn MetricsSource>>,
+    /// Whether the last report was ready: readiness changes are logged once each, not every
+    /// probe (an outage is expected to fail probes every few seconds for its whole length).
+    last_ready: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -98,6 +109,7 @@ impl Readiness {
             registry,
             checks: Vec::new(),
             sources: Vec::new(),
+            last_ready: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -115,16 +127,53 @@ impl Readiness {
         self
     }
 
+    /// Every check at once, each cut off after [`READY_CHECK_TIMEOUT`]: the report comes
+    /// within about that long whatever is down.
     pub async fn check(&self) -> ReadinessReport {
-        let postgres = match tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&self.pool)).await
-        {
-            Ok(Ok(())) => None,
-            Ok(Err(_)) => Some("query failed".to_owned()),
-            Err(_) => Some("timed out".to_owned()),
+        let postgres = async {
+            match tokio::time::timeout(READY_CHECK_TIMEOUT, crate::db::ping(&self.pool)).await {
+                Ok(Ok(())) => None,
+                // The error's kind only (`Connection refused`, `pool timed out`): sqlx's
+                // messages name neither credentials nor SQL.
+                Ok(Err(error)) => Some(format!("PostgreSQL query failed: {error}")),
+                Err(_) => Some(format!(
+                    "PostgreSQL did not answer within {} ms",
+                    READY_CHECK_TIMEOUT.as_millis()
+                )),
+            }
         };
+        // The service's own checks on tasks of their own (dropped with the set if the probe
+        // goes away), each cut off on its own.
+        let mut others = tokio::task::JoinSet::new();
+        for (index, check) in self.checks.iter().enumerate() {
+            let check = Arc::clone(check);
+            others.spawn(async move {
+                let reason = match tokio::time::timeout(READY_CHECK_TIMEOUT, check.check()).await {
+                    Ok(result) => result.err(),
+                    Err(_) => Some(format!(
+                        "no answer within {} ms",
+                        READY_CHECK_TIMEOUT.as_millis()
+                    )),
+                };
+                (index, reason)
+            });
+        }
+        let others = async {
+            // A check whose task panicked (a bug) keeps this reason: it fails readiness
+            // rather than the probe.
+            let mut reasons = vec![Some("check failed".to_owned()); self.checks.len()];
+            while let Some(joined) = others.join_next().await {
+                match joined {
+                    Ok((index, reason)) => reasons[index] = reason,
+                    Err(error) => tracing::error!(%error, "readiness check panicked"),
+                }
+            }
+            reasons
+        };
+        let (postgres, others) = tokio::join!(postgres, others);
         let nats = match self.nats.connection_state() {
             async_nats::connection::State::Connected => None,
-            other => Some(format!("{other}")),
+            other => Some(format!("NATS connection is {other}")),
         };
         let mut checks = vec![
             Check {
@@ -138,17 +187,36 @@ impl Readiness {
                 reason: nats,
             },
         ];
-        for check in &self.checks {
-            let reason = check.check().await.err();
+        for (check, reason) in self.checks.iter().zip(others) {
             checks.push(Check {
                 name: check.name(),
                 ok: reason.is_none(),
                 reason,
             });
         }
-        ReadinessReport {
+        let report = ReadinessReport {
             ready: checks.iter().all(|c| c.ok),
             checks,
+        };
+        self.log_change(&report);
+        report
+    }
+
+    /// One line when readiness changes, rather than one per probe.
+    fn log_change(&self, report: &ReadinessReport) {
+        if self.last_ready.swap(report.ready, Ordering::Relaxed) == report.ready {
+            return;
+        }
+        if report.ready {
+            tracing::info!("ready again");
+        } else {
+            let failing: Vec<String> = report
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| format!("{}: {}", c.name, c.reason.as_deref().unwrap_or("failed")))
+                .collect();
+            tracing::warn!(failing = %failing.join("; "), "not ready");
         }
     }
 }

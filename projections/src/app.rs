@@ -18,6 +18,55 @@ pub enum StartupError {
     Bind(#[from] platform::ops_http::BindError),
     #[error("cannot register metrics")]
     Metrics(#[from] platform::metrics::MetricsError),
+    #[error("cannot read the events stream: {0}")]
+    Stream(String),
+}
+
+/// Makes the runner of a (projection, partition) the supervisor takes on.
+#[derive(Debug)]
+pub struct Factory {
+    pool: sqlx::PgPool,
+    jetstream: async_nats::jetstream::Context,
+    stream: String,
+    prefix: String,
+    dead_letters: [(crate::Projection, String); 2],
+    config: crate::runner::RunnerConfig,
+    batch_sizes: prometheus::HistogramVec,
+    event_delays: prometheus::HistogramVec,
+}
+
+impl crate::partitions::RunnerFactory for Factory {
+    fn runner(
+        &self,
+        projection: crate::Projection,
+        partition: u32,
+        partitions: Option<u32>,
+    ) -> crate::runner::Runner {
+        crate::runner::Runner {
+            pool: self.pool.clone(),
+            jetstream: self.jetstream.clone(),
+            stream: self.stream.clone(),
+            projection,
+            partition,
+            partitions: partitions.unwrap_or(1).max(1),
+            filter_subject: crate::lag::filter_subject(
+                &self.prefix,
+                projection,
+                partition,
+                partitions,
+            ),
+            dead_letter_subject: self
+                .dead_letters
+                .iter()
+                .find(|(p, _)| *p == projection)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default(),
+            config: self.config.clone(),
+            batch_sizes: self.batch_sizes.with_label_values(&[projection.name()]),
+            event_delays: self.event_delays.with_label_values(&[projection.name()]),
+            gap_log: crate::runner::GapLog::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -25,7 +74,7 @@ pub struct Application {
     infra: Infra,
     ops_listener: TcpListener,
     ops_addr: SocketAddr,
-    runners: Vec<crate::runner::Runner>,
+    supervisor: crate::partitions::Supervisor<Factory>,
     lag_max: u64,
 }
 
@@ -47,32 +96,52 @@ impl Application {
             &["projection"],
             &platform::metrics::LATENCY_BUCKETS_S,
         )?;
-        let runners = crate::Projection::ALL
-            .into_iter()
-            .map(|projection| crate::runner::Runner {
-                pool: infra.pool.clone(),
-                jetstream: infra.jetstream.clone(),
-                stream: infra.streams.events.clone(),
-                projection,
-                filter_subject: format!(
-                    "{}.evt.{}.>",
-                    infra.subjects.prefix(),
-                    projection.aggregate_type()
-                ),
-                dead_letter_subject: infra.subjects.dead_letter(projection.name()),
-                config: crate::runner::RunnerConfig {
-                    batch_max: config.batch_max.max(1),
-                    poison_attempts: config.poison_attempts.max(1),
-                },
-                batch_sizes: batch_sizes.with_label_values(&[projection.name()]),
-                event_delays: event_delays.with_label_values(&[projection.name()]),
-            })
-            .collect();
+        // The stream says how many partitions there are (its creator's `--event-partitions`):
+        // every worker then divides the same ones, whatever its own setting.
+        let events = infra
+            .jetstream
+            .get_stream(&infra.streams.events)
+            .await
+            .map_err(|e| StartupError::Stream(e.to_string()))?;
+        let partitions = platform::nats::event_partitions_of(&events.cached_info().config);
+        if partitions.is_none() {
+            tracing::warn!(
+                stream = %infra.streams.events,
+                "the events stream has no partitions (created by an older version?): one consumer per projection"
+            );
+        }
+        for projection in crate::Projection::ALL {
+            // The consumer of the version before partitions, if any: its work is now the
+            // partitions' (an event it had not delivered is filled from the store when its
+            // aggregate's next one arrives, or by a rebuild; docs/operations.md).
+            let _ = events
+                .delete_consumer(&crate::lag::unpartitioned_consumer_name(projection))
+                .await;
+        }
+        let factory = Factory {
+            pool: infra.pool.clone(),
+            jetstream: infra.jetstream.clone(),
+            stream: infra.streams.events.clone(),
+            prefix: infra.subjects.prefix().to_owned(),
+            dead_letters: crate::Projection::ALL.map(|p| (p, infra.subjects.dead_letter(p.name()))),
+            config: crate::runner::RunnerConfig {
+                batch_max: config.batch_max.max(1),
+                poison_attempts: config.poison_attempts.max(1),
+            },
+            batch_sizes,
+            event_delays,
+        };
+        let supervisor = crate::partitions::Supervisor {
+            pool: infra.pool.clone(),
+            jetstream: infra.jetstream.clone(),
+            stream: infra.streams.events.clone(),
+            factory,
+        };
         Ok(Application {
             infra,
             ops_listener,
             ops_addr,
-            runners,
+            supervisor,
             lag_max: config.ready_projection_lag_max,
         })
     }
@@ -85,20 +154,12 @@ impl Application {
     /// Runs until `shutdown` is cancelled, then drains and returns.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let router = platform::ops_http::router(crate::lag::readiness(&self.infra, self.lag_max));
-        let runners: Vec<_> = self
-            .runners
-            .into_iter()
-            .map(|runner| tokio::spawn(runner.run(shutdown.clone())))
-            .collect();
+        let supervisor = tokio::spawn(self.supervisor.run(shutdown.clone()));
         tokio::spawn(platform::allocator_trim::run(shutdown.clone()));
         tracing::info!(service = SERVICE, ops_addr = %self.ops_addr, "ready");
         platform::ops_http::serve(self.ops_listener, router, shutdown.clone()).await?;
-        for runner in runners {
-            match runner.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(%error, "projection could not start"),
-                Err(error) => tracing::error!(%error, "projection panicked"),
-            }
+        if let Err(error) = supervisor.await {
+            tracing::error!(%error, "projection supervisor panicked");
         }
         // Flush what the client buffered before the process exits.
         if let Err(error) = self.infra.nats.drain().await {

@@ -177,7 +177,9 @@ impl Runner {
     /// `Ok(None)`: not yet possible (a parked event is still in flight); the action stays.
     async fn release(&self, aggregate_id: &str, retry: bool) -> Result<Option<usize>, ApplyError> {
         let mut tx = self.pool.begin().await?;
-        write_lock::apply(&mut tx, self.projection.name()).await?;
+        // The aggregate's partition is not known here (the stream's hash decides it): hold
+        // them all, which only the rare operator action pays for.
+        write_lock::apply_all(&mut tx, self.projection.name(), self.partitions).await?;
         let head: Option<(sqlx::types::Json<EventMessage>,)> = sqlx::query_as(
             "SELECT event FROM projection_parked
              WHERE projection = $1 AND aggregate_id = $2
@@ -260,16 +262,17 @@ impl Runner {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO projection_checkpoints (projection, events_applied, events_dropped)
-             VALUES ($1, $2, $3)
-             ON CONFLICT (projection) DO UPDATE SET
-                 events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
-                 events_dropped = projection_checkpoints.events_dropped + EXCLUDED.events_dropped,
+            "INSERT INTO projection_partition_checkpoints (projection, partition, events_applied, events_dropped)
+             VALUES ($1, $4, $2, $3)
+             ON CONFLICT (projection, partition) DO UPDATE SET
+                 events_applied = projection_partition_checkpoints.events_applied + EXCLUDED.events_applied,
+                 events_dropped = projection_partition_checkpoints.events_dropped + EXCLUDED.events_dropped,
                  updated_at = now()",
         )
         .bind(self.projection.name())
         .bind(i64::try_from(run.len()).unwrap_or(i64::MAX))
         .bind(i64::from(!retry))
+        .bind(i32::try_from(self.partition).unwrap_or(i32::MAX))
         .execute(&mut *tx)
         .await?;
         for table in ["projection_parked_events", "projection_parked"] {

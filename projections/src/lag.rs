@@ -11,9 +11,46 @@ use sqlx::PgPool;
 use crate::Projection;
 use crate::figures::FiguresSource;
 
-/// The durable consumer a projection's workers share on the events stream.
-pub fn consumer_name(projection: Projection) -> String {
+/// The durable consumer of one partition of a projection on the events stream.
+pub fn consumer_name(projection: Projection, partition: u32) -> String {
+    format!("projection-{}-p{partition}", projection.name())
+}
+
+/// The one consumer a projection had before partitions; workers delete it at start.
+pub fn unpartitioned_consumer_name(projection: Projection) -> String {
     format!("projection-{}", projection.name())
+}
+
+/// The subjects of one partition of a projection: `<prefix>.evt.<type>.*.<partition>`, or, on
+/// a stream without partitions (`partitions` None), all of the type's.
+pub fn filter_subject(
+    prefix: &str,
+    projection: Projection,
+    partition: u32,
+    partitions: Option<u32>,
+) -> String {
+    match partitions {
+        Some(_) => format!("{prefix}.evt.{}.*.{partition}", projection.aggregate_type()),
+        None => format!("{prefix}.evt.{}.>", projection.aggregate_type()),
+    }
+}
+
+/// Undelivered plus unacknowledged events of `projection` over its partitions' consumers;
+/// `None` while any of them does not exist yet.
+pub async fn consumers_behind(
+    stream: &mut async_nats::jetstream::stream::Stream,
+    projection: Projection,
+    partitions: u32,
+) -> Option<u64> {
+    let mut behind = 0u64;
+    for k in 0..partitions.max(1) {
+        let info = stream
+            .consumer_info(consumer_name(projection, k))
+            .await
+            .ok()?;
+        behind += info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0);
+    }
+    Some(behind)
 }
 
 /// Readiness for a service that builds or serves the read models: PostgreSQL, NATS and every
@@ -50,7 +87,7 @@ pub struct ProjectionLag {
 
 impl ProjectionLag {
     /// Events of the projection's own subjects that it has not applied yet: what its durable
-    /// consumer still has to deliver or has in flight. (The stream's head minus the
+    /// consumers (one per partition) still have to deliver or have in flight. (The stream's head minus the
     /// projection's position would count other aggregates' events too.) Before the consumer
     /// exists, everything in the stream is behind.
     pub async fn events_behind(&self, projection: Projection) -> Result<u64, String> {
@@ -59,15 +96,12 @@ impl ProjectionLag {
             .get_stream(&self.events_stream)
             .await
             .map_err(|e| e.to_string())?;
-        match stream.consumer_info(consumer_name(projection)).await {
-            Ok(info) => Ok(info.num_pending + u64::try_from(info.num_ack_pending).unwrap_or(0)),
-            Err(_) => Ok(stream
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .state
-                .messages),
-        }
+        let info = stream.info().await.map_err(|e| e.to_string())?;
+        let partitions = platform::nats::event_partitions_of(&info.config).unwrap_or(1);
+        let messages = info.state.messages;
+        Ok(consumers_behind(&mut stream, projection, partitions)
+            .await
+            .unwrap_or(messages))
     }
 }
 

@@ -14,6 +14,7 @@ mod config;
 mod dead_letters;
 pub mod figures;
 pub mod lag;
+pub mod partitions;
 mod projection;
 pub mod rebuild;
 pub mod runner;

@@ -1,13 +1,18 @@
-//! The projection worker loop: a durable pull consumer on the events stream, one transaction
-//! per batch (read-model rows + per-aggregate versions + checkpoint), acks after the commit.
+//! The projection worker loop for one partition of a projection: a durable pull consumer on the
+//! partition's subjects of the events stream, one transaction per batch (read-model rows +
+//! per-aggregate versions + the partition's checkpoint), acks after the commit.
 //!
 //! Exactly-once effects come from the transaction, not from JetStream: an event whose sequence
-//! is at or below the aggregate's applied version is a duplicate (acked, not applied); one
-//! above `version + 1` is a gap (JetStream redelivers out of order, nats-server #6114), and is
-//! nak'ed to come back after the missing one, never skipped. Catch-up and live are this one loop.
+//! is at or below the aggregate's applied version is a duplicate (acked, not applied). One above
+//! `version + 1` is a gap: JetStream redelivers out of order (nats-server #6114), and a worker
+//! that died holding deliveries gives them back only after the ack wait. The gap is filled from
+//! the event store in the same transaction (event N of an aggregate was published only after
+//! 1..N-1 committed), never skipped and never waited for: the late deliveries then arrive as
+//! duplicates. Catch-up and live are this one loop.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use domain::envelope::EventMessage;
@@ -22,13 +27,21 @@ use crate::write_lock;
 
 /// A delivery not acknowledged within this comes back (batches commit far sooner).
 const ACK_WAIT: Duration = Duration::from_secs(30);
-/// A gap's later event is offered again after this.
+/// A gap's later event is offered again after this (only when the event store could not fill
+/// the gap, which a committed event's predecessors always can).
 const GAP_RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Gaps filled from the event store are logged at most this often (a takeover fills many).
+const GAP_LOG_EVERY: Duration = Duration::from_secs(10);
+/// A batch that lost the versions' compare-and-set to another writer is offered again after
+/// this.
+const RACED_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause after a database failure.
 pub(crate) const FAILURE_DELAY_MAX: Duration = Duration::from_secs(5);
-/// The priority group the workers of a projection pull with; one is pinned at a time.
+/// The priority group the workers of a partition pull with; one is pinned at a time. Only the
+/// partition's owner (`partitions`) pulls; the pin guards a hand-over's overlap.
 const PRIORITY_GROUP: &str = "workers";
-/// How long the pinned worker may stop pulling before a standby takes over.
+/// How long a pinned worker may stop pulling before the pin moves (the new owner unpins a
+/// dead one at once).
 const PIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often operator actions on parked aggregates (`tally dlq retry|drop`) are looked for.
 const ACTIONS_POLL: Duration = Duration::from_secs(1);
@@ -46,7 +59,11 @@ pub struct Runner {
     pub jetstream: jetstream::Context,
     pub stream: String,
     pub projection: Projection,
-    /// `<prefix>.evt.<aggregate type>.>`
+    /// Which partition of the projection this runner applies.
+    pub partition: u32,
+    /// How many the events stream has.
+    pub partitions: u32,
+    /// `<prefix>.evt.<aggregate type>.*.<partition>`
     pub filter_subject: String,
     /// `<prefix>.dlq.<projection>`
     pub dead_letter_subject: String,
@@ -55,6 +72,26 @@ pub struct Runner {
     pub batch_sizes: prometheus::Histogram,
     /// From each applied event's recording to the read model's commit.
     pub event_delays: prometheus::Histogram,
+    /// Gaps filled since the last log line, and when that was.
+    pub gap_log: Mutex<GapLog>,
+}
+
+/// What gap filling did since it was last logged (rate-limited WARN).
+#[derive(Debug)]
+pub struct GapLog {
+    pub logged_at: Option<Instant>,
+    pub aggregates: u64,
+    pub events: u64,
+}
+
+impl GapLog {
+    pub fn new() -> Mutex<GapLog> {
+        Mutex::new(GapLog {
+            logged_at: None,
+            aggregates: 0,
+            events: 0,
+        })
+    }
 }
 
 pub(crate) struct Delivery {
@@ -64,21 +101,46 @@ pub(crate) struct Delivery {
 
 impl Runner {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), String> {
-        let consumer = self
+        let consumer_name = crate::lag::consumer_name(self.projection, self.partition);
+        let stream = self
             .jetstream
             .get_stream(&self.stream)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        // Deliveries the previous owner held unacknowledged come back only after the ack wait.
+        // Those of an aggregate with a later event are filled from the store when it arrives;
+        // the last ones of an aggregate would wait. So a takeover that finds any restarts the
+        // consumer just past its ack floor: everything after it is delivered again at once,
+        // and what was applied already is skipped as a duplicate.
+        let mut deliver_policy = jetstream::consumer::DeliverPolicy::All;
+        if let Ok(info) = stream.consumer_info(&consumer_name).await
+            && info.num_ack_pending > 0
+        {
+            let start_sequence = info.ack_floor.stream_sequence + 1;
+            tracing::info!(
+                projection = self.projection.name(),
+                partition = self.partition,
+                unacknowledged = info.num_ack_pending,
+                start_sequence,
+                "the partition's last owner left deliveries unacknowledged; redelivering them now"
+            );
+            stream
+                .delete_consumer(&consumer_name)
+                .await
+                .map_err(|e| e.to_string())?;
+            deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence };
+        }
+        let consumer = stream
             .create_consumer(pull::Config {
-                durable_name: Some(crate::lag::consumer_name(self.projection)),
+                durable_name: Some(consumer_name.clone()),
                 filter_subject: self.filter_subject.clone(),
                 ack_policy: jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
                 max_ack_pending: i64::try_from(self.config.batch_max * 4).unwrap_or(2_000),
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                // One active worker per projection; others stand by and take over when it stops
-                // pulling. Sharing the consumer would split an aggregate's events between
-                // workers and turn most of them into gaps.
+                deliver_policy,
+                // Only the partition's owner pulls; the pin keeps a worker that lost the
+                // partition but has not noticed yet from sharing it (the version checks and the
+                // apply lock keep the effects right even then).
                 priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
                 priority_groups: vec![PRIORITY_GROUP.to_owned()],
                 priority_timeout: PIN_TIMEOUT,
@@ -86,6 +148,17 @@ impl Runner {
             })
             .await
             .map_err(|e| e.to_string())?;
+        // This worker owns the partition now (`partitions`): whoever held the pin before has
+        // let go of it or died. Unpinning moves the pin to this worker at its first pull
+        // rather than after the pin timeout.
+        if let Err(error) = stream.unpin_consumer(&consumer_name, PRIORITY_GROUP).await {
+            tracing::debug!(%error, "unpin at takeover failed; the pin moves after its timeout");
+        }
+        tracing::info!(
+            projection = self.projection.name(),
+            partition = self.partition,
+            "partition taken"
+        );
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(self.config.batch_max)
@@ -102,7 +175,9 @@ impl Runner {
             // latency when idle, full batches under load.
             let first = tokio::select! {
                 () = shutdown.cancelled() => break,
-                _ = actions.tick() => {
+                // Operator actions can concern any aggregate: partition 0's owner (there is
+                // always one) carries them out, under every partition's apply lock.
+                _ = actions.tick(), if self.partition == 0 => {
                     if let Err(error) = self.carry_out_actions().await {
                         tracing::warn!(%error, "dead-letter actions failed; retrying later");
                     }
@@ -145,14 +220,14 @@ impl Runner {
         }
         // Hand the pin to a standby now rather than after PIN_TIMEOUT.
         drop(messages);
-        if let Ok(stream) = self.jetstream.get_stream(&self.stream).await
-            && let Err(error) = stream
-                .unpin_consumer(&crate::lag::consumer_name(self.projection), PRIORITY_GROUP)
-                .await
-        {
+        if let Err(error) = stream.unpin_consumer(&consumer_name, PRIORITY_GROUP).await {
             tracing::debug!(%error, "unpin on shutdown failed; the pin expires by itself");
         }
-        tracing::info!(projection = self.projection.name(), "projection stopped");
+        tracing::info!(
+            projection = self.projection.name(),
+            partition = self.partition,
+            "partition released"
+        );
         Ok(())
     }
 
@@ -205,7 +280,7 @@ impl Runner {
     async fn apply_batch(&self, deliveries: &[Delivery]) -> Result<(), ApplyError> {
         let mut tx = self.pool.begin().await?;
         // No row locks below: the apply lock makes this the only writer (write_lock).
-        write_lock::apply(&mut tx, self.projection.name()).await?;
+        write_lock::apply(&mut tx, self.projection.name(), self.partition).await?;
         let ids: Vec<String> = deliveries
             .iter()
             .map(|d| d.event.aggregate_id.clone())
@@ -240,23 +315,136 @@ impl Runner {
                 versions.insert(id, u64::try_from(version).unwrap_or(0));
             }
         }
-        let mut apply = Vec::new();
+        // Each aggregate's deliveries in sequence order: what is new, what is a duplicate, and
+        // whether the new ones follow the applied version without a hole.
+        let mut by_aggregate: BTreeMap<&str, Vec<&Delivery>> = BTreeMap::new();
+        for d in deliveries {
+            by_aggregate
+                .entry(d.event.aggregate_id.as_str())
+                .or_default()
+                .push(d);
+        }
         let mut done = Vec::new();
         let mut gaps = Vec::new();
         let mut held = Vec::new();
-        for d in deliveries {
-            let version = versions.get(&d.event.aggregate_id).copied().unwrap_or(0);
-            if d.event.sequence <= version {
-                done.push(&d.message); // a duplicate: already applied
-            } else if parked.contains(&d.event.aggregate_id) {
-                held.push(&d.event); // waits behind its aggregate's dead letter
-                done.push(&d.message);
-            } else if d.event.sequence == version + 1 {
-                versions.insert(d.event.aggregate_id.clone(), d.event.sequence);
-                apply.push(d.event.clone());
-                done.push(&d.message);
+        // (aggregate, version before, its new deliveries in order, contiguous from version + 1)
+        let mut plans: Vec<(&str, u64, Vec<&Delivery>, bool)> = Vec::new();
+        let (mut fill_ids, mut fill_from, mut fill_to) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, mut ds) in by_aggregate {
+            ds.sort_by_key(|d| d.event.sequence);
+            let version = versions.get(id).copied().unwrap_or(0);
+            let mut fresh: Vec<&Delivery> = Vec::new();
+            for d in ds {
+                if d.event.sequence <= version
+                    || fresh
+                        .last()
+                        .is_some_and(|f| f.event.sequence == d.event.sequence)
+                {
+                    done.push(&d.message); // a duplicate: already applied, or twice in this batch
+                } else if parked.contains(id) {
+                    held.push(&d.event); // waits behind its aggregate's dead letter
+                    done.push(&d.message);
+                } else {
+                    fresh.push(d);
+                }
+            }
+            let Some(last) = fresh.last() else { continue };
+            let last = last.event.sequence;
+            let contiguous = fresh
+                .iter()
+                .zip(version + 1..)
+                .all(|(d, expected)| d.event.sequence == expected);
+            if !contiguous {
+                fill_ids.push(id.to_owned());
+                fill_from.push(i64::try_from(version + 1).unwrap_or(i64::MAX));
+                fill_to.push(i64::try_from(last - 1).unwrap_or(i64::MAX));
+            }
+            plans.push((id, version, fresh, contiguous));
+        }
+        // One read for every hole of the batch.
+        let mut filled: HashMap<String, Vec<EventMessage>> = HashMap::new();
+        if !fill_ids.is_empty() {
+            match event_store::history::aggregate_gaps(
+                &mut tx,
+                self.projection.aggregate_type(),
+                &fill_ids,
+                &fill_from,
+                &fill_to,
+            )
+            .await
+            {
+                Ok(rows) => {
+                    for row in rows {
+                        match row.into_message() {
+                            Ok(event) => filled
+                                .entry(event.aggregate_id.clone())
+                                .or_default()
+                                .push(event),
+                            Err(error) => {
+                                tracing::warn!(%error, "stored event unreadable; its gap waits for redelivery");
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "gap read failed; the later events come back");
+                }
+            }
+        }
+        let mut apply: Vec<EventMessage> = Vec::new();
+        let mut changed: Vec<(&str, i64, i64)> = Vec::new();
+        let (mut gap_aggregates, mut gap_events) = (0u64, 0u64);
+        for (id, version, fresh, contiguous) in plans {
+            let mut next = version + 1;
+            if !contiguous {
+                // The store's events up to the last delivered one's predecessor, then that one
+                // (and any delivered in between are the same events: acked as applied).
+                let from_store = filled.remove(id).unwrap_or_default();
+                let complete = from_store
+                    .iter()
+                    .zip(version + 1..)
+                    .all(|(e, expected)| e.sequence == expected)
+                    && from_store.len() as u64 + version + 1
+                        == fresh[fresh.len() - 1].event.sequence;
+                if complete {
+                    let delivered: HashSet<u64> = fresh.iter().map(|d| d.event.sequence).collect();
+                    gap_aggregates += 1;
+                    gap_events += from_store
+                        .iter()
+                        .filter(|e| !delivered.contains(&e.sequence))
+                        .count() as u64;
+                    next += from_store.len() as u64;
+                    apply.extend(from_store);
+                    let last = fresh[fresh.len() - 1];
+                    apply.push(last.event.clone());
+                    next += 1;
+                    done.extend(fresh.iter().map(|d| &d.message));
+                } else {
+                    // Not readable now: apply what follows the version without a hole, and
+                    // let the rest come back.
+                    for d in fresh {
+                        if d.event.sequence == next {
+                            apply.push(d.event.clone());
+                            done.push(&d.message);
+                            next += 1;
+                        } else {
+                            gaps.push(&d.message);
+                        }
+                    }
+                }
             } else {
-                gaps.push(&d.message); // its predecessor has not arrived yet
+                for d in fresh {
+                    apply.push(d.event.clone());
+                    done.push(&d.message);
+                    next += 1;
+                }
+            }
+            if next > version + 1 {
+                changed.push((
+                    id,
+                    i64::try_from(version).unwrap_or(i64::MAX),
+                    i64::try_from(next - 1).unwrap_or(i64::MAX),
+                ));
             }
         }
         for event in held {
@@ -272,36 +460,54 @@ impl Runner {
             .execute(&mut *tx)
             .await?;
         }
-        let mut changed: Vec<(&str, i64)> = Vec::new();
-        if !apply.is_empty() {
-            self.projection.apply(&mut tx, &apply).await?;
-            let latest: HashMap<&str, u64> = apply
-                .iter()
-                .map(|e| (e.aggregate_id.as_str(), versions[&e.aggregate_id]))
-                .collect();
-            changed = latest
-                .into_iter()
-                .map(|(id, v)| (id, i64::try_from(v).unwrap_or(i64::MAX)))
-                .collect();
-            // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
-            changed.sort_unstable();
-        }
+        // Versions first (sorted, as by_aggregate is, so concurrent transactions lock rows in
+        // the same order), the read-model rows last: the one row partitions share,
+        // `currency_totals`, is then locked only from the last statement to the commit.
         let last_stream_sequence = deliveries
             .iter()
             .filter_map(|d| d.message.info().ok().map(|i| i.stream_sequence))
             .max()
             .unwrap_or(0);
-        let (ids, seqs): (Vec<&str>, Vec<i64>) = changed.into_iter().unzip();
-        versions::record_with_checkpoint(
+        let mut ids = Vec::with_capacity(changed.len());
+        let mut previous = Vec::with_capacity(changed.len());
+        let mut seqs = Vec::with_capacity(changed.len());
+        for (id, before, after) in changed {
+            ids.push(id);
+            previous.push(before);
+            seqs.push(after);
+        }
+        let moved = versions::record_with_checkpoint(
             &mut tx,
             self.projection,
+            self.partition,
             &ids,
+            &previous,
             &seqs,
             i64::try_from(last_stream_sequence).unwrap_or(i64::MAX),
             i64::try_from(apply.len()).unwrap_or(i64::MAX),
         )
         .await?;
+        if !moved {
+            // Another writer applied some of these aggregates since this batch read their
+            // versions: nothing of this batch counts; it comes back and is checked afresh.
+            tx.rollback().await?;
+            tracing::warn!(
+                projection = self.projection.name(),
+                partition = self.partition,
+                "batch raced another writer of the same aggregates; retrying it"
+            );
+            for d in deliveries {
+                nak(&d.message, RACED_RETRY_DELAY).await;
+            }
+            return Ok(());
+        }
+        if !apply.is_empty() {
+            self.projection.apply(&mut tx, &apply).await?;
+        }
         tx.commit().await?;
+        if gap_aggregates > 0 {
+            self.gap_filled(gap_aggregates, gap_events);
+        }
         let committed_at = chrono::Utc::now();
         for event in &apply {
             let delay = (committed_at - event.recorded_at)
@@ -335,6 +541,30 @@ impl Runner {
             nak(message, GAP_RETRY_DELAY).await;
         }
         Ok(())
+    }
+}
+
+impl Runner {
+    /// Counts gaps filled from the event store and logs them, at most every `GAP_LOG_EVERY`:
+    /// after a takeover every aggregate the previous owner held deliveries of has one.
+    fn gap_filled(&self, aggregates: u64, events: u64) {
+        let Ok(mut log) = self.gap_log.lock() else {
+            return;
+        };
+        log.aggregates += aggregates;
+        log.events += events;
+        if log.logged_at.is_none_or(|at| at.elapsed() >= GAP_LOG_EVERY) {
+            tracing::warn!(
+                projection = self.projection.name(),
+                partition = self.partition,
+                aggregates = log.aggregates,
+                events = log.events,
+                "filled gaps from the event store (deliveries held by a worker that stopped, or redelivered late); they arrive later as duplicates"
+            );
+            log.logged_at = Some(Instant::now());
+            log.aggregates = 0;
+            log.events = 0;
+        }
     }
 }
 

@@ -25,28 +25,48 @@ pub async fn record(
     Ok(())
 }
 
-/// [`record`], and the projection's checkpoint (the highest stream sequence applied, and how
-/// many events were), in one statement: one round trip per batch rather than two.
+/// Versions moved from `previous[i]` (0: none yet) to `versions[i]` for `ids[i]`, and the
+/// partition's checkpoint (the highest stream sequence applied, and how many events were), in
+/// one statement: one round trip per batch.
+///
+/// A compare-and-set: an aggregate's version moves only from the one this batch read. Normally
+/// the partition's apply lock already makes the batch its only writer; when it does not (the
+/// partition count changed while events of one aggregate were in flight in two partitions,
+/// or a release raced), the later writer sees `false` and must roll back.
+#[allow(clippy::too_many_arguments)]
 pub async fn record_with_checkpoint(
     conn: &mut PgConnection,
     projection: crate::Projection,
+    partition: u32,
     ids: &[&str],
+    previous: &[i64],
     versions: &[i64],
     stream_sequence: i64,
     events_applied: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH recorded AS (
+) -> Result<bool, sqlx::Error> {
+    let moved: i64 = sqlx::query_scalar(
+        "WITH input AS (
+             SELECT * FROM UNNEST($2::text[], $3::bigint[], $7::bigint[]) AS t(id, v, old)
+         ), updated AS (
+             UPDATE projection_versions p SET version = i.v
+             FROM input i
+             WHERE p.projection = $1 AND p.aggregate_type = $4 AND p.aggregate_id = i.id
+               AND i.old > 0 AND p.version = i.old
+             RETURNING 1
+         ), inserted AS (
              INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)
-             SELECT $1, $4, id, v FROM UNNEST($2::text[], $3::bigint[]) AS t(id, v)
-             ON CONFLICT (projection, aggregate_type, aggregate_id) DO UPDATE SET version = EXCLUDED.version
+             SELECT $1, $4, id, v FROM input WHERE old = 0
+             ON CONFLICT (projection, aggregate_type, aggregate_id) DO NOTHING
+             RETURNING 1
+         ), checkpoint AS (
+             INSERT INTO projection_partition_checkpoints (projection, partition, stream_sequence, events_applied)
+             VALUES ($1, $8, $5, $6)
+             ON CONFLICT (projection, partition) DO UPDATE SET
+                 stream_sequence = GREATEST(projection_partition_checkpoints.stream_sequence, EXCLUDED.stream_sequence),
+                 events_applied = projection_partition_checkpoints.events_applied + EXCLUDED.events_applied,
+                 updated_at = now()
          )
-         INSERT INTO projection_checkpoints (projection, stream_sequence, events_applied)
-         VALUES ($1, $5, $6)
-         ON CONFLICT (projection) DO UPDATE SET
-             stream_sequence = GREATEST(projection_checkpoints.stream_sequence, EXCLUDED.stream_sequence),
-             events_applied = projection_checkpoints.events_applied + EXCLUDED.events_applied,
-             updated_at = now()",
+         SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)",
     )
     .bind(projection.name())
     .bind(ids)
@@ -54,7 +74,9 @@ pub async fn record_with_checkpoint(
     .bind(projection.aggregate_type())
     .bind(stream_sequence)
     .bind(events_applied)
-    .execute(conn)
+    .bind(previous)
+    .bind(i32::try_from(partition).unwrap_or(i32::MAX))
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    Ok(usize::try_from(moved).is_ok_and(|m| m == ids.len()))
 }

@@ -144,8 +144,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, status, title) = self.wire();
         match &self {
+            // An outage, expected to end by itself (PostgreSQL restarting, failing over): worth
+            // a warning, not an error page for every request it refuses.
             ApiError::Unavailable(source) => {
-                tracing::error!(error = %Chain(source), %code, "request failed");
+                tracing::warn!(error = %Chain(source), %code, "request failed");
             }
             ApiError::Internal(source) => {
                 tracing::error!(error = %Chain(source.as_ref()), %code, "request failed");

@@ -106,7 +106,11 @@ pub fn build(
         .layer(axum::middleware::map_response(security_headers))
         .layer(
             ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(request_span)
+                        .on_failure(on_failure),
+                )
                 .layer(RequestBodyLimitLayer::new(limits.body_max_bytes))
                 .layer(CompressionLayer::new())
                 .option_layer(cors)
@@ -115,6 +119,24 @@ pub fn build(
                     limits.request_timeout,
                 )),
         )
+}
+
+/// A server error, once. A 503 is an outage that others already report: `/readyz` logs each
+/// change of readiness, and `problem` logs each request refused as `unavailable` (WARN). Logging
+/// every 503 at ERROR here (tower-http's default) put one ERROR line per readiness probe into
+/// the logs for the whole of an expected outage.
+fn on_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: Duration,
+    _span: &tracing::Span,
+) {
+    let latency_ms = latency.as_millis() as u64;
+    match class {
+        tower_http::classify::ServerErrorsFailureClass::StatusCode(
+            StatusCode::SERVICE_UNAVAILABLE,
+        ) => tracing::debug!(latency_ms, "service unavailable"),
+        other => tracing::error!(classification = %other, latency_ms, "response failed"),
+    }
 }
 
 async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
@@ -150,4 +172,51 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
             .and_then(|v| v.to_str().ok()),
     );
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower_http::classify::ServerErrorsFailureClass;
+
+    use super::*;
+
+    /// Counts ERROR events; enough of a subscriber for `on_failure`, which opens no span.
+    #[derive(Default)]
+    struct Errors(AtomicUsize);
+
+    impl tracing::Subscriber for Errors {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::ERROR {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    fn errors_logged(class: ServerErrorsFailureClass) -> usize {
+        let errors = std::sync::Arc::new(Errors::default());
+        tracing::subscriber::with_default(std::sync::Arc::clone(&errors), || {
+            on_failure(class, Duration::from_millis(1), &tracing::Span::none());
+        });
+        errors.0.load(Ordering::Relaxed)
+    }
+
+    /// A readiness probe failing through an outage is no error; a 500 still is.
+    #[test]
+    fn a_503_is_not_logged_at_error_but_a_500_is() {
+        let status = ServerErrorsFailureClass::StatusCode;
+        assert_eq!(errors_logged(status(StatusCode::SERVICE_UNAVAILABLE)), 0);
+        assert_eq!(errors_logged(status(StatusCode::INTERNAL_SERVER_ERROR)), 1);
+    }
 }

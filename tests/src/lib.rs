@@ -7,6 +7,11 @@
 //! signal, so the kernel kills them when the test process ends for any reason (success, panic,
 //! ctrl-c, SIGKILL).
 //!
+//! A test that needs replicated streams or kills a NATS node starts a cluster of its own
+//! (`nats_server::NatsCluster`: three nodes, SIGKILLed when dropped) and the services on it
+//! (`TestApp::spawn_with_nats_and_flags`); `TestApp::start_binary` adds instances of a service
+//! as real processes a test can SIGKILL.
+//!
 //! A test reads like a user story:
 //! ```ignore
 //! let app = TestApp::spawn().await;

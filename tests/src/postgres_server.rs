@@ -16,6 +16,8 @@ pub struct PostgresServer {
     data: std::path::PathBuf,
     log: std::path::PathBuf,
     durable: bool,
+    /// More `postgres` arguments, kept across restarts (e.g. `synchronous_standby_names`).
+    extra_args: Vec<String>,
 }
 
 impl PostgresServer {
@@ -26,15 +28,125 @@ impl PostgresServer {
 
     /// A throw-away cluster: durability off for speed (a crash of it may lose recent commits).
     pub fn start(dir: &Path) -> Result<PostgresServer, String> {
-        Self::start_with(dir, false)
+        Self::start_with(dir, false, Vec::new())
     }
 
     /// A cluster with PostgreSQL's default durability, for tests that crash it on purpose.
     pub fn start_durable(dir: &Path) -> Result<PostgresServer, String> {
-        Self::start_with(dir, true)
+        Self::start_with(dir, true, Vec::new())
     }
 
-    fn start_with(dir: &Path, durable: bool) -> Result<PostgresServer, String> {
+    /// A durable cluster whose commits return only once a streaming standby flushed them
+    /// (`synchronous_standby_names = '*'`, `synchronous_commit = on`): an acknowledged commit
+    /// survives the loss of this server. Writes block until [`PostgresServer::start_standby`]
+    /// has a standby streaming from it.
+    pub fn start_sync_primary(dir: &Path) -> Result<PostgresServer, String> {
+        let extra_args = [
+            "-c",
+            "synchronous_standby_names=*",
+            "-c",
+            "synchronous_commit=on",
+        ];
+        Self::start_with(dir, true, extra_args.map(str::to_owned).to_vec())
+    }
+
+    /// A streaming hot standby of this server, copied by `pg_basebackup -R` (which writes
+    /// `standby.signal` and `primary_conninfo`) into `dir`, durable, on a port of its own.
+    pub fn start_standby(&self, dir: &Path) -> Result<PostgresServer, String> {
+        let bindir = binaries::postgres_bindir();
+        let run_as = child::unprivileged_user_if_root();
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
+        if let Some(user) = run_as {
+            std::os::unix::fs::chown(&data, Some(user.uid), Some(user.gid))
+                .map_err(|e| format!("chown {}: {e}", data.display()))?;
+        }
+        let mut basebackup = Command::new(bindir.join("pg_basebackup"));
+        basebackup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let output = child::spawn_tied_to_parent(&mut basebackup, run_as)
+            .and_then(Child::wait_with_output)
+            .map_err(|e| format!("cannot run pg_basebackup: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let port = free_port();
+        let log = dir.join("postgres.log");
+        let child = launch(&data, port, &log, true, &[])?;
+        Ok(PostgresServer {
+            child,
+            port,
+            data,
+            log,
+            durable: true,
+            extra_args: Vec::new(),
+        })
+    }
+
+    /// `pg_ctl promote` on a standby; returns once it takes writes.
+    pub fn promote(&self) -> Result<(), String> {
+        let bindir = binaries::postgres_bindir();
+        let mut promote = Command::new(bindir.join("pg_ctl"));
+        promote
+            .arg("promote")
+            .arg("-w")
+            .arg("-D")
+            .arg(&self.data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let output = child::spawn_tied_to_parent(&mut promote, child::unprivileged_user_if_root())
+            .and_then(Child::wait_with_output)
+            .map_err(|e| format!("cannot run pg_ctl promote: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl promote failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// Stops the server cleanly (SIGINT: PostgreSQL's fast shutdown, which ends every session)
+    /// and waits for it to exit; [`PostgresServer::restart`] starts it again.
+    pub fn stop(&mut self) -> Result<(), String> {
+        let pid = self.child.id();
+        // SAFETY: plain kill(2) on our own child's pid.
+        #[allow(unsafe_code)]
+        let sent = unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        if sent != 0 {
+            return Err(format!("cannot signal postgres {pid}"));
+        }
+        self.child
+            .wait()
+            .map(|_| ())
+            .map_err(|e| format!("waiting for postgres {pid}: {e}"))
+    }
+
+    fn start_with(
+        dir: &Path,
+        durable: bool,
+        extra_args: Vec<String>,
+    ) -> Result<PostgresServer, String> {
         let bindir = binaries::postgres_bindir();
         let run_as = child::unprivileged_user_if_root();
         let data = dir.join("pgdata");
@@ -78,13 +190,14 @@ impl PostgresServer {
         }
 
         let port = free_port();
-        let child = launch(&data, port, &dir.join("postgres.log"), durable)?;
+        let child = launch(&data, port, &dir.join("postgres.log"), durable, &extra_args)?;
         Ok(PostgresServer {
             child,
             port,
             data,
             log: dir.join("postgres.log"),
             durable,
+            extra_args,
         })
     }
 
@@ -103,13 +216,25 @@ impl PostgresServer {
 
     /// Starts the same cluster again on the same port (crash recovery runs first).
     pub fn restart(&mut self) -> Result<(), String> {
-        self.child = launch(&self.data, self.port, &self.log, self.durable)?;
+        self.child = launch(
+            &self.data,
+            self.port,
+            &self.log,
+            self.durable,
+            &self.extra_args,
+        )?;
         Ok(())
     }
 }
 
 /// Runs `postgres` on an initialised data directory and waits until it accepts connections.
-fn launch(data: &Path, port: u16, log_path: &Path, durable: bool) -> Result<Child, String> {
+fn launch(
+    data: &Path,
+    port: u16,
+    log_path: &Path,
+    durable: bool,
+    extra_args: &[String],
+) -> Result<Child, String> {
     let bindir = binaries::postgres_bindir();
     let run_as = child::unprivileged_user_if_root();
     let log = std::fs::OpenOptions::new()
@@ -143,6 +268,7 @@ fn launch(data: &Path, port: u16, log_path: &Path, durable: bool) -> Result<Chil
                 ][..]
             })
             .args(["-c", "max_connections=500", "-c", "shared_buffers=128MB"])
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

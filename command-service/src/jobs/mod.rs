@@ -6,7 +6,9 @@
 //! Order: durable commands on one aggregate run in the order they were published. The consumer
 //! uses a pinned priority group, so one instance at a time receives them (another takes over
 //! when it stops pulling), and inside that instance each aggregate has one lane that runs its
-//! commands one after another; different aggregates run in parallel.
+//! commands one after another; different aggregates run in parallel. An instance that becomes
+//! the pinned one first gathers what its predecessor held unanswered (`redeliveries`), so a
+//! takeover after a crash does not run newer commands before the ones the dead instance held.
 //!
 //! Failures that are not answers: PostgreSQL down or too slow, the sender over its rate, an
 //! internal error. A lane keeps such a command and tries it again in place, with a bounded
@@ -106,23 +108,13 @@ impl Jobs {
             .await
             .map_err(|e| JobsError::Consumer(e.to_string()))?;
         let lanes = Lanes::spawn(&self, &shutdown);
-        // Messages a predecessor held unanswered (given back at its shutdown, or lost with it)
-        // come again in no particular order and can arrive behind newer ones
-        // (nats-server#6114): gather them before anything runs, and start in stream order.
-        let owed = consumer.cached_info().num_ack_pending;
-        if owed > 0 {
-            let gathered = redeliveries::gather(&mut messages, owed, &shutdown).await;
-            tracing::info!(
-                owed,
-                gathered = gathered.len(),
-                "durable commands owed by a predecessor gathered; starting in stream order"
-            );
-            for message in gathered {
-                if !lanes.dispatch(message).await {
-                    break;
-                }
-            }
-        }
+        // The pin this instance was last delivered under. Messages a predecessor held
+        // unanswered (lost with it, or given back) come again only after the ack wait, in no
+        // particular order and behind newer ones (nats-server#6114), while a new pin delivers
+        // the newer ones at once: on each new pin (at start, or on taking over from an instance
+        // that died), gather what is owed before anything runs, and start in stream order.
+        let mut pin: Option<String> = None;
+        let mut first = true;
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -137,7 +129,46 @@ impl Jobs {
                     continue;
                 }
             };
-            if !lanes.dispatch(message).await {
+            let pinned_as = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get_last(async_nats::header::NATS_PIN_ID))
+                .map(|id| id.as_str().to_owned());
+            let taking_over = first || (pinned_as.is_some() && pinned_as != pin);
+            first = false;
+            if pinned_as.is_some() {
+                pin = pinned_as;
+            }
+            if !taking_over {
+                if !lanes.dispatch(message).await {
+                    break;
+                }
+                continue;
+            }
+            tracing::info!(
+                pin = pin.as_deref().unwrap_or_default(),
+                "this instance receives the durable commands now"
+            );
+            let gathered = redeliveries::gather(&mut messages, &stream, message, &shutdown).await;
+            let redelivered = gathered
+                .iter()
+                .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
+                .count();
+            if redelivered > 0 {
+                tracing::info!(
+                    redelivered,
+                    gathered = gathered.len(),
+                    "pinned with durable commands a predecessor held; starting in stream order"
+                );
+            }
+            let mut stopped = false;
+            for message in gathered {
+                if !lanes.dispatch(message).await {
+                    stopped = true;
+                    break;
+                }
+            }
+            if stopped {
                 break;
             }
         }

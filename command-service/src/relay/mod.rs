@@ -53,8 +53,11 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a stopping relay waits for committed events held back by open transactions.
 const FLUSH_WAIT_MAX: Duration = Duration::from_secs(10);
-/// Longest pause between attempts after a failure (PostgreSQL or JetStream down).
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest pause between attempts after a failure (PostgreSQL or JetStream down). Short: a
+/// JetStream leader election takes 4-9 s, and with pauses growing to 5 s the relay resumed
+/// 10-13 s after a stream leader was killed (tests/it/multi_instance.rs), the pause on top of the
+/// election; an attempt costs one session and one stream request, cheap at once a second.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A leader's term at least this long resets the failure backoff.
 const HEALTHY_TERM: Duration = Duration::from_secs(30);
 
@@ -93,7 +96,6 @@ const START: Position = RelayCheckpoint {
 pub struct Relay {
     signal: Arc<CommitSignal>,
     pool: PgPool,
-    connect: sqlx::postgres::PgConnectOptions,
     jetstream: jetstream::Context,
     subjects: Subjects,
     stream: String,
@@ -116,7 +118,6 @@ impl Relay {
     pub fn new(
         signal: Arc<CommitSignal>,
         pool: PgPool,
-        connect: sqlx::postgres::PgConnectOptions,
         jetstream: jetstream::Context,
         subjects: Subjects,
         streams: &StreamNames,
@@ -125,7 +126,6 @@ impl Relay {
         Relay {
             signal,
             pool,
-            connect,
             jetstream,
             subjects,
             stream: streams.events.clone(),
@@ -194,7 +194,9 @@ impl Relay {
 
     /// Waits for the leader lock, reconciles with the stream, then relays until shutdown.
     async fn lead(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
-        let mut lock_conn = PgConnection::connect_with(&self.connect).await?;
+        // Opened by the pool, so on the current primary (the pool follows a failover, and refuses
+        // a standby), then taken out of it: the leader lock lives exactly as long as this session.
+        let mut lock_conn = self.pool.acquire().await?.detach();
         let lock_key = format!("tally-relay:{}", self.stream);
         loop {
             let got: bool =

@@ -313,13 +313,15 @@ async fn a_burst_over_the_rate_is_refused_then_recovers() {
 async fn a_failed_transfer_shows_the_destination_nothing_of_the_sources_balance() {
     let app = TestApp::spawn().await;
     for (id, owner) in [("poor-alice", "alice"), ("rich-bob", "bob")] {
-        accepted(
-            &app.send(
+        let opened = app
+            .send(
                 "account.open",
                 json!({"account_id": id, "owner": owner, "currency": "EUR"}),
             )
-            .await,
-        );
+            .await;
+        accepted(&opened);
+        // Who may see the transfer is decided by its accounts' rows: wait for them.
+        super::super::transfers::projected(&app, &opened).await;
     }
     accepted(
         &app.send(

@@ -24,23 +24,52 @@ pub async fn spawn_steps() -> TestApp {
 }
 
 /// Opens `id` in `currency` and deposits `balance` into it.
+/// Opens and funds an account, and waits until the accounts read model shows it: reads of a
+/// transfer check its accounts' rows, which the accounts projection writes in its own time (on
+/// other partitions than the transfer's).
 pub async fn open(app: &TestApp, id: &str, currency: &str, balance: i64) {
-    accepted(
-        &app.send(
+    let mut reply = app
+        .send(
             "account.open",
             json!({"account_id": id, "owner": "o", "currency": currency}),
         )
-        .await,
-    );
+        .await;
+    accepted(&reply);
     if balance > 0 {
-        accepted(
-            &app.send(
+        reply = app
+            .send(
                 "account.deposit",
                 json!({"account_id": id, "amount": balance}),
             )
-            .await,
-        );
+            .await;
+        accepted(&reply);
     }
+    projected(app, &reply).await;
+}
+
+/// Waits (bounded) until the read model has applied the accepted `reply`'s account command.
+pub async fn projected(app: &TestApp, reply: &CommandReply) {
+    let CommandReply::Accepted {
+        aggregate_id,
+        consistency_token,
+        ..
+    } = reply
+    else {
+        panic!("not accepted: {reply:?}");
+    };
+    let response = app
+        .http
+        .get(format!("{}/v1/accounts/{aggregate_id}", app.http_base))
+        .header("Tally-Consistency-Token", consistency_token)
+        .header("Tally-Wait-Ms", "5000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "account {aggregate_id} not projected"
+    );
 }
 
 pub async fn request(app: &TestApp, id: Uuid, from: &str, to: &str, amount: i64) -> CommandReply {

@@ -30,7 +30,7 @@ fn hostile_reply_subjects(prefix: &str, streams: &StreamNames) -> Vec<String> {
         format!("$JS.API.STREAM.DELETE.{events}"),
         format!("$JS.API.STREAM.MSG.DELETE.{events}"),
         format!("$JS.API.STREAM.PURGE.{}", streams.audit),
-        format!("$JS.API.CONSUMER.DELETE.{events}.projection-accounts"),
+        format!("$JS.API.CONSUMER.DELETE.{events}.projection-accounts-p0"),
         format!("$JS.API.STREAM.UPDATE.{events}"),
         "_INBOX.>".to_owned(),
         "_INBOX.*".to_owned(),
@@ -120,9 +120,17 @@ async fn stream_counts(js: &async_nats::jetstream::Context, streams: &StreamName
 
 async fn assert_consumers_intact(js: &async_nats::jetstream::Context, streams: &StreamNames) {
     let events = js.get_stream(&streams.events).await.unwrap();
-    for consumer in ["projection-accounts", "projection-transfers"] {
+    let partitions = 0..platform::nats::EVENT_PARTITIONS_DEFAULT;
+    let consumers = projections::Projection::ALL
+        .into_iter()
+        .flat_map(|projection| {
+            partitions
+                .clone()
+                .map(move |k| projections::lag::consumer_name(projection, k))
+        });
+    for consumer in consumers {
         events
-            .consumer_info(consumer)
+            .consumer_info(&consumer)
             .await
             .unwrap_or_else(|e| panic!("consumer {consumer} is gone: {e}"));
     }
