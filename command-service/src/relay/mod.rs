@@ -197,6 +197,10 @@ impl Relay {
         // Opened by the pool, so on the current primary (the pool follows a failover, and refuses
         // a standby), then taken out of it: the leader lock lives exactly as long as this session.
         let mut lock_conn = self.pool.acquire().await?.detach();
+        // Named apart from the pool's sessions, so `pg_stat_activity` shows which is the relay.
+        sqlx::query("SET application_name = 'command-service-relay'")
+            .execute(&mut lock_conn)
+            .await?;
         let lock_key = format!("tally-relay:{}", self.stream);
         loop {
             let got: bool =
