@@ -113,7 +113,15 @@ impl Runner {
         // consumer just past its ack floor: everything after it is delivered again at once,
         // and what was applied already is skipped as a duplicate.
         let mut deliver_policy = jetstream::consumer::DeliverPolicy::All;
-        if let Ok(info) = stream.consumer_info(&consumer_name).await
+        let existing = stream.consumer_info(&consumer_name).await.ok();
+        if let Some(info) = &existing
+            && info.num_ack_pending == 0
+        {
+            // A consumer is bound as it is: the server refuses to change where it starts
+            // (10012), and one recreated for a takeover starts at a sequence, not at the start.
+            deliver_policy = info.config.deliver_policy;
+        }
+        if let Some(info) = existing
             && info.num_ack_pending > 0
         {
             let start_sequence = info.ack_floor.stream_sequence + 1;
