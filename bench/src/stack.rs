@@ -13,7 +13,7 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct StackArgs {
-    /// NATS of the running stack.
+    /// NATS of the running stack (a cluster's nodes comma-separated).
     #[arg(
         long = "nats-url",
         env = "TALLY_NATS_URL",
@@ -105,9 +105,11 @@ impl StackArgs {
         };
         // The server lets each user read only its own inboxes (deploy/nats-server.conf).
         let inbox_prefix = platform::nats::inbox_prefix(self.nats_user.as_deref(), None)?;
+        // A cluster's nodes, comma-separated, as the services take them.
+        let urls: Vec<String> = self.nats_url.split(',').map(str::to_owned).collect();
         options
             .custom_inbox_prefix(inbox_prefix)
-            .connect(self.nats_url.as_str())
+            .connect(urls.as_slice())
             .await
             .context("connecting to NATS (is `./dev up` running? did you `eval \"$(./dev env)\"`?)")
     }
