@@ -53,6 +53,18 @@ pub enum Finding {
     /// A transfer's movements do not add up across its accounts (money credited that was never
     /// debited, credited and refunded, a different amount or account than requested…).
     TransferImbalance { transfer_id: String, reason: String },
+    /// A currency does not sum to zero over all accounts, system ones included: money was
+    /// made or lost (one side of a movement recorded without the other).
+    CurrencyImbalance { currency: String, sum: i128 },
+    /// A transaction's legs (or a captured hold's posting) and the `LegsPosted` events on its
+    /// accounts disagree: a leg missing, added, changed or recorded twice.
+    TransactionImbalance {
+        transaction_id: String,
+        reason: String,
+    },
+    /// A hold and its account disagree: reserved or released other than once, on another
+    /// account, for another amount, or not in step with how the hold ended.
+    HoldMismatch { hold_id: String, reason: String },
     /// The digest's signature does not hold, or is not by the expected key.
     DigestSignature { reason: String },
     /// The digest's root or count is not what the store holds up to the digest's point.
@@ -125,6 +137,15 @@ impl std::fmt::Display for Finding {
                 transfer_id,
                 reason,
             } => write!(f, "transfer {transfer_id}: {reason}"),
+            Finding::CurrencyImbalance { currency, sum } => write!(
+                f,
+                "currency {currency} sums to {sum} over all accounts, not 0"
+            ),
+            Finding::TransactionImbalance {
+                transaction_id,
+                reason,
+            } => write!(f, "transaction {transaction_id}: {reason}"),
+            Finding::HoldMismatch { hold_id, reason } => write!(f, "hold {hold_id}: {reason}"),
             Finding::DigestSignature { reason } => write!(f, "digest signature: {reason}"),
             Finding::DigestMismatch {
                 field,

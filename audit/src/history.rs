@@ -1,16 +1,19 @@
 //! One aggregate's history as stored, and its state at any version or instant, folded with the
-//! domain's own `apply` (what the audit endpoints serve).
+//! domain's own `apply` and the audit's rules checked on the way (what the audit endpoints
+//! serve): accounts (balances, holds and limits), transfers, transactions and holds.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::Account;
+use domain::ledger::{Hold, Transaction};
 use domain::transfer::{Transfer, TransferEvent};
 use event_store::StoreError;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 
-use crate::fold::{AccountFold, FoldError};
+use crate::fold::AccountFold;
+use crate::ledger_fold::{HoldFold, TransactionFold};
 use crate::{StoredEvent, StoredEventExt};
 
 #[derive(Debug, thiserror::Error)]
@@ -138,11 +141,7 @@ pub async fn account_state(
         "account",
         aggregate_id,
         point,
-        |fold: &mut AccountFold, event| {
-            fold.apply(event).map_err(|e| match e {
-                FoldError::Unreadable(r) | FoldError::Inconsistent(r) => r,
-            })
-        },
+        |fold: &mut AccountFold, event| fold.apply(event).map_err(|e| e.reason()),
     )
     .await?;
     Ok(folded.map(|f| FoldedState {
@@ -171,4 +170,46 @@ pub async fn transfer_state(
         },
     )
     .await
+}
+
+/// The transaction at `point` (it has one event: posted, or not yet).
+pub async fn transaction_state(
+    pool: &PgPool,
+    aggregate_id: &str,
+    point: StatePoint,
+) -> Result<Option<FoldedState<Transaction>>, HistoryError> {
+    let folded = fold_to(
+        pool,
+        "transaction",
+        aggregate_id,
+        point,
+        |fold: &mut TransactionFold, event| fold.apply(event).map_err(|e| e.reason()),
+    )
+    .await?;
+    Ok(folded.map(|f| FoldedState {
+        version: f.version,
+        as_of: f.as_of,
+        state: f.state.state,
+    }))
+}
+
+/// The hold at `point`: held, or how it ended.
+pub async fn hold_state(
+    pool: &PgPool,
+    aggregate_id: &str,
+    point: StatePoint,
+) -> Result<Option<FoldedState<Hold>>, HistoryError> {
+    let folded = fold_to(
+        pool,
+        "hold",
+        aggregate_id,
+        point,
+        |fold: &mut HoldFold, event| fold.apply(event).map_err(|e| e.reason()),
+    )
+    .await?;
+    Ok(folded.map(|f| FoldedState {
+        version: f.version,
+        as_of: f.as_of,
+        state: f.state.state,
+    }))
 }

@@ -13,7 +13,10 @@ pub mod digest_signing;
 pub mod finding;
 pub mod fold;
 pub mod history;
+pub mod ledger_fold;
+pub mod ledger_totals;
 pub mod stored_event;
+pub mod transaction_ledger;
 pub mod transfer_ledger;
 pub mod verify;
 

@@ -1,8 +1,10 @@
 //! `tally audit verify`: streams the event store in (aggregate, sequence) order inside one
-//! repeatable-read snapshot, checks every chain link and fold, compares each account with its
-//! read model, and checks that every transfer's movements add up across its accounts. Memory
-//! stays bounded: one aggregate's state, one batch of read-model lookups, and a few numbers per
-//! transfer.
+//! repeatable-read snapshot, checks every chain link and fold (limits included), compares each
+//! account with its read model, and across aggregates checks that every transfer's movements
+//! add up, that every transaction's and captured hold's legs are on its accounts, that every
+//! hold was reserved and released once, and that every currency sums to zero over all
+//! accounts, system ones included. Memory stays bounded: one aggregate's state, one batch of
+//! read-model lookups, and a few numbers per transfer, transaction, hold and currency.
 
 use domain::hash_chain::ChainHash;
 use event_store::{Horizon, StoreError};
@@ -10,7 +12,9 @@ use futures::TryStreamExt;
 use sqlx::PgPool;
 
 use crate::Finding;
-use crate::chain_check::AggregateCheck;
+use crate::chain_check::{AggregateCheck, Parsed};
+use crate::ledger_totals::{CurrencyBalance, CurrencyTotals};
+use crate::transaction_ledger::TransactionLedger;
 use crate::transfer_ledger::TransferLedger;
 
 /// Read-model rows looked up per round trip.
@@ -42,6 +46,8 @@ pub struct VerifyReport {
     pub read_models_behind: u64,
     /// (aggregate type, id, last sequence, stored head hash) per aggregate, for digests.
     pub heads: Vec<(String, String, u64, ChainHash)>,
+    /// Each currency's books, client and system accounts; only over the whole store.
+    pub currencies: Vec<CurrencyBalance>,
 }
 
 impl VerifyReport {
@@ -78,7 +84,7 @@ pub async fn verify(
     let mut rows = event_store::audit::events_in_chain_order(&mut tx, aggregate, below);
 
     // Across aggregates, so only over the whole store.
-    let mut ledger = options.aggregate.is_none().then(TransferLedger::default);
+    let mut ledger = options.aggregate.is_none().then(Books::default);
     let mut current: Option<AggregateCheck> = None;
     let mut pending: Vec<AggregateCheck> = Vec::new();
     let mut found = Vec::new();
@@ -99,10 +105,10 @@ pub async fn verify(
             ));
         }
         if let Some(check) = current.as_mut() {
-            check.check(&event, &mut found);
-        }
-        if let Some(ledger) = ledger.as_mut() {
-            ledger.observe(&event);
+            let parsed = check.check(&event, &mut found);
+            if let (Some(ledger), Some(parsed)) = (ledger.as_mut(), parsed) {
+                ledger.observe(check, &event, &parsed);
+            }
         }
         report.add(std::mem::take(&mut found), options.findings_max);
         report.events += 1;
@@ -119,11 +125,44 @@ pub async fn verify(
         compare(pool, pending, &mut found, &mut report).await?;
     }
     if let Some(ledger) = ledger {
-        found.extend(ledger.findings());
+        found.extend(ledger.transfers.findings());
+        found.extend(ledger.transactions.findings());
+        found.extend(ledger.totals.findings());
+        report.currencies = ledger.totals.balances();
     }
     report.add(found, options.findings_max);
     on_progress(report.events);
     Ok(report)
+}
+
+/// The checks across aggregates.
+#[derive(Debug, Default)]
+struct Books {
+    transfers: TransferLedger,
+    transactions: TransactionLedger,
+    totals: CurrencyTotals,
+}
+
+impl Books {
+    fn observe(&mut self, check: &AggregateCheck, event: &crate::StoredEvent, parsed: &Parsed) {
+        match parsed {
+            Parsed::Account(e) => {
+                // The currency is the account's as folded so far (its `AccountOpened` is its
+                // first event); an account never opened has none, and is the fold's finding.
+                let (id, currency) = (&check.aggregate_id, check.currency());
+                self.totals.observe(id, currency, e);
+                self.transactions.observe_account(id, currency, e);
+                self.transfers.observe(event);
+            }
+            Parsed::Transfer(_) => self.transfers.observe(event),
+            Parsed::Transaction(e) => self.transactions.observe_transaction(e),
+            Parsed::Hold(e) => {
+                if let Ok(id) = uuid::Uuid::parse_str(&check.aggregate_id) {
+                    self.transactions.observe_hold(id, e);
+                }
+            }
+        }
+    }
 }
 
 fn finish(done: AggregateCheck, report: &mut VerifyReport, pending: &mut Vec<AggregateCheck>) {
@@ -134,9 +173,14 @@ fn finish(done: AggregateCheck, report: &mut VerifyReport, pending: &mut Vec<Agg
         u64::try_from(done.last_sequence).unwrap_or(0),
         done.head(),
     ));
-    if done.aggregate_type == "account" && done.fold_is_sound() {
+    if done.account().is_some() && done.fold_is_sound() {
         pending.push(done);
     }
+}
+
+/// A nullable number as the findings show it.
+fn number(value: Option<i64>) -> String {
+    value.map_or_else(|| "none".to_owned(), |v| v.to_string())
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -148,6 +192,9 @@ struct ReadModelRow {
     currency: Option<String>,
     balance: Option<i64>,
     status: Option<String>,
+    held: Option<i64>,
+    overdraft_limit: Option<i64>,
+    max_balance: Option<i64>,
 }
 
 /// Compares re-derived accounts with the read model where the projection has applied exactly
@@ -166,7 +213,8 @@ async fn compare(
                 (SELECT v.version FROM projection_versions v
                  WHERE v.projection = 'accounts' AND v.aggregate_type = 'account'
                    AND v.aggregate_id = ids.id) AS applied,
-                a.version, a.owner, a.currency, a.balance, a.status
+                a.version, a.owner, a.currency, a.balance, a.status,
+                a.held, a.overdraft_limit, a.max_balance
          FROM UNNEST($1::text[]) AS ids(id)
          LEFT JOIN accounts a ON a.account_id = ids.id",
     )
@@ -176,7 +224,9 @@ async fn compare(
     let rows: std::collections::HashMap<String, ReadModelRow> =
         rows.into_iter().map(|r| (r.id.clone(), r)).collect();
     for check in checks {
-        let derived = &check.fold;
+        let Some(derived) = check.account() else {
+            continue;
+        };
         let row = rows.get(&check.aggregate_id);
         let applied = row.and_then(|r| r.applied).unwrap_or(0);
         if applied < derived.version {
@@ -224,6 +274,17 @@ async fn compare(
             ),
             ("owner", state.owner.clone(), show(&row.owner)),
             ("currency", state.currency.clone(), show(&row.currency)),
+            ("held", state.held.to_string(), number(row.held)),
+            (
+                "overdraft_limit",
+                state.overdraft_limit.to_string(),
+                number(row.overdraft_limit),
+            ),
+            (
+                "max_balance",
+                number(state.max_balance),
+                number(row.max_balance),
+            ),
         ];
         for (field, want, have) in pairs {
             if want != have {

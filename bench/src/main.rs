@@ -4,6 +4,8 @@
 
 mod audit_bench;
 mod baselines;
+mod batch_load;
+mod batches_only;
 mod command_load;
 mod commands_only;
 mod cpu;
@@ -35,6 +37,9 @@ struct Cli {
 enum Scenario {
     /// Every scenario against the running `./dev up` stack, then the report in bench/results/.
     All(Box<suite::SuiteArgs>),
+    /// Only the batch scenarios (`batch.submit` of 10 and 100 deposits, and 100 atomic), beside
+    /// the same deposits one per message measured in the same run.
+    Batches(Box<batches_only::BatchesArgs>),
     /// Only the closed-loop command scenarios, with each process's CPU per accepted command.
     Commands(Box<commands_only::CommandsArgs>),
     /// The deposit/withdraw closed loop and the projection lag at a modest rate, on whichever
@@ -63,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::All(args) => suite::run(*args).await,
         Scenario::Commands(args) => commands_only::run(*args).await,
+        Scenario::Batches(args) => batches_only::run(*args).await,
         Scenario::Topology(args) => topology::run(*args).await,
         Scenario::TopologyReport(args) => topology::report(args),
         Scenario::Projections(args) => {

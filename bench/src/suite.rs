@@ -13,7 +13,7 @@ use crate::queries::{self, QueryRun, Read};
 use crate::report::{Report, Row};
 use crate::stack::{self, StackArgs};
 use crate::stats::{Latency, median};
-use crate::{audit_bench, baselines, fixed_rate, memory};
+use crate::{audit_bench, baselines, batch_load, fixed_rate, memory};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {
@@ -38,6 +38,9 @@ pub struct SuiteArgs {
     /// in flight, as a service with many callers has).
     #[arg(long = "wide-clients", default_value_t = 64)]
     pub wide_clients: usize,
+    /// Concurrent clients of the batch scenarios, each with one batch in flight.
+    #[arg(long = "batch-clients", default_value_t = 8)]
+    pub batch_clients: usize,
     /// Offered rate of the fixed-rate scenario (deposits and withdrawals), the rate the
     /// projection-lag target names.
     #[arg(long, default_value_t = 5_000)]
@@ -54,6 +57,7 @@ const INSERTS: &str = "PG 1-row tx/s";
 const BATCHED: &str = "PG rows/s in 10-row tx";
 const PUBLISHES: &str = "JetStream publish msg/s";
 const SCAN: &str = "plain scan events/s";
+const ONE_PER_MESSAGE: &str = "deposits/withdrawals one per message/s";
 
 #[allow(clippy::print_stdout)]
 pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
@@ -88,6 +92,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
     let (mut mixed, mut hots, mut inserts, mut batched) = (vec![], vec![], vec![], vec![]);
     let (mut wides, mut wide_mixes) = (vec![], vec![]);
     let mut spent: [Vec<Spent>; 4] = Default::default();
+    let mut batches = batch_load::Scenarios::default();
     for run in 1..=runs {
         let dir = &args.stack.run_dir;
         let accepted = |r: &LoadRun| r.accepted;
@@ -100,6 +105,23 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         for (all, one) in spent.iter_mut().zip([m_cpu, wm_cpu, w_cpu, h_cpu]) {
             all.push(one);
         }
+        // Deposits many to a message, on the same accounts, beside the one-per-message loops.
+        let b = batches
+            .run_once(
+                dir,
+                &nats,
+                &token,
+                &plain.accounts,
+                args.batch_clients,
+                half,
+            )
+            .await;
+        let b: Vec<String> = b
+            .iter()
+            .zip(batch_load::Scenarios::SHAPES)
+            .map(|(run, shape)| batch_load::summary(run, shape))
+            .collect();
+        println!("run {run}: {}", b.join(" | "));
         let i = baselines::postgres_inserts(&pool, args.clients, half, 1).await?;
         let b =
             baselines::postgres_inserts(&pool, args.clients, half, baselines::BATCH_ROWS).await?;
@@ -204,11 +226,12 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         format!("one hot account, {} clients, max rate", args.clients),
     ];
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = scenarios
+    let mut cpu: Vec<CpuRow> = scenarios
         .iter()
         .zip(&spent)
         .filter_map(|(scenario, runs)| CpuRow::of(scenario.clone(), runs, cores))
         .collect();
+    cpu.extend(batches.cpu(args.batch_clients, cores));
     let [mix_name, wide_mix_name, wide_name, hot_name] = scenarios;
     let commands_target = "≥ 5,000/s at p99 ≤ 50 ms";
     let mut rows = vec![
@@ -216,6 +239,12 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
         load_row(wide_mix_name, &wide_mixes, commands_target).against(INSERTS, insert_rate),
         load_row(wide_name, &wides, commands_target).against(INSERTS, insert_rate),
         load_row(hot_name, &hots, "≥ 2,000/s, 0 errors").against(INSERTS, insert_rate),
+    ];
+    rows.extend(batches.rows(
+        args.batch_clients,
+        (ONE_PER_MESSAGE, median(&rates(&wides))),
+    ));
+    rows.extend([
         fixed_rate::load_row(rate, &fixed, ""),
         fixed_rate::visible_row(rate, &fixed, ""),
         query_row(
@@ -228,7 +257,7 @@ pub async fn run(args: SuiteArgs) -> anyhow::Result<()> {
             &lists,
             "—",
         ),
-    ];
+    ]);
     if let Some(at_share) = &at_share {
         let note = format!(
             " ({:.0}% of the deposit/withdraw maximum above)",

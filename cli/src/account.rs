@@ -69,6 +69,22 @@ pub enum AccountCommand {
         #[command(flatten)]
         options: SendOptions,
     },
+    /// Set the account's overdraft limit and maximum balance (scope `admin`; the reason is
+    /// recorded).
+    SetLimits {
+        #[command(flatten)]
+        target: Target,
+        /// How far below zero the available balance may go, in minor units (0: not at all).
+        #[arg(long = "overdraft-limit", default_value_t = 0)]
+        overdraft_limit: i64,
+        /// The highest posted balance the account may reach, in minor units; none when absent.
+        #[arg(long = "max-balance")]
+        max_balance: Option<i64>,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        options: SendOptions,
+    },
     /// Show one account (HTTP).
     Show {
         #[command(flatten)]
@@ -205,6 +221,23 @@ impl AccountCommand {
                 json!({"account_id": target.account_id}),
                 options,
             ),
+            AccountCommand::SetLimits {
+                target,
+                overdraft_limit,
+                max_balance,
+                reason,
+                options,
+            } => {
+                let mut body = json!({
+                    "account_id": target.account_id,
+                    "overdraft_limit": overdraft_limit,
+                    "reason": reason,
+                });
+                if let Some(max) = max_balance {
+                    body["max_balance"] = json!(max);
+                }
+                ("set_limits", body, options)
+            }
             AccountCommand::Close { target, options } => {
                 ("close", json!({"account_id": target.account_id}), options)
             }

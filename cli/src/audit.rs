@@ -158,6 +158,7 @@ async fn verify(args: VerifyArgs, nats: &Connection, json: bool) -> anyhow::Resu
                 "read_models_behind": report.read_models_behind,
                 "findings_total": report.findings_total,
                 "findings": report.findings,
+                "currencies": report.currencies,
                 "merkle_root": hex_root(&report),
             })
         );
@@ -187,6 +188,10 @@ fn hex_root(report: &VerifyReport) -> String {
 fn print_report(report: &VerifyReport, elapsed_s: f64, digest: Option<&Digest>) {
     for finding in &report.findings {
         println!("FINDING {finding}");
+    }
+    // Double entry: each currency's client and system balances, which must sum to zero.
+    for books in &report.currencies {
+        println!("books {books}");
     }
     if report.findings_total > report.findings.len() as u64 {
         println!(

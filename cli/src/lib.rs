@@ -1,7 +1,7 @@
 //! `tally`: the command-line client. Sends commands over NATS exactly as any client would
 //! (subjects, headers and replies of docs/subjects.md) and prints the reply.
 //!
-//! Reads (`show`, `list`, `entries`) go to the query-service over HTTP.
+//! Reads (`show`, `list`, `entries`, `read …`) go to the query-service over HTTP.
 //!
 //! Exit status: 0 accepted (or read), 1 rejected (or the read failed), 2 could not get an answer.
 //!
@@ -10,8 +10,10 @@
 
 mod account;
 mod audit;
+mod batch;
 mod database;
 mod dlq;
+mod ledger;
 mod output;
 mod progress;
 mod projections;
@@ -44,12 +46,24 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Account commands: open, deposit, withdraw, freeze, unfreeze, close.
+    /// Account commands: open, deposit, withdraw, freeze, unfreeze, close, set-limits.
     #[command(subcommand)]
     Account(account::AccountCommand),
     /// Transfers between accounts: send, show, list.
     #[command(subcommand)]
     Transfer(transfer::TransferCommand),
+    /// Multi-leg transactions: post (all or nothing, up to 64 legs).
+    #[command(subcommand)]
+    Transaction(ledger::TransactionCommand),
+    /// Holds: place, capture (in full or in part), void.
+    #[command(subcommand)]
+    Hold(ledger::HoldCommand),
+    /// Batches: submit up to 1,000 commands in one message.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
+    /// Ledger reads over HTTP: transaction, statement, holds, hold, system-accounts.
+    #[command(subcommand)]
+    Read(read::ReadCommand),
     /// Dead letters: list, retry or drop events a projection could not apply.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -88,6 +102,30 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Transfer(command) => {
             return transfer::run(command, &cli.connection, &cli.http, cli.json).await;
         }
+        Command::Transaction(command) => match command.into_command() {
+            Ok(outgoing) => return send_one(&cli.connection, cli.json, outgoing).await,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Hold(command) => {
+            return send_one(&cli.connection, cli.json, command.into_command()).await;
+        }
+        Command::Batch(command) => return batch::run(command, &cli.connection, cli.json).await,
+        Command::Read(command) => {
+            let (path, token) = command.path();
+            return match read::get(&cli.http, &path, token.as_deref(), &cli.connection).await {
+                Ok(body) => {
+                    read::print_ledger(&command, &body, cli.json);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Dlq(command) => return operator_exit(dlq::run(command, cli.json).await),
         Command::Audit(command) => {
             return operator_exit(audit::run(command, &cli.connection, &cli.http, cli.json).await);
@@ -115,6 +153,21 @@ pub async fn run(cli: Cli) -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// Sends one command and prints its reply (exit 0 accepted, 1 rejected, 2 no answer).
+async fn send_one(
+    connection: &send::Connection,
+    json: bool,
+    (aggregate, name, body, options): ledger::Outgoing,
+) -> ExitCode {
+    match send::send(connection, aggregate, name, &body, &options).await {
+        Ok(reply) => output::print(&reply, json),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -107,6 +107,19 @@ pub async fn send(
     body: &serde_json::Value,
     options: &SendOptions,
 ) -> anyhow::Result<CommandReply> {
+    let response = request(connection, aggregate, command, body, options).await?;
+    serde_json::from_slice(&response).context("the reply is not a Tally command reply")
+}
+
+/// Sends one message to `<prefix>.cmd.<aggregate>.<command>` (or its durable subject) and
+/// returns the answer's bytes: a command reply, or a batch's list of them.
+pub async fn request(
+    connection: &Connection,
+    aggregate: &str,
+    command: &str,
+    body: &serde_json::Value,
+    options: &SendOptions,
+) -> anyhow::Result<Vec<u8>> {
     let timeout = Duration::from_millis(connection.timeout_ms);
     let client = connection
         .options()?
@@ -164,5 +177,5 @@ pub async fn send(
             ),
         }
     };
-    serde_json::from_slice(&response).context("the reply is not a Tally command reply")
+    Ok(response.to_vec())
 }

@@ -5,6 +5,7 @@
 use async_nats::HeaderMap;
 use domain::ErrorCode;
 use domain::account::AccountCommand;
+use domain::ledger::{HoldCommand, SystemAccount, SystemPurpose};
 use platform::auth::{
     AuthError, KeyedLimiter, Principal, RATE_KEYS_MAX_DEFAULT, Scope, Throttled, TokenVerifier,
     bearer_token,
@@ -41,8 +42,10 @@ impl std::fmt::Debug for Access {
 /// the strength of a transfer already accepted.
 pub fn required_scope(aggregate: &str, command: &str) -> Scope {
     match (aggregate, command) {
-        ("transfer", "request") => Scope::TransfersWrite,
-        ("account", "debit" | "credit" | "refund" | "settle") | ("transfer", _) => Scope::Admin,
+        ("transfer", "request") | ("transaction", "post") => Scope::TransfersWrite,
+        ("hold", "place" | "capture" | "void") => Scope::TransfersWrite,
+        ("account", "debit" | "credit" | "refund" | "settle" | "set_limits")
+        | ("transfer" | "hold", _) => Scope::Admin,
         _ => Scope::AccountsWrite,
     }
 }
@@ -97,10 +100,36 @@ impl Access {
             )
             .with_details(json!({"scope": scope.as_str()})));
         }
+        self.throttle(&principal)?;
+        Ok(principal)
+    }
+
+    /// The sender of a batch, if its token verifies. Its commands then count against its
+    /// rate as that many commands ([`Access::throttle_batch`]), and each is checked for its
+    /// own scope (`required_scope`).
+    pub fn admit_batch(&self, headers: Option<&HeaderMap>) -> Result<Principal, Rejection> {
+        let principal = self.authenticate(headers)?;
+        Ok(principal)
+    }
+
+    /// Counts a batch's `commands` against its sender's rate, as that many commands.
+    pub fn throttle_batch(&self, principal: &Principal, commands: usize) -> Result<(), Rejection> {
+        let n = u32::try_from(commands).unwrap_or(u32::MAX);
+        self.throttle_n(
+            principal,
+            std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN),
+        )
+    }
+
+    fn throttle(&self, principal: &Principal) -> Result<(), Rejection> {
+        self.throttle_n(principal, std::num::NonZeroU32::MIN)
+    }
+
+    fn throttle_n(&self, principal: &Principal, n: std::num::NonZeroU32) -> Result<(), Rejection> {
         // Operators and the process manager are not throttled: they act for everyone.
         if let Some(limiter) = &self.limiter
             && !principal.is_admin()
-            && let Err(throttled) = limiter.check(&principal.subject)
+            && let Err(throttled) = limiter.check_n(&principal.subject, n)
         {
             let retry_after_ms = u64::try_from(throttled.retry_after().as_millis())
                 .unwrap_or(u64::MAX)
@@ -113,16 +142,67 @@ impl Access {
                 Throttled::Crowded { .. } => {
                     format!("too many actors at once; retry in {retry_after_ms} ms")
                 }
+                Throttled::TooMany { burst } => format!(
+                    "{n} commands at once exceed the burst of {burst} allowed to {}; send smaller batches",
+                    principal.subject
+                ),
             };
             return Err(Rejection::new(ErrorCode::RateLimited, message)
                 .with_details(json!({"retry_after_ms": retry_after_ms})));
         }
-        Ok(principal)
+        Ok(())
     }
 }
 
-/// A token bound to an owner opens accounts for that owner only.
+/// The scope moving money through system account `id` needs: through `@world` (in or out of
+/// the ledger) what a deposit or withdrawal needs; out of `@fees` or `@exchange`, or through
+/// `@transit` (the saga's own), `admin`.
+fn system_scope(id: &str, drawn_from: bool) -> Option<Scope> {
+    let system: SystemAccount = id.parse().ok()?;
+    match (system.purpose, drawn_from) {
+        (SystemPurpose::World, _) => Some(Scope::AccountsWrite),
+        (SystemPurpose::Transit, _) | (SystemPurpose::Fees | SystemPurpose::Exchange, true) => {
+            Some(Scope::Admin)
+        }
+        (SystemPurpose::Fees | SystemPurpose::Exchange, false) => None,
+    }
+}
+
+/// What the body asks of the sender beyond the subject's scope: moving money through system
+/// accounts (`system_scope`).
+fn body_scopes(command: &Command) -> Vec<(Scope, String)> {
+    match command {
+        Command::Transaction(post) => post
+            .legs
+            .iter()
+            .flat_map(|leg| {
+                [
+                    system_scope(&leg.from, true).map(|s| (s, leg.from.clone())),
+                    system_scope(&leg.to, false).map(|s| (s, leg.to.clone())),
+                ]
+            })
+            .flatten()
+            .collect(),
+        Command::Hold(HoldCommand::Capture(capture)) => system_scope(&capture.to, false)
+            .map(|s| (s, capture.to.clone()))
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A token bound to an owner opens accounts for that owner only; money through system accounts
+/// needs the scopes `body_scopes` names.
 pub fn check_body(principal: &Principal, command: &Command) -> Result<(), Rejection> {
+    for (scope, account) in body_scopes(command) {
+        if !principal.allows(scope) {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                format!("moving money through `{account}` needs scope {scope}"),
+            )
+            .with_details(json!({"scope": scope.as_str(), "account_id": account})));
+        }
+    }
     if let (Some(owner), Command::Account(AccountCommand::Open(open))) = (&principal.owner, command)
         && &open.owner != owner
     {
@@ -179,5 +259,9 @@ mod tests {
         assert_eq!(required_scope("account", "credit"), Scope::Admin);
         assert_eq!(required_scope("transfer", "record_credit"), Scope::Admin);
         assert_eq!(required_scope("transfer", "fail"), Scope::Admin);
+        assert_eq!(required_scope("transaction", "post"), Scope::TransfersWrite);
+        assert_eq!(required_scope("hold", "capture"), Scope::TransfersWrite);
+        assert_eq!(required_scope("hold", "expire"), Scope::Admin);
+        assert_eq!(required_scope("account", "set_limits"), Scope::Admin);
     }
 }

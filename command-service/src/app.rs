@@ -180,6 +180,11 @@ impl Application {
             }
             .run(shutdown.clone()),
         );
+        let expiry = tokio::spawn(crate::hold_expiry::run(
+            Arc::clone(&self.executor),
+            Duration::from_millis(self.config.hold_expiry_interval_ms.max(10)),
+            shutdown.clone(),
+        ));
         let ingress = tokio::spawn(ingress.run(self.subscription, shutdown.clone()));
         let jobs = tokio::spawn(jobs.run(shutdown.clone()));
         let outbox = Arc::new(crate::outbox_watch::OutboxWatch {
@@ -211,6 +216,9 @@ impl Application {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "durable commands failed"),
             Err(error) => tracing::error!(%error, "durable commands panicked"),
+        }
+        if let Err(error) = expiry.await {
+            tracing::error!(%error, "hold expiry worker panicked");
         }
         if let Err(error) = digests.await {
             tracing::error!(%error, "audit digest publisher panicked");

@@ -172,6 +172,14 @@ pub struct Config {
     /// digests are then signed with it. Unset: digests are published unsigned.
     #[arg(long = "audit-signing-key-file", env = "TALLY_AUDIT_SIGNING_KEY_FILE")]
     pub audit_signing_key_file: Option<std::path::PathBuf>,
+    /// How often the hold expiry worker looks for holds whose `expires_at` has passed and
+    /// releases them (at most 100 per round; a full round is followed at once by the next).
+    #[arg(
+        long = "hold-expiry-interval-ms",
+        env = "TALLY_HOLD_EXPIRY_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub hold_expiry_interval_ms: u64,
 }
 
 /// How the command-service settles a transfer request (`--transfer-settlement`).

@@ -26,6 +26,11 @@ pub fn log_key(incoming: &IncomingCommand) -> LogKey {
     let body = match &incoming.command {
         Command::Account(command) => command.to_json(),
         Command::Transfer(command) => command.to_json(),
+        // Plain structs of strings, integers and maps always serialise.
+        Command::Transaction(command) => {
+            serde_json::to_value(command).unwrap_or(serde_json::Value::Null)
+        }
+        Command::Hold(command) => command.to_json(),
     };
     LogKey {
         actor: Some(incoming.actor.clone()),

@@ -4,6 +4,7 @@
 use async_nats::HeaderMap;
 use domain::ErrorCode;
 use domain::account::AccountCommand;
+use domain::ledger::{HoldCommand, PostTransaction};
 use domain::metadata::ANONYMOUS_ACTOR;
 use domain::transfer::TransferCommand;
 use uuid::Uuid;
@@ -29,6 +30,8 @@ pub const HEADER_REPLY_TO: &str = "Tally-Reply-To";
 pub enum Command {
     Account(AccountCommand),
     Transfer(TransferCommand),
+    Transaction(PostTransaction),
+    Hold(HoldCommand),
 }
 
 impl Command {
@@ -36,6 +39,8 @@ impl Command {
         match self {
             Command::Account(_) => "account",
             Command::Transfer(_) => "transfer",
+            Command::Transaction(_) => "transaction",
+            Command::Hold(_) => "hold",
         }
     }
 
@@ -43,6 +48,8 @@ impl Command {
         match self {
             Command::Account(c) => c.account_id().to_owned(),
             Command::Transfer(c) => c.transfer_id().to_string(),
+            Command::Transaction(c) => c.transaction_id.to_string(),
+            Command::Hold(c) => c.hold_id().to_string(),
         }
     }
 
@@ -50,15 +57,25 @@ impl Command {
         match self {
             Command::Account(c) => c.name(),
             Command::Transfer(c) => c.name(),
+            Command::Transaction(_) => "post",
+            Command::Hold(c) => c.name(),
         }
     }
 
-    /// The flow a command belongs to when its sender does not say: a transfer's id.
+    /// The flow a command belongs to when its sender does not say: a transfer's id, a
+    /// transaction's, a hold's.
     fn default_correlation(&self) -> Option<Uuid> {
         match self {
             Command::Account(c) => c.transfer_id(),
             Command::Transfer(c) => Some(c.transfer_id()),
+            Command::Transaction(c) => Some(c.transaction_id),
+            Command::Hold(c) => Some(c.hold_id()),
         }
+    }
+
+    /// Decided by the ledger's decider (`executor::ledger`), alone or in an atomic batch.
+    pub fn is_ledger(&self) -> bool {
+        matches!(self, Command::Transaction(_) | Command::Hold(_))
     }
 }
 
@@ -170,6 +187,16 @@ pub fn parse(
     schemas.check(aggregate, name, &value)?;
     let command = match aggregate {
         "transfer" => TransferCommand::from_json(name, value).map(Command::Transfer),
+        "transaction" => serde_json::from_value(value)
+            .map(Command::Transaction)
+            .map_err(domain::account::DecodeError::Body),
+        "hold" => HoldCommand::from_json(name, value).map(Command::Hold),
+        "batch" => {
+            return Err(Rejection::new(
+                ErrorCode::UnknownCommand,
+                "a batch is sent on its request/reply subject (`<prefix>.cmd.batch.submit`)",
+            ));
+        }
         _ => AccountCommand::from_json(name, value).map(Command::Account),
     }
     .map_err(|e| Rejection::new(ErrorCode::SchemaViolation, e.to_string()))?;
@@ -212,6 +239,22 @@ fn uuid_header(headers: Option<&HeaderMap>, name: &str) -> Result<Option<Uuid>, 
         )
         .with_details(serde_json::json!({"header": name}))
     })
+}
+
+/// The trace id and the whole `traceparent` of a message, when its `traceparent` is well formed.
+pub fn trace_of(headers: Option<&HeaderMap>) -> (Option<String>, Option<String>) {
+    let Some(headers) = headers else {
+        return (None, None);
+    };
+    match trace_id(headers) {
+        Some(id) => (
+            Some(id),
+            headers
+                .get(HEADER_TRACEPARENT)
+                .map(|v| v.as_str().to_owned()),
+        ),
+        None => (None, None),
+    }
 }
 
 /// The trace id of the message's W3C `traceparent`, if well formed.

@@ -111,6 +111,11 @@ impl Ingress {
         }
         let generated = Uuid::now_v7();
         let headers = message.headers.as_ref();
+        if let Some((crate::batch::BATCH_AGGREGATE, crate::batch::BATCH_COMMAND)) =
+            incoming::split_subject(&message.subject, self.subjects.prefix(), "cmd")
+        {
+            return self.handle_batch(message, generated, permit).await;
+        }
         let reply = match incoming::command_id(headers, generated) {
             Err(rejection) => self
                 .access
@@ -163,14 +168,67 @@ impl Ingress {
         let Some(inbox) = message.reply else {
             return; // fire-and-forget publish: executed, nobody to tell
         };
+        self.answer(inbox, reply.command_id(), handling::reply_bytes(&reply))
+            .await;
+    }
+
+    async fn answer(&self, inbox: async_nats::Subject, command_id: Uuid, body: bytes::Bytes) {
         let mut headers = HeaderMap::new();
-        headers.insert(HEADER_COMMAND_ID, reply.command_id().to_string().as_str());
-        if let Err(error) = self
-            .nats
-            .publish_with_headers(inbox, headers, handling::reply_bytes(&reply))
-            .await
-        {
-            tracing::warn!(%error, command_id = %reply.command_id(), "reply not sent");
+        headers.insert(HEADER_COMMAND_ID, command_id.to_string().as_str());
+        if let Err(error) = self.nats.publish_with_headers(inbox, headers, body).await {
+            tracing::warn!(%error, %command_id, "reply not sent");
+        }
+    }
+
+    /// A batch: one reply listing each command's result, or one refusal of the whole batch
+    /// (unauthenticated, throttled, malformed), answered as any command's refusal is.
+    async fn handle_batch(
+        &self,
+        message: async_nats::Message,
+        generated: Uuid,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let started = std::time::Instant::now();
+        let headers = message.headers.as_ref();
+        let batch_id = match incoming::command_id(headers, generated) {
+            Ok(id) => id,
+            Err(_) => generated,
+        };
+        let run = crate::batch::BatchRun {
+            access: &self.access,
+            schemas: &self.schemas,
+            executor: &self.executor,
+            deadline: self.deadline,
+        };
+        let outcome = run.run(headers, &message.payload).await;
+        drop(permit);
+        let body = match &outcome {
+            Ok(reply) => serde_json::to_vec(reply)
+                .map(bytes::Bytes::from)
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, "a batch reply did not serialise");
+                    handling::reply_bytes(
+                        &crate::rejection::Rejection::internal().into_reply(batch_id),
+                    )
+                }),
+            Err(rejection) => handling::reply_bytes(&rejection.clone().into_reply(batch_id)),
+        };
+        let summary = match outcome {
+            Ok(reply) => reply.results.into_iter().next_back(),
+            Err(rejection) => Some(rejection.into_reply(batch_id)),
+        };
+        if let Some(reply) = summary {
+            self.metrics.observe_subject(
+                &message.subject,
+                self.subjects.prefix(),
+                "cmd",
+                &self.schemas,
+                &reply,
+                started.elapsed(),
+            );
+        }
+        if let Some(inbox) = message.reply {
+            self.answer(inbox, batch_id, body).await;
         }
     }
 }

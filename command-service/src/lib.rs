@@ -12,11 +12,13 @@ mod aggregate_cache;
 mod aggregate_locks;
 mod app;
 mod audit_digests;
+mod batch;
 mod config;
 #[cfg(test)]
 mod decode_fuzz;
 pub mod executor;
 mod handling;
+mod hold_expiry;
 pub mod idempotency;
 pub mod incoming;
 mod ingress;

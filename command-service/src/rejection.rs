@@ -55,6 +55,16 @@ impl From<&AccountError> for Rejection {
     }
 }
 
+impl From<&domain::ledger::LedgerError> for Rejection {
+    fn from(error: &domain::ledger::LedgerError) -> Self {
+        Rejection {
+            code: error.code(),
+            message: error.to_string(),
+            details: error.details(),
+        }
+    }
+}
+
 impl From<&TransferError> for Rejection {
     fn from(error: &TransferError) -> Self {
         match error {

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::rejection::Rejection;
 
 /// The schemas, embedded at build time (the drift test keeps them equal to the Rust types).
-const COMMAND_SCHEMAS: [(&str, &str, &str); 16] = [
+const COMMAND_SCHEMAS: [(&str, &str, &str); 23] = [
     (
         "account",
         "open",
@@ -90,6 +90,41 @@ const COMMAND_SCHEMAS: [(&str, &str, &str); 16] = [
         "transfer",
         "record_refund",
         include_str!("../../schemas/commands/transfer.record_refund.json"),
+    ),
+    (
+        "account",
+        "set_limits",
+        include_str!("../../schemas/commands/account.set_limits.json"),
+    ),
+    (
+        "transaction",
+        "post",
+        include_str!("../../schemas/commands/transaction.post.json"),
+    ),
+    (
+        "hold",
+        "place",
+        include_str!("../../schemas/commands/hold.place.json"),
+    ),
+    (
+        "hold",
+        "capture",
+        include_str!("../../schemas/commands/hold.capture.json"),
+    ),
+    (
+        "hold",
+        "void",
+        include_str!("../../schemas/commands/hold.void.json"),
+    ),
+    (
+        "hold",
+        "expire",
+        include_str!("../../schemas/commands/hold.expire.json"),
+    ),
+    (
+        "batch",
+        "submit",
+        include_str!("../../schemas/commands/batch.submit.json"),
     ),
 ];
 

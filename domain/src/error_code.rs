@@ -53,6 +53,11 @@ pub enum ErrorCode {
     // Not in the command reply's JSON Schema: no command is answered with it.
     #[schemars(skip)]
     NotYetConsistent,
+    /// The movement would take an account past its overdraft limit or its maximum balance.
+    LimitExceeded,
+    /// The hold was already captured, voided or expired (or lapsed): it cannot be captured
+    /// or voided.
+    HoldEnded,
     /// Too many commands from this sender; retry later.
     RateLimited,
     /// A dependency (PostgreSQL, JetStream) is down; safe to retry with the same command id.
@@ -68,7 +73,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of `docs/errors.md`.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::InvalidJson,
         ErrorCode::SchemaViolation,
         ErrorCode::UnknownCommand,
@@ -86,6 +91,8 @@ impl ErrorCode {
         ErrorCode::CurrencyMismatch,
         ErrorCode::AmountOutOfRange,
         ErrorCode::NotYetConsistent,
+        ErrorCode::LimitExceeded,
+        ErrorCode::HoldEnded,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::CorruptHistory,
@@ -112,6 +119,8 @@ impl ErrorCode {
             ErrorCode::CurrencyMismatch => "currency_mismatch",
             ErrorCode::AmountOutOfRange => "amount_out_of_range",
             ErrorCode::NotYetConsistent => "not_yet_consistent",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::HoldEnded => "hold_ended",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::CorruptHistory => "corrupt_history",
@@ -176,6 +185,8 @@ mod tests {
                 | ErrorCode::CurrencyMismatch
                 | ErrorCode::AmountOutOfRange
                 | ErrorCode::NotYetConsistent
+                | ErrorCode::LimitExceeded
+                | ErrorCode::HoldEnded
                 | ErrorCode::RateLimited
                 | ErrorCode::Unavailable
                 | ErrorCode::CorruptHistory

@@ -5,9 +5,11 @@
 //! every replay of history folds to the same state.
 
 pub mod account;
+pub mod batch;
 pub mod envelope;
 pub mod error_code;
 pub mod hash_chain;
+pub mod ledger;
 pub mod metadata;
 pub mod money;
 pub mod reply;

@@ -7,10 +7,14 @@ use schemars::{JsonSchema, generate::SchemaSettings};
 
 use crate::account::{
     AccountClosed, AccountFrozen, AccountOpened, AccountUnfrozen, Close, Deposit, Freeze,
-    MoneyDeposited, MoneyWithdrawn, OpenAccount, TransferCredited, TransferDebited,
-    TransferRefunded, TransferSettled, TransferStep, Unfreeze, Withdraw,
+    FundsHeld, FundsReleased, LegsPosted, LimitsSet, MoneyDeposited, MoneyWithdrawn, OpenAccount,
+    SetLimits, TransferCredited, TransferDebited, TransferRefunded, TransferSettled, TransferStep,
+    Unfreeze, Withdraw,
 };
+use crate::batch::SubmitBatch;
 use crate::envelope::EventMessage;
+use crate::ledger::hold::{HoldCaptured, HoldExpired, HoldPlaced, HoldVoided};
+use crate::ledger::{CaptureHold, PlaceHold, PostTransaction, TransactionPosted, VoidHold};
 use crate::metadata::EventMetadata;
 use crate::reply::CommandReply;
 use crate::transfer::{
@@ -55,6 +59,13 @@ pub fn all() -> Vec<SchemaFile> {
         render::<Freeze>(&command_schema_path("account", "freeze")),
         render::<Unfreeze>(&command_schema_path("account", "unfreeze")),
         render::<Close>(&command_schema_path("account", "close")),
+        render::<SetLimits>(&command_schema_path("account", "set_limits")),
+        render::<PostTransaction>(&command_schema_path("transaction", "post")),
+        render::<PlaceHold>(&command_schema_path("hold", "place")),
+        render::<CaptureHold>(&command_schema_path("hold", "capture")),
+        render::<VoidHold>(&command_schema_path("hold", "void")),
+        render::<VoidHold>(&command_schema_path("hold", "expire")),
+        render::<SubmitBatch>(&command_schema_path("batch", "submit")),
         render::<TransferStep>(&command_schema_path("account", "debit")),
         render::<TransferStep>(&command_schema_path("account", "credit")),
         render::<TransferStep>(&command_schema_path("account", "refund")),
@@ -77,6 +88,15 @@ pub fn all() -> Vec<SchemaFile> {
         render::<TransferCredited>("events/account.TransferCredited.v1.json"),
         render::<TransferRefunded>("events/account.TransferRefunded.v1.json"),
         render::<TransferSettled>("events/account.TransferSettled.v1.json"),
+        render::<LegsPosted>("events/account.LegsPosted.v1.json"),
+        render::<FundsHeld>("events/account.FundsHeld.v1.json"),
+        render::<FundsReleased>("events/account.FundsReleased.v1.json"),
+        render::<LimitsSet>("events/account.LimitsSet.v1.json"),
+        render::<TransactionPosted>("events/transaction.TransactionPosted.v1.json"),
+        render::<HoldPlaced>("events/hold.HoldPlaced.v1.json"),
+        render::<HoldCaptured>("events/hold.HoldCaptured.v1.json"),
+        render::<HoldVoided>("events/hold.HoldVoided.v1.json"),
+        render::<HoldExpired>("events/hold.HoldExpired.v1.json"),
         render::<TransferRequested>("events/transfer.TransferRequested.v1.json"),
         render::<DebitRecorded>("events/transfer.DebitRecorded.v1.json"),
         render::<CreditRecorded>("events/transfer.CreditRecorded.v1.json"),
@@ -87,6 +107,7 @@ pub fn all() -> Vec<SchemaFile> {
         render::<EventMetadata>("events/metadata.v1.json"),
         render::<EventMessage>("events/envelope.v1.json"),
         render::<CommandReply>("replies/command-reply.json"),
+        render::<crate::batch::BatchReply>("replies/batch-reply.json"),
     ]
 }
 
@@ -108,6 +129,14 @@ mod tests {
         }
         for name in crate::transfer::TRANSFER_COMMAND_NAMES {
             let path = command_schema_path("transfer", name);
+            assert!(files.iter().any(|f| f.path == path), "{path} missing");
+        }
+        for name in crate::ledger::HOLD_COMMAND_NAMES {
+            let path = command_schema_path("hold", name);
+            assert!(files.iter().any(|f| f.path == path), "{path} missing");
+        }
+        for event in crate::ledger::HOLD_EVENT_TYPES {
+            let path = format!("events/hold.{event}.v1.json");
             assert!(files.iter().any(|f| f.path == path), "{path} missing");
         }
         for event in crate::transfer::TRANSFER_EVENT_TYPES {

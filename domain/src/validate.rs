@@ -68,6 +68,41 @@ pub fn optional_text(field: &'static str, value: &str, max: usize) -> Result<(),
     Ok(())
 }
 
+/// Client metadata on accounts and transactions: at most this many entries.
+pub const METADATA_ENTRIES_MAX: usize = 16;
+pub const METADATA_KEY_LEN_MAX: usize = 64;
+pub const METADATA_VALUE_LEN_MAX: usize = 256;
+
+/// Client metadata: a small map of short keys to short, printable values.
+pub fn metadata(
+    field: &'static str,
+    entries: &std::collections::BTreeMap<String, String>,
+) -> Result<(), AccountError> {
+    if entries.len() > METADATA_ENTRIES_MAX {
+        return Err(AccountError::invalid(
+            field,
+            format!("must have at most {METADATA_ENTRIES_MAX} entries"),
+        ));
+    }
+    for (key, value) in entries {
+        let key_ok = !key.is_empty()
+            && key.len() <= METADATA_KEY_LEN_MAX
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !key_ok {
+            return Err(AccountError::invalid(
+                field,
+                format!(
+                    "keys must be 1 to {METADATA_KEY_LEN_MAX} characters of A-Z, a-z, 0-9, '_', '-' or '.'"
+                ),
+            ));
+        }
+        optional_text(field, value, METADATA_VALUE_LEN_MAX)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

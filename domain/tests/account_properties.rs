@@ -25,7 +25,7 @@ fn command() -> impl Strategy<Value = AccountCommand> {
     let id = || Just(ID.to_owned());
     prop_oneof![
         1 => (id(), "[a-z]{0,4}", prop_oneof![Just("EUR".to_owned()), Just("usd".to_owned())])
-            .prop_map(|(account_id, owner, currency)| AccountCommand::Open(OpenAccount { account_id, owner, currency })),
+            .prop_map(|(account_id, owner, currency)| AccountCommand::Open(OpenAccount { account_id, owner, currency, metadata: Default::default() })),
         6 => (id(), amount()).prop_map(|(account_id, amount)| AccountCommand::Deposit(Deposit { account_id, amount, reference: String::new(), channel: DepositChannel::Cash })),
         6 => (id(), amount()).prop_map(|(account_id, amount)| AccountCommand::Withdraw(Withdraw { account_id, amount, reference: String::new() })),
         1 => (id(), "[a-z]{0,3}").prop_map(|(account_id, reason)| AccountCommand::Freeze(Freeze { account_id, reason })),
@@ -276,6 +276,7 @@ fn close_from(mut state: Account) -> Account {
             account_id: ID.into(),
             owner: "o".into(),
             currency: "EUR".into(),
+            metadata: Default::default(),
         }));
     }
     if state.status == AccountStatus::Frozen {
@@ -319,6 +320,7 @@ fn closed_state_is_reachable_by_the_generator() {
             account_id: ID.into(),
             owner: "o".into(),
             currency: "EUR".into(),
+            metadata: Default::default(),
         }),
         AccountCommand::Close(Close {
             account_id: ID.into(),

@@ -14,6 +14,7 @@ fn opened() -> Vec<AccountEvent> {
         account_id: ID.into(),
         owner: "alice".into(),
         currency: "EUR".into(),
+        metadata: Default::default(),
     })]
 }
 
@@ -41,6 +42,7 @@ fn open_cmd() -> AccountCommand {
         account_id: ID.into(),
         owner: "alice".into(),
         currency: "EUR".into(),
+        metadata: Default::default(),
     })
 }
 
@@ -116,6 +118,7 @@ async fn open_validates_its_fields() {
                 account_id: "has.dot".into(),
                 owner: "a".into(),
                 currency: "EUR".into(),
+                metadata: Default::default(),
             },
             "account_id",
         ),
@@ -124,6 +127,7 @@ async fn open_validates_its_fields() {
                 account_id: ID.into(),
                 owner: "  ".into(),
                 currency: "EUR".into(),
+                metadata: Default::default(),
             },
             "owner",
         ),
@@ -132,6 +136,7 @@ async fn open_validates_its_fields() {
                 account_id: ID.into(),
                 owner: "a".into(),
                 currency: "eur".into(),
+                metadata: Default::default(),
             },
             "currency",
         ),

@@ -17,6 +17,7 @@ fn account(id: &str, balance: i64) -> Account {
         account_id: id.into(),
         owner: "o".into(),
         currency: "EUR".into(),
+        metadata: Default::default(),
     }));
     if balance > 0 {
         account.apply(AccountEvent::MoneyDeposited(MoneyDeposited {

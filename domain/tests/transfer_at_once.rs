@@ -18,6 +18,7 @@ fn account(id: &str, currency: &str, balance: i64, status: AccountStatus) -> Acc
         account_id: id.into(),
         owner: "o".into(),
         currency: currency.into(),
+        metadata: Default::default(),
     }));
     if balance > 0 {
         account.apply(AccountEvent::MoneyDeposited(MoneyDeposited {

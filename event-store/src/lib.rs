@@ -28,6 +28,7 @@ pub mod command_log;
 pub mod commit_signal;
 pub mod error;
 pub mod history;
+pub mod holds;
 pub mod maintenance;
 pub mod outbox;
 pub mod row;

@@ -29,7 +29,7 @@ pub struct Factory {
     jetstream: async_nats::jetstream::Context,
     stream: String,
     prefix: String,
-    dead_letters: [(crate::Projection, String); 2],
+    dead_letters: [(crate::Projection, String); crate::Projection::ALL.len()],
     config: crate::runner::RunnerConfig,
     batch_sizes: prometheus::HistogramVec,
     event_delays: prometheus::HistogramVec,

@@ -3,9 +3,9 @@
 //!
 //! `runner` is the consumer loop (batches, per-aggregate sequence checks, acks after commit);
 //! `projection` names the read models it maintains: `accounts` (`accounts`, `account_entries`,
-//! `currency_totals`) and `transfers`. `figures` (their bookkeeping) and `lag` (their distance
-//! behind the stream) are what `/metrics` and `/readyz` say about them, here and on the
-//! query-service.
+//! `currency_totals`, `system_account_balances`), `transfers`, `transactions` and `holds`.
+//! `figures` (their bookkeeping) and `lag` (their distance behind the stream) are what
+//! `/metrics` and `/readyz` say about them, here and on the query-service.
 
 pub mod accounts;
 mod app;
@@ -13,11 +13,13 @@ pub mod apply_error;
 mod config;
 mod dead_letters;
 pub mod figures;
+pub mod holds;
 pub mod lag;
 pub mod partitions;
 mod projection;
 pub mod rebuild;
 pub mod runner;
+pub mod transactions;
 pub mod transfers;
 mod versions;
 mod write_lock;

@@ -5,23 +5,35 @@ use domain::envelope::EventMessage;
 use sqlx::{Postgres, Transaction};
 
 use crate::apply_error::ApplyError;
-use crate::{accounts, transfers};
+use crate::{accounts, holds, transactions, transfers};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Projection {
-    /// `accounts`, `account_entries`, `currency_totals`, from account events.
+    /// `accounts`, `account_entries`, `currency_totals`, `system_account_balances`, from
+    /// account events.
     Accounts,
     /// `transfers`, from transfer events.
     Transfers,
+    /// `transactions`, from transaction events.
+    Transactions,
+    /// `holds`, from hold events.
+    Holds,
 }
 
 impl Projection {
-    pub const ALL: [Projection; 2] = [Projection::Accounts, Projection::Transfers];
+    pub const ALL: [Projection; 4] = [
+        Projection::Accounts,
+        Projection::Transfers,
+        Projection::Transactions,
+        Projection::Holds,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Projection::Accounts => accounts::NAME,
             Projection::Transfers => transfers::NAME,
+            Projection::Transactions => transactions::NAME,
+            Projection::Holds => holds::NAME,
         }
     }
 
@@ -35,6 +47,8 @@ impl Projection {
         match self {
             Projection::Accounts => "account",
             Projection::Transfers => "transfer",
+            Projection::Transactions => "transaction",
+            Projection::Holds => "hold",
         }
     }
 
@@ -43,18 +57,24 @@ impl Projection {
         match self {
             Projection::Accounts => &accounts::TABLES,
             Projection::Transfers => &transfers::TABLES,
+            Projection::Transactions => &transactions::TABLES,
+            Projection::Holds => &holds::TABLES,
         }
     }
 
-    /// Applies `events` (already checked to be the next ones per aggregate, in order).
+    /// Applies `events` (already checked to be the next ones per aggregate, in order) for
+    /// `partition` of the projection (a rebuild, which has none, passes 0).
     pub async fn apply(
         self,
         tx: &mut Transaction<'_, Postgres>,
         events: &[EventMessage],
+        partition: u32,
     ) -> Result<(), ApplyError> {
         match self {
-            Projection::Accounts => accounts::apply(tx, events).await,
+            Projection::Accounts => accounts::apply(tx, events, partition).await,
             Projection::Transfers => transfers::apply(tx, events).await,
+            Projection::Transactions => transactions::apply(tx, events).await,
+            Projection::Holds => holds::apply(tx, events).await,
         }
     }
 }

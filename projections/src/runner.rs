@@ -510,7 +510,9 @@ impl Runner {
             return Ok(());
         }
         if !apply.is_empty() {
-            self.projection.apply(&mut tx, &apply).await?;
+            self.projection
+                .apply(&mut tx, &apply, self.partition)
+                .await?;
         }
         tx.commit().await?;
         if gap_aggregates > 0 {

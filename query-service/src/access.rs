@@ -1,6 +1,7 @@
 //! Who may read what: every `/v1` route needs a valid bearer token (`accounts:read`, or
 //! `audit:read` under `/v1/audit`), a token bound to an owner sees only that owner's accounts
-//! and their transfers, and each token (or, before one is known, each client address) has a
+//! and their transfers, transactions and holds (never the ledger as a whole: totals, system
+//! accounts), and each token (or, before one is known, each client address) has a
 //! request rate. Health, readiness, metrics and the OpenAPI document stay open.
 
 use std::net::{IpAddr, SocketAddr};
@@ -92,7 +93,10 @@ fn required_scope(path: &str) -> Scope {
 
 /// Paths that span owners: a token bound to one owner may not read them.
 fn spans_owners(path: &str) -> bool {
-    path.starts_with("/v1/audit/") || path == "/v1/totals" || path.starts_with("/v1/commands/")
+    path.starts_with("/v1/audit/")
+        || path == "/v1/totals"
+        || path == "/v1/system-accounts"
+        || path.starts_with("/v1/commands/")
 }
 
 /// Middleware on the `/v1` routes: authenticates, throttles, checks the scope, and hands the
@@ -162,6 +166,9 @@ mod tests {
         assert_eq!(required_scope("/v1/accounts/a"), Scope::AccountsRead);
         assert!(spans_owners("/v1/totals"));
         assert!(spans_owners("/v1/commands/x"));
+        assert!(spans_owners("/v1/system-accounts"));
+        assert!(!spans_owners("/v1/accounts/a/holds"));
+        assert!(!spans_owners("/v1/transactions/x"));
         assert!(!spans_owners("/v1/accounts/a/transfers"));
     }
 

@@ -32,13 +32,29 @@ pub struct ConsistencyHeaders {
     tally_wait_ms: Option<u64>,
 }
 
+/// The columns of [`AccountView`], in its order.
+pub(crate) const ACCOUNT_COLUMNS: &str = "account_id, owner, currency, balance, held, available,
+    overdraft_limit, max_balance, metadata, status, version, opened_at, updated_at";
+
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AccountView {
     pub account_id: String,
     pub owner: String,
     pub currency: String,
-    /// Minor units.
+    /// The posted balance, in minor units (below zero only within an overdraft).
     pub balance: i64,
+    /// Minor units reserved by open holds: part of the posted balance, not available.
+    pub held: i64,
+    /// `balance - held`: what withdrawals, debits and new holds may use (down to
+    /// `-overdraft_limit`).
+    pub available: i64,
+    /// How far below zero the available balance may go (0: not at all).
+    pub overdraft_limit: i64,
+    /// The highest posted balance the account may reach; null when unlimited.
+    pub max_balance: Option<i64>,
+    /// The client's metadata, given when the account was opened.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub metadata: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
     /// `open`, `frozen` or `closed`.
     pub status: String,
     /// The last event sequence applied; changes with every change of the account.
@@ -119,10 +135,9 @@ pub async fn get(
             .await;
             let waited = consistency::unless_bound(waited, owner)?;
             let read_at = Instant::now();
-            let account: Option<AccountView> = sqlx::query_as(
-                "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
-                 FROM accounts WHERE account_id = $1",
-            )
+            let account: Option<AccountView> = sqlx::query_as(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1"
+            ))
             .bind(&account_id)
             .fetch_optional(&pool)
             .await?;
@@ -218,16 +233,16 @@ pub async fn list(
         }));
     }
     let owner = principal.owner.clone().or(query.owner.clone());
-    let mut rows: Vec<AccountView> = sqlx::query_as(
-        "SELECT account_id, owner, currency, balance, status, version, opened_at, updated_at
+    let mut rows: Vec<AccountView> = sqlx::query_as(&format!(
+        "SELECT {ACCOUNT_COLUMNS}
          FROM accounts
          WHERE ($1::text IS NULL OR owner = $1)
            AND ($2::text IS NULL OR status = $2)
            AND ($3::text IS NULL OR currency = $3)
            AND ($4::text IS NULL OR account_id > $4)
          ORDER BY account_id
-         LIMIT $5",
-    )
+         LIMIT $5"
+    ))
     .bind(&owner)
     .bind(&query.status)
     .bind(&query.currency)
@@ -266,7 +281,30 @@ pub struct EntryView {
     /// The transfer whose step made this entry (`GET /v1/transfers/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transfer_id: Option<uuid::Uuid>,
+    /// The transaction (`GET /v1/transactions/{id}`), or the captured hold
+    /// (`GET /v1/holds/{id}`), whose legs made this entry; `amount` is their net.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<uuid::Uuid>,
+    /// That transaction's legs touching this account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<EntryLeg>>)]
+    pub legs: Option<sqlx::types::Json<Vec<EntryLeg>>>,
 }
+
+/// One leg of a transaction as an account saw it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EntryLeg {
+    /// The leg's index in its transaction (0-based).
+    pub leg: u16,
+    /// The other side: a client account or a system account (`@world:EUR`).
+    pub counterparty: String,
+    /// Minor units; positive when money came in, negative when it went out.
+    pub amount: i64,
+}
+
+/// The columns of [`EntryView`], in its order.
+pub(crate) const ENTRY_COLUMNS: &str = "sequence, direction, amount, reference, balance_after,
+    recorded_at, command_id, transfer_id, transaction_id, legs";
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -331,17 +369,16 @@ pub async fn entries(
         });
     }
     waited?;
-    let mut rows: Vec<EntryView> = sqlx::query_as(
-        "SELECT sequence, direction, amount, reference, balance_after, recorded_at, command_id,
-                transfer_id
+    let mut rows: Vec<EntryView> = sqlx::query_as(&format!(
+        "SELECT {ENTRY_COLUMNS}
          FROM account_entries
          WHERE account_id = $1
            AND ($2::timestamptz IS NULL OR recorded_at >= $2)
            AND ($3::timestamptz IS NULL OR recorded_at < $3)
            AND ($4::bigint IS NULL OR sequence > $4)
          ORDER BY sequence
-         LIMIT $5",
-    )
+         LIMIT $5"
+    ))
     .bind(&account_id)
     .bind(query.from)
     .bind(query.to)
@@ -372,30 +409,4 @@ pub(crate) async fn visible(
     .bind(&principal.owner)
     .fetch_one(pool)
     .await?)
-}
-
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct TotalView {
-    pub currency: String,
-    /// Accounts not closed (open or frozen).
-    pub open_accounts: i64,
-    /// Sum of their balances in minor units, as a decimal string (it can exceed 64 bits).
-    pub total_balance: String,
-}
-
-/// Per currency: accounts not closed and the sum of their balances.
-#[utoipa::path(
-    get,
-    path = "/v1/totals",
-    tag = "accounts",
-    responses((status = 200, body = Vec<TotalView>))
-)]
-pub async fn totals(State(pool): State<PgPool>) -> Result<Json<Vec<TotalView>>, ApiError> {
-    let rows = sqlx::query_as(
-        "SELECT currency, open_accounts, total_balance::text AS total_balance
-         FROM currency_totals ORDER BY currency",
-    )
-    .fetch_all(&pool)
-    .await?;
-    Ok(Json(rows))
 }

@@ -1,5 +1,5 @@
-//! `/v1/audit/{type}/{id}/state`: an account or a transfer as the domain folds it from its
-//! events, at a version or an instant (not read from the read models).
+//! `/v1/audit/{type}/{id}/state`: an account, a transfer, a transaction or a hold as the domain
+//! folds it from its events, at a version or an instant (not read from the read models).
 
 use audit::history::{self, HistoryError, StatePoint};
 use axum::Json;
@@ -27,10 +27,42 @@ pub struct AccountState {
     pub account_id: String,
     pub owner: String,
     pub currency: String,
-    /// Minor units.
+    /// Minor units: the posted balance.
     pub balance: i64,
+    /// Minor units reserved by open holds.
+    pub held: i64,
+    /// `balance - held`.
+    pub available: i64,
+    pub overdraft_limit: i64,
+    pub max_balance: Option<i64>,
+    pub metadata: std::collections::BTreeMap<String, String>,
     /// `open`, `frozen` or `closed`.
     pub status: String,
+}
+
+/// A transaction as the domain folds it from history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransactionState {
+    pub transaction_id: Option<uuid::Uuid>,
+    #[schema(value_type = Vec<Object>)]
+    pub legs: Vec<domain::ledger::Leg>,
+    pub reference: String,
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// A hold as the domain folds it from history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HoldState {
+    pub hold_id: Option<uuid::Uuid>,
+    pub account_id: String,
+    pub currency: String,
+    /// Minor units held.
+    pub amount: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// `held`, `captured`, `voided` or `expired`.
+    pub status: String,
+    /// Minor units captured.
+    pub captured: i64,
 }
 
 /// A transfer as the domain folds it from history.
@@ -56,6 +88,8 @@ pub struct TransferState {
 pub enum AggregateState {
     Account(AccountState),
     Transfer(TransferState),
+    Transaction(TransactionState),
+    Hold(HoldState),
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -74,7 +108,7 @@ pub struct StateView {
     get,
     path = "/v1/audit/{aggregate_type}/{aggregate_id}/state",
     tag = "audit",
-    params(("aggregate_type" = String, Path, description = "`account` or `transfer`"), ("aggregate_id" = String, Path), StateQuery),
+    params(("aggregate_type" = String, Path, description = "`account`, `transfer`, `transaction` or `hold`"), ("aggregate_id" = String, Path), StateQuery),
     responses(
         (status = 200, body = StateView),
         (status = 400, body = Problem, content_type = "application/problem+json", description = "Neither or both of `at` and `version`"),
@@ -122,11 +156,17 @@ pub async fn state(
                 .map_err(corrupt)?
                 .ok_or_else(missing)?;
             let s = f.state;
+            let available = s.available();
             let state = AggregateState::Account(AccountState {
                 account_id: s.id,
                 owner: s.owner,
                 currency: s.currency,
                 balance: s.balance,
+                held: s.held,
+                available,
+                overdraft_limit: s.overdraft_limit,
+                max_balance: s.max_balance,
+                metadata: s.metadata,
                 status: s.status.as_str().to_owned(),
             });
             (f.version, f.as_of, state)
@@ -148,6 +188,37 @@ pub async fn state(
                 refunded: t.refunded,
                 failure_code,
                 failure_reason,
+            });
+            (f.version, f.as_of, state)
+        }
+        "transaction" => {
+            let f = history::transaction_state(&pool, &aggregate_id, point)
+                .await
+                .map_err(corrupt)?
+                .ok_or_else(missing)?;
+            let t = f.state;
+            let state = AggregateState::Transaction(TransactionState {
+                transaction_id: t.id,
+                legs: t.legs,
+                reference: t.reference,
+                metadata: t.metadata,
+            });
+            (f.version, f.as_of, state)
+        }
+        "hold" => {
+            let f = history::hold_state(&pool, &aggregate_id, point)
+                .await
+                .map_err(corrupt)?
+                .ok_or_else(missing)?;
+            let h = f.state;
+            let state = AggregateState::Hold(HoldState {
+                hold_id: h.id,
+                account_id: h.account_id,
+                currency: h.currency,
+                amount: h.amount,
+                expires_at: h.expires_at,
+                status: h.status.as_str().to_owned(),
+                captured: h.captured,
             });
             (f.version, f.as_of, state)
         }

@@ -53,7 +53,7 @@ pub fn parse(raw: &str) -> Result<Token, ApiError> {
         .ok_or_else(invalid)?;
     let known = matches!(
         (aggregate_type, target),
-        ("account", Target::Version(_)) | ("transfer", _)
+        ("account" | "transaction" | "hold", Target::Version(_)) | ("transfer", _)
     );
     if !known {
         return Err(invalid());
@@ -260,7 +260,7 @@ fn advice(crowded: bool, wait_ms: u64) -> String {
 }
 
 /// Whether the aggregate a token names is in the read model and `owner`'s: an account of
-/// theirs, or a transfer from or to one.
+/// theirs, a transfer from or to one, a transaction with a leg touching one, or a hold on one.
 async fn visible_to(pool: &PgPool, token: &Token, owner: &str) -> Result<bool, ApiError> {
     let visible = match token.aggregate_type.as_str() {
         "account" => {
@@ -280,6 +280,33 @@ async fn visible_to(pool: &PgPool, token: &Token, owner: &str) -> Result<bool, A
                 "SELECT EXISTS (SELECT 1 FROM transfers t JOIN accounts a
                                   ON a.account_id IN (t.from_account, t.to_account)
                                 WHERE t.transfer_id = $1 AND a.owner = $2)",
+            )
+            .bind(id)
+            .bind(owner)
+            .fetch_one(pool)
+            .await?
+        }
+        "transaction" => {
+            let Ok(id) = uuid::Uuid::parse_str(&token.aggregate_id) else {
+                return Ok(false);
+            };
+            sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM transactions t
+                                WHERE t.transaction_id = $1 AND {})",
+                crate::transactions::TOUCHES_OWNER
+            ))
+            .bind(id)
+            .bind(owner)
+            .fetch_one(pool)
+            .await?
+        }
+        "hold" => {
+            let Ok(id) = uuid::Uuid::parse_str(&token.aggregate_id) else {
+                return Ok(false);
+            };
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM holds h JOIN accounts a ON a.account_id = h.account_id
+                                WHERE h.hold_id = $1 AND a.owner = $2)",
             )
             .bind(id)
             .bind(owner)
@@ -314,5 +341,14 @@ mod tests {
         assert!(parse("account:acc:x").is_err());
         assert!(parse("account:acc:settled").is_err());
         assert!(parse("ledger:x:1").is_err());
+        let hold = "hold:0190b6a4-0000-7000-8000-000000000001:2";
+        assert_eq!(parse(hold).map(|t| t.target).ok(), Some(Target::Version(2)));
+        let transaction = "transaction:0190b6a4-0000-7000-8000-000000000001:1";
+        assert_eq!(
+            parse(transaction).map(|t| t.aggregate_type).ok().as_deref(),
+            Some("transaction")
+        );
+        assert!(parse("hold:x:settled").is_err());
+        assert!(parse("transaction:x:settled").is_err());
     }
 }

@@ -144,10 +144,11 @@ impl ConsistencyWaits {
 
 /// The projection that serves an aggregate type's read model.
 pub fn projection_of(aggregate_type: &str) -> &'static str {
-    if aggregate_type == "transfer" {
-        "transfers"
-    } else {
-        "accounts"
+    match aggregate_type {
+        "transfer" => "transfers",
+        "transaction" => "transactions",
+        "hold" => "holds",
+        _ => "accounts",
     }
 }
 

@@ -54,8 +54,22 @@ pub fn build(
             "/v1/accounts/{account_id}/transfers",
             get(crate::transfers::of_account),
         )
+        .route(
+            "/v1/accounts/{account_id}/statement",
+            get(crate::statement::statement),
+        )
+        .route(
+            "/v1/accounts/{account_id}/holds",
+            get(crate::holds::of_account),
+        )
         .route("/v1/transfers/{transfer_id}", get(crate::transfers::get))
-        .route("/v1/totals", get(crate::accounts::totals))
+        .route(
+            "/v1/transactions/{transaction_id}",
+            get(crate::transactions::get),
+        )
+        .route("/v1/holds/{hold_id}", get(crate::holds::get))
+        .route("/v1/totals", get(crate::books::totals))
+        .route("/v1/system-accounts", get(crate::books::system_accounts))
         .route(
             "/v1/audit/correlations/{correlation_id}/events",
             get(crate::audit_flows::events),

@@ -41,6 +41,7 @@ async fn a_warm_aggregate_sees_what_another_instance_committed() {
         account_id: "warm".into(),
         owner: "o".into(),
         currency: "EUR".into(),
+        metadata: Default::default(),
     });
     let deposit = |amount| {
         AccountCommand::Deposit(Deposit {
@@ -104,6 +105,7 @@ fn two_warm_instances_agree_with_a_full_replay() {
         let id = format!("warm-{}", case.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         let open = AccountCommand::Open(OpenAccount {
             account_id: id.clone(), owner: "o".into(), currency: "EUR".into(),
+            metadata: Default::default(),
         });
         rt.block_on(async {
             instances[0].execute(incoming(open)).await.unwrap();
@@ -137,6 +139,7 @@ async fn racing_commands_on_one_account_commit_in_groups_exactly_once() {
         account_id: "hot".into(),
         owner: "o".into(),
         currency: "EUR".into(),
+        metadata: Default::default(),
     });
     executor.execute(incoming(open)).await.unwrap();
     // 400 commands at once: deposits of 3, withdrawals of 5 (some refused for funds), and every

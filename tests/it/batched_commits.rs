@@ -64,6 +64,7 @@ async fn many_accounts_share_commits_and_nothing_stale_or_repeated_gets_through(
             account_id: id.clone(),
             owner: "o".into(),
             currency: "EUR".into(),
+            metadata: Default::default(),
         });
         assert!(accepted(&a.execute(incoming(open)).await.unwrap()));
     }
@@ -173,6 +174,7 @@ async fn a_repeated_id_on_the_path_alone_gets_its_first_reply() {
         account_id: "alone".into(),
         owner: "o".into(),
         currency: "EUR".into(),
+        metadata: Default::default(),
     });
     assert!(accepted(&a.execute(incoming(open)).await.unwrap()));
     let at = |version: u64, command: AccountCommand| {

@@ -19,6 +19,7 @@ async fn postgres_es_reads_and_writes_our_events_table() {
             account_id: "acc-1".into(),
             owner: "alice".into(),
             currency: "EUR".into(),
+            metadata: Default::default(),
         }),
         metadata.to_map(),
     )

@@ -70,6 +70,7 @@ fn snapshot_loaded_state_equals_full_replay() {
         let id = format!("snap-{}", case.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
         let commands: Vec<AccountCommand> = std::iter::once(AccountCommand::Open(OpenAccount {
             account_id: id.clone(), owner: "o".into(), currency: "EUR".into(),
+            metadata: Default::default(),
         }))
         .chain(commands.into_iter().map(|c| retarget(c, &id)))
         .collect();
@@ -134,6 +135,7 @@ async fn a_stale_or_corrupt_snapshot_is_never_trusted_over_events() {
             account_id: "s".into(),
             owner: "o".into(),
             currency: "EUR".into(),
+            metadata: Default::default(),
         })))
         .await
         .unwrap();

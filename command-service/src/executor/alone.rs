@@ -41,6 +41,10 @@ pub(super) async fn decide(
             let facts = facts::transfer_facts(ex, command, incoming.owner.as_deref()).await?;
             decide_one::<Transfer>(ex, incoming, command.clone(), facts, reads).await
         }
+        // `Executor::execute` sends these to `ledger`; here would be a routing bug.
+        Command::Transaction(_) | Command::Hold(_) => Err(super::ExecuteError::internal(
+            "a ledger command reached the single-aggregate decider",
+        )),
     }
 }
 

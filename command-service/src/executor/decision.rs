@@ -129,6 +129,8 @@ pub struct Changed<A> {
 pub enum NewState {
     Account(Changed<Account>),
     Transfer(Changed<Transfer>),
+    Transaction(Changed<domain::ledger::Transaction>),
+    Hold(Changed<domain::ledger::Hold>),
 }
 
 /// `events` as stored after sequence `before` of `aggregate_id`, with `metadata`.

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use cqrs_es::Aggregate;
+use domain::ledger::{Hold, Transaction};
 use domain::transfer::{Transfer, TransferCommand};
 use domain::{Account, CommandReply, EventMetadata};
 use event_store::{EventStore, StoreError};
@@ -24,6 +25,7 @@ mod alone;
 mod decision;
 mod facts;
 mod group_commit;
+mod ledger;
 mod load;
 mod pipeline;
 mod transfer_at_once;
@@ -125,11 +127,43 @@ impl Executable for Transfer {
     }
 }
 
+impl Executable for Transaction {
+    fn rejection(error: &Self::Error) -> Rejection {
+        Rejection::from(error)
+    }
+    fn refuses_the_sender(error: &Self::Error) -> bool {
+        error.refuses_the_sender()
+    }
+    fn cache(executor: &Executor) -> &AggregateCache<Self> {
+        &executor.transaction_cache
+    }
+    fn changed(changed: Changed<Self>) -> decision::NewState {
+        decision::NewState::Transaction(changed)
+    }
+}
+
+impl Executable for Hold {
+    fn rejection(error: &Self::Error) -> Rejection {
+        Rejection::from(error)
+    }
+    fn refuses_the_sender(error: &Self::Error) -> bool {
+        error.refuses_the_sender()
+    }
+    fn cache(executor: &Executor) -> &AggregateCache<Self> {
+        &executor.hold_cache
+    }
+    fn changed(changed: Changed<Self>) -> decision::NewState {
+        decision::NewState::Hold(changed)
+    }
+}
+
 pub struct Executor {
     store: EventStore,
     locks: AggregateLocks,
     account_cache: AggregateCache<Account>,
     transfer_cache: AggregateCache<Transfer>,
+    transaction_cache: AggregateCache<Transaction>,
+    hold_cache: AggregateCache<Hold>,
     groups: group_commit::Groups,
     limits: ExecutorLimits,
     conflict_retries: Option<prometheus::IntCounter>,
@@ -150,6 +184,8 @@ impl Executor {
             locks: AggregateLocks::default(),
             account_cache: AggregateCache::new(limits.aggregate_cache_max),
             transfer_cache: AggregateCache::new(limits.aggregate_cache_max),
+            transaction_cache: AggregateCache::new(limits.aggregate_cache_max),
+            hold_cache: AggregateCache::new(limits.aggregate_cache_max),
             groups: group_commit::Groups::default(),
             limits,
             conflict_retries: None,
@@ -197,7 +233,29 @@ impl Executor {
             let request = request.clone();
             return transfer_at_once::run(self, incoming, request).await;
         }
+        if incoming.command.is_ledger() {
+            let command_id = incoming.command_id;
+            let mut replies =
+                ledger::run(self, std::slice::from_ref(&incoming), ledger::Mode::Alone).await?;
+            return match (replies.pop(), replies.is_empty()) {
+                (Some(reply), true) => Ok(reply),
+                _ => Err(ExecuteError::internal(format!(
+                    "command {command_id} got {} replies",
+                    replies.len() + 1
+                ))),
+            };
+        }
         alone::run(self, incoming).await
+    }
+
+    /// Runs `commands` all or nothing, in one write: one reply per command, in order. Each
+    /// keeps its own command id; a retry of the same batch gets the first replies.
+    #[tracing::instrument(skip_all, fields(commands = commands.len()))]
+    pub async fn execute_atomic(
+        &self,
+        commands: Vec<IncomingCommand>,
+    ) -> Result<Vec<CommandReply>, ExecuteError> {
+        ledger::run(self, &commands, ledger::Mode::AtomicBatch).await
     }
 
     /// The aggregate as of its last event (from memory or our snapshot, plus the events after

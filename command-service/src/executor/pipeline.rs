@@ -128,6 +128,8 @@ pub(super) async fn commit(
         match state {
             NewState::Account(changed) => remember(ex, changed).await,
             NewState::Transfer(changed) => remember(ex, changed).await,
+            NewState::Transaction(changed) => remember(ex, changed).await,
+            NewState::Hold(changed) => remember(ex, changed).await,
         }
     }
     Ok(replies)

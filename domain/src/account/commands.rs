@@ -24,6 +24,10 @@ pub struct OpenAccount {
     /// ISO 4217 currency code; fixed for the account's life.
     #[schemars(pattern(CURRENCY_PATTERN))]
     pub currency: String,
+    /// At most 16 entries; keys of `A-Z a-z 0-9 _ - .` up to 64, values up to 256 characters.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = crate::validate::METADATA_ENTRIES_MAX))]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Add money to an account. Frozen accounts accept deposits.
@@ -85,6 +89,25 @@ pub struct Close {
     pub account_id: String,
 }
 
+/// Set the account's limits (scope `admin`; who and why are recorded). Refused when the
+/// account's balance is already outside them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetLimits {
+    #[schemars(length(min = 1, max = ID_LEN_MAX), pattern(ID_PATTERN))]
+    pub account_id: String,
+    /// How far below zero the available balance may go, in minor units (0: not at all).
+    #[schemars(range(min = 0, max = AMOUNT_MAX_MINOR))]
+    pub overdraft_limit: i64,
+    /// The highest posted balance the account may reach, in minor units; none when absent.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_balance: Option<i64>,
+    /// Why; recorded in the audit trail.
+    #[schemars(length(min = 1, max = REASON_LEN_MAX))]
+    pub reason: String,
+}
+
 /// One step of a transfer on this account, sent by the process manager (`debit`, `credit`,
 /// `refund`, `settle`). The amount and the other account are the transfer's own, never the
 /// sender's: a step the transfer's state does not call for is refused.
@@ -105,6 +128,7 @@ pub enum AccountCommand {
     Freeze(Freeze),
     Unfreeze(Unfreeze),
     Close(Close),
+    SetLimits(SetLimits),
     /// Takes the transfer's amount from its source account and holds it as in flight.
     Debit(TransferStep),
     /// Gives the transfer's amount to its destination account.
@@ -116,8 +140,17 @@ pub enum AccountCommand {
 }
 
 /// Command names as they appear in subjects (`tally.cmd.account.<name>`).
-pub const ACCOUNT_COMMAND_NAMES: [&str; 10] = [
-    "open", "deposit", "withdraw", "freeze", "unfreeze", "close", "debit", "credit", "refund",
+pub const ACCOUNT_COMMAND_NAMES: [&str; 11] = [
+    "open",
+    "deposit",
+    "withdraw",
+    "freeze",
+    "unfreeze",
+    "close",
+    "set_limits",
+    "debit",
+    "credit",
+    "refund",
     "settle",
 ];
 
@@ -139,6 +172,7 @@ impl AccountCommand {
             AccountCommand::Freeze(_) => "freeze",
             AccountCommand::Unfreeze(_) => "unfreeze",
             AccountCommand::Close(_) => "close",
+            AccountCommand::SetLimits(_) => "set_limits",
             AccountCommand::Debit(_) => "debit",
             AccountCommand::Credit(_) => "credit",
             AccountCommand::Refund(_) => "refund",
@@ -166,6 +200,7 @@ impl AccountCommand {
             AccountCommand::Freeze(c) => &c.account_id,
             AccountCommand::Unfreeze(c) => &c.account_id,
             AccountCommand::Close(c) => &c.account_id,
+            AccountCommand::SetLimits(c) => &c.account_id,
             AccountCommand::Debit(c)
             | AccountCommand::Credit(c)
             | AccountCommand::Refund(c)
@@ -185,6 +220,7 @@ impl AccountCommand {
             "freeze" => AccountCommand::Freeze(parse(body)?),
             "unfreeze" => AccountCommand::Unfreeze(parse(body)?),
             "close" => AccountCommand::Close(parse(body)?),
+            "set_limits" => AccountCommand::SetLimits(parse(body)?),
             "debit" => AccountCommand::Debit(parse(body)?),
             "credit" => AccountCommand::Credit(parse(body)?),
             "refund" => AccountCommand::Refund(parse(body)?),
@@ -202,6 +238,7 @@ impl AccountCommand {
             AccountCommand::Freeze(c) => serde_json::to_value(c),
             AccountCommand::Unfreeze(c) => serde_json::to_value(c),
             AccountCommand::Close(c) => serde_json::to_value(c),
+            AccountCommand::SetLimits(c) => serde_json::to_value(c),
             AccountCommand::Debit(c)
             | AccountCommand::Credit(c)
             | AccountCommand::Refund(c)

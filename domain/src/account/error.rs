@@ -38,6 +38,21 @@ pub enum AccountError {
     TransfersInFlight { count: usize },
     #[error("transfer does not exist")]
     TransferNotFound,
+    #[error(
+        "{what} of {amount} would pass the account's {limit} of {limit_value} (balance {balance}, held {held})"
+    )]
+    LimitExceeded {
+        account_id: String,
+        /// `overdraft_limit`, `max_balance` or `open_holds`.
+        limit: &'static str,
+        limit_value: i64,
+        what: &'static str,
+        amount: i64,
+        balance: i64,
+        held: i64,
+    },
+    #[error("{count} holds on this account are still open")]
+    HoldsOpen { count: usize },
     #[error("transfer does not call for this step: {reason}")]
     StepNotDue { reason: String },
 }
@@ -83,6 +98,7 @@ impl AccountError {
             AccountError::NotFound | AccountError::NotVisible => ErrorCode::NotFound,
             AccountError::AlreadyExists => ErrorCode::AlreadyExists,
             AccountError::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+            AccountError::LimitExceeded { .. } => ErrorCode::LimitExceeded,
             AccountError::Frozen => ErrorCode::AccountFrozen,
             AccountError::Closed => ErrorCode::AccountClosed,
             AccountError::TransferNotFound => ErrorCode::NotFound,
@@ -90,6 +106,7 @@ impl AccountError {
             | AccountError::NotFrozen
             | AccountError::BalanceNotZero { .. }
             | AccountError::TransfersInFlight { .. }
+            | AccountError::HoldsOpen { .. }
             | AccountError::StepNotDue { .. } => ErrorCode::Conflict,
         }
     }
@@ -111,6 +128,20 @@ impl AccountError {
             }
             AccountError::BalanceNotZero { balance } => json!({ "balance": balance }),
             AccountError::TransfersInFlight { count } => json!({ "transfers_in_flight": count }),
+            AccountError::HoldsOpen { count } => json!({ "holds_open": count }),
+            AccountError::LimitExceeded {
+                account_id,
+                limit,
+                limit_value,
+                what,
+                amount,
+                balance,
+                held,
+            } => json!({
+                "account_id": account_id,
+                "limit": limit, "limit_value": limit_value, "operation": what,
+                "amount": amount, "balance": balance, "held": held,
+            }),
             AccountError::StepNotDue { reason } => json!({ "reason": reason }),
             AccountError::NotFound
             | AccountError::NotVisible

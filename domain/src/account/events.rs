@@ -31,6 +31,9 @@ pub struct AccountOpened {
     pub account_id: String,
     pub owner: String,
     pub currency: String,
+    /// The client's metadata; absent when empty (as on every event before it existed).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -105,6 +108,73 @@ pub struct TransferSettled {
     pub transfer_id: Uuid,
 }
 
+/// One leg of a posting as this account sees it: the other side and the signed amount
+/// (positive: money in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PostedLeg {
+    /// The leg's index in its transaction (0-based).
+    pub leg: u16,
+    /// The account on the other side: a client account or a system account (`@world:EUR`).
+    pub counterparty: String,
+    /// Minor units; positive when money came in, negative when it went out.
+    pub amount: i64,
+}
+
+/// A multi-leg transaction (or a captured hold, whose id is the transaction's) moved money
+/// in or out of this account: every leg touching it, in the transaction's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LegsPosted {
+    /// The transaction, or the hold whose capture this is (`capture`).
+    pub transaction_id: Uuid,
+    pub legs: Vec<PostedLeg>,
+    pub balance_after: i64,
+    /// The capture of hold `transaction_id`, not a transaction: hold ids and transaction ids
+    /// are chosen by clients independently, so one may equal the other.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capture: bool,
+}
+
+/// Funds reserved: the posted balance is unchanged, the available balance is lower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FundsHeld {
+    pub hold_id: Uuid,
+    /// Minor units.
+    pub amount: i64,
+    /// When the hold lapses by itself, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Why a hold's funds were released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldEnd {
+    /// Captured (in full or in part; a capture's posting is its own `LegsPosted`).
+    Captured,
+    Voided,
+    Expired,
+}
+
+/// A hold ended: its whole amount is no longer reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FundsReleased {
+    pub hold_id: Uuid,
+    /// Minor units: the hold's whole amount.
+    pub amount: i64,
+    pub end: HoldEnd,
+}
+
+/// The account's limits as of this event (replacing earlier ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LimitsSet {
+    /// How far below zero the available balance may go (0: not at all).
+    pub overdraft_limit: i64,
+    /// The highest posted balance the account may reach; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_balance: Option<i64>,
+    pub reason: String,
+}
+
 /// Stored as `{"<EventType>": {payload}}` (serde's external tagging), as postgres-es writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum AccountEvent {
@@ -118,10 +188,14 @@ pub enum AccountEvent {
     TransferCredited(TransferCredited),
     TransferRefunded(TransferRefunded),
     TransferSettled(TransferSettled),
+    LegsPosted(LegsPosted),
+    FundsHeld(FundsHeld),
+    FundsReleased(FundsReleased),
+    LimitsSet(LimitsSet),
 }
 
 /// Event type names as stored in `events.event_type`.
-pub const ACCOUNT_EVENT_TYPES: [&str; 10] = [
+pub const ACCOUNT_EVENT_TYPES: [&str; 14] = [
     "AccountOpened",
     "MoneyDeposited",
     "MoneyWithdrawn",
@@ -132,6 +206,10 @@ pub const ACCOUNT_EVENT_TYPES: [&str; 10] = [
     "TransferCredited",
     "TransferRefunded",
     "TransferSettled",
+    "LegsPosted",
+    "FundsHeld",
+    "FundsReleased",
+    "LimitsSet",
 ];
 
 impl DomainEvent for AccountEvent {
@@ -147,6 +225,10 @@ impl DomainEvent for AccountEvent {
             AccountEvent::TransferCredited(_) => "TransferCredited",
             AccountEvent::TransferRefunded(_) => "TransferRefunded",
             AccountEvent::TransferSettled(_) => "TransferSettled",
+            AccountEvent::LegsPosted(_) => "LegsPosted",
+            AccountEvent::FundsHeld(_) => "FundsHeld",
+            AccountEvent::FundsReleased(_) => "FundsReleased",
+            AccountEvent::LimitsSet(_) => "LimitsSet",
         };
         name.to_owned()
     }

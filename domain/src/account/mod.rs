@@ -11,16 +11,17 @@ pub mod upcast;
 
 pub use commands::{
     ACCOUNT_COMMAND_NAMES, AccountCommand, Close, DecodeError, Deposit, Freeze, OpenAccount,
-    TransferStep, Unfreeze, Withdraw,
+    SetLimits, TransferStep, Unfreeze, Withdraw,
 };
 pub use error::AccountError;
 pub use events::{
     ACCOUNT_EVENT_TYPES, ACCOUNT_EVENT_VERSION, AccountClosed, AccountEvent, AccountFrozen,
-    AccountOpened, AccountUnfrozen, DepositChannel, MONEY_DEPOSITED_VERSION, MoneyDeposited,
-    MoneyWithdrawn, TransferCredited, TransferDebited, TransferRefunded, TransferSettled,
+    AccountOpened, AccountUnfrozen, DepositChannel, FundsHeld, FundsReleased, HoldEnd, LegsPosted,
+    LimitsSet, MONEY_DEPOSITED_VERSION, MoneyDeposited, MoneyWithdrawn, PostedLeg,
+    TransferCredited, TransferDebited, TransferRefunded, TransferSettled,
 };
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
@@ -30,6 +31,10 @@ use uuid::Uuid;
 use crate::money::{self, Amount};
 use crate::transfer::{Transfer, TransferStatus};
 use crate::validate;
+
+/// Most holds open at once on one account: each is part of the account's state, which every
+/// decision on the account reads.
+pub const OPEN_HOLDS_MAX: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +70,20 @@ pub struct Account {
     /// open the account cannot close, so a refund always has somewhere to go.
     #[serde(default)]
     pub transfers_in_flight: BTreeSet<Uuid>,
+    /// Open holds and their amounts; `held` is their sum.
+    #[serde(default)]
+    pub holds: BTreeMap<Uuid, i64>,
+    /// Minor units reserved by open holds: part of the balance, not available.
+    #[serde(default)]
+    pub held: i64,
+    /// How far below zero the available balance may go (0: not at all).
+    #[serde(default)]
+    pub overdraft_limit: i64,
+    /// The highest balance the account may reach.
+    #[serde(default)]
+    pub max_balance: Option<i64>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// What a command needs to know besides the account, looked up by the command-service and
@@ -113,6 +132,7 @@ impl Account {
             AccountCommand::Open(c) => {
                 validate::text("owner", &c.owner, validate::OWNER_LEN_MAX)?;
                 validate::currency("currency", &c.currency)?;
+                validate::metadata("metadata", &c.metadata)?;
                 if self.status != AccountStatus::Unopened {
                     return Err(AccountError::AlreadyExists);
                 }
@@ -120,13 +140,14 @@ impl Account {
                     account_id: c.account_id.clone(),
                     owner: c.owner.clone(),
                     currency: c.currency.clone(),
+                    metadata: c.metadata.clone(),
                 })])
             }
             AccountCommand::Deposit(c) => {
                 let amount = Amount::new(c.amount)?;
                 validate::optional_text("reference", &c.reference, validate::REFERENCE_LEN_MAX)?;
                 self.require_live()?;
-                let balance_after = self.credit_leaving_room(amount)?;
+                let balance_after = self.credit_within_limits(amount, "deposit")?;
                 Ok(vec![AccountEvent::MoneyDeposited(MoneyDeposited {
                     amount: amount.minor(),
                     reference: c.reference.clone(),
@@ -141,7 +162,7 @@ impl Account {
                 if self.status == AccountStatus::Frozen {
                     return Err(AccountError::Frozen);
                 }
-                let balance_after = money::debit(self.balance, amount)?;
+                let balance_after = self.debit_within_limits(amount, "withdrawal")?;
                 Ok(vec![AccountEvent::MoneyWithdrawn(MoneyWithdrawn {
                     amount: amount.minor(),
                     reference: c.reference.clone(),
@@ -176,12 +197,41 @@ impl Account {
                         count: self.transfers_in_flight.len(),
                     });
                 }
+                if !self.holds.is_empty() {
+                    return Err(AccountError::HoldsOpen {
+                        count: self.holds.len(),
+                    });
+                }
                 if self.balance != 0 {
                     return Err(AccountError::BalanceNotZero {
                         balance: self.balance,
                     });
                 }
                 Ok(vec![AccountEvent::AccountClosed(AccountClosed {})])
+            }
+            AccountCommand::SetLimits(c) => {
+                validate::text("reason", &c.reason, validate::REASON_LEN_MAX)?;
+                if !(0..=money::AMOUNT_MAX_MINOR).contains(&c.overdraft_limit) {
+                    return Err(AccountError::invalid(
+                        "overdraft_limit",
+                        format!("must be 0 to {}", money::AMOUNT_MAX_MINOR),
+                    ));
+                }
+                if c.max_balance.is_some_and(|max| max < 0) {
+                    return Err(AccountError::invalid("max_balance", "must not be negative"));
+                }
+                self.require_live()?;
+                let limited = Account {
+                    overdraft_limit: c.overdraft_limit,
+                    max_balance: c.max_balance,
+                    ..self.clone()
+                };
+                limited.check_within_limits("new limits", 0)?;
+                Ok(vec![AccountEvent::LimitsSet(LimitsSet {
+                    overdraft_limit: c.overdraft_limit,
+                    max_balance: c.max_balance,
+                    reason: c.reason.clone(),
+                })])
             }
             AccountCommand::Debit(c) => {
                 if self.transfers_in_flight.contains(&c.transfer_id) {
@@ -195,7 +245,8 @@ impl Account {
                 if self.status == AccountStatus::Frozen {
                     return Err(AccountError::Frozen);
                 }
-                let balance_after = money::debit(self.balance, Amount::new(transfer.amount)?)?;
+                let balance_after =
+                    self.debit_within_limits(Amount::new(transfer.amount)?, "transfer debit")?;
                 Ok(vec![AccountEvent::TransferDebited(TransferDebited {
                     transfer_id: c.transfer_id,
                     to: transfer.to.clone(),
@@ -211,7 +262,8 @@ impl Account {
                 }
                 // Frozen accounts take deposits, and so credits.
                 self.require_live()?;
-                let balance_after = self.credit_leaving_room(Amount::new(transfer.amount)?)?;
+                let balance_after =
+                    self.credit_within_limits(Amount::new(transfer.amount)?, "transfer credit")?;
                 Ok(vec![AccountEvent::TransferCredited(TransferCredited {
                     transfer_id: c.transfer_id,
                     from: transfer.from.clone(),
@@ -302,8 +354,105 @@ impl Account {
         Ok(balance_after)
     }
 
+    /// The balance less what open holds reserve.
+    pub fn available(&self) -> i64 {
+        self.balance.saturating_sub(self.held)
+    }
+
+    /// `balance - amount` for money going out (a withdrawal, a debit, a leg out), refused
+    /// unless the available balance stays at or above `-overdraft_limit`. Without an overdraft
+    /// the refusal is `insufficient_funds`, as before limits existed; with one, `limit_exceeded`.
+    pub(crate) fn debit_within_limits(
+        &self,
+        amount: Amount,
+        what: &'static str,
+    ) -> Result<i64, AccountError> {
+        let balance_after =
+            self.balance
+                .checked_sub(amount.minor())
+                .ok_or(AccountError::InsufficientFunds {
+                    balance: self.available(),
+                    requested: amount.minor(),
+                })?;
+        let available_after = balance_after.checked_sub(self.held);
+        if available_after.is_none_or(|available| available < -self.overdraft_limit) {
+            if self.overdraft_limit == 0 {
+                return Err(AccountError::InsufficientFunds {
+                    balance: self.available(),
+                    requested: amount.minor(),
+                });
+            }
+            return Err(self.limit_exceeded("overdraft_limit", what, amount.minor()));
+        }
+        Ok(balance_after)
+    }
+
+    /// Funds reserved by a hold: the same test as a debit, the balance unchanged; and at most
+    /// [`OPEN_HOLDS_MAX`] holds open at once (each is part of the account's state).
+    pub(crate) fn hold_within_limits(&self, amount: Amount) -> Result<i64, AccountError> {
+        if self.holds.len() >= OPEN_HOLDS_MAX {
+            return Err(self.limit_exceeded("open_holds", "hold", amount.minor()));
+        }
+        let reserved = Account {
+            id: self.id.clone(),
+            balance: self.balance,
+            held: self.held,
+            overdraft_limit: self.overdraft_limit,
+            ..Account::default()
+        };
+        reserved.debit_within_limits(amount, "hold")?;
+        self.held
+            .checked_add(amount.minor())
+            .ok_or(AccountError::BalanceOverflow {
+                balance: self.held,
+                amount: amount.minor(),
+            })
+    }
+
+    /// `balance + amount` for money coming in, refused above `max_balance` and where
+    /// [`Account::credit_leaving_room`] refuses.
+    pub(crate) fn credit_within_limits(
+        &self,
+        amount: Amount,
+        what: &'static str,
+    ) -> Result<i64, AccountError> {
+        let balance_after = self.credit_leaving_room(amount)?;
+        if self.max_balance.is_some_and(|max| balance_after > max) {
+            return Err(self.limit_exceeded("max_balance", what, amount.minor()));
+        }
+        Ok(balance_after)
+    }
+
+    /// Whether the account as it stands is inside its limits (`amount` is only reported).
+    fn check_within_limits(&self, what: &'static str, amount: i64) -> Result<(), AccountError> {
+        if self.available() < -self.overdraft_limit {
+            return Err(self.limit_exceeded("overdraft_limit", what, amount));
+        }
+        if self.max_balance.is_some_and(|max| self.balance > max) {
+            return Err(self.limit_exceeded("max_balance", what, amount));
+        }
+        Ok(())
+    }
+
+    fn limit_exceeded(&self, limit: &'static str, what: &'static str, amount: i64) -> AccountError {
+        let limit_value = match limit {
+            "max_balance" => self.max_balance.unwrap_or(i64::MAX),
+            "open_holds" => i64::try_from(OPEN_HOLDS_MAX).unwrap_or(i64::MAX),
+            _ => self.overdraft_limit,
+        };
+        AccountError::LimitExceeded {
+            account_id: self.id.clone(),
+            limit,
+            limit_value,
+            what,
+            amount,
+            balance: self.balance,
+            held: self.held,
+        }
+    }
+
     /// Opened and not closed.
-    fn require_live(&self) -> Result<(), AccountError> {
+    pub(crate) fn require_live(&self) -> Result<(), AccountError> {
         match self.status {
             AccountStatus::Unopened => Err(AccountError::NotFound),
             AccountStatus::Closed => Err(AccountError::Closed),
@@ -337,6 +486,7 @@ impl Aggregate for Account {
                 self.id = e.account_id;
                 self.owner = e.owner;
                 self.currency = e.currency;
+                self.metadata = e.metadata;
                 self.balance = 0;
                 self.status = AccountStatus::Open;
             }
@@ -360,6 +510,20 @@ impl Aggregate for Account {
             }
             AccountEvent::TransferSettled(e) => {
                 self.transfers_in_flight.remove(&e.transfer_id);
+            }
+            AccountEvent::LegsPosted(e) => self.balance = e.balance_after,
+            AccountEvent::FundsHeld(e) => {
+                self.holds.insert(e.hold_id, e.amount);
+                self.held = self.held.saturating_add(e.amount);
+            }
+            AccountEvent::FundsReleased(e) => {
+                if let Some(amount) = self.holds.remove(&e.hold_id) {
+                    self.held = self.held.saturating_sub(amount);
+                }
+            }
+            AccountEvent::LimitsSet(e) => {
+                self.overdraft_limit = e.overdraft_limit;
+                self.max_balance = e.max_balance;
             }
         }
     }

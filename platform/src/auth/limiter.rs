@@ -41,12 +41,17 @@ pub enum Throttled {
     /// So many clients are active that a new one is not tracked (see the module docs).
     #[error("too many clients at once; retry in {} ms", retry_after.as_millis())]
     Crowded { retry_after: Duration },
+    /// More requests at once than the burst allows, ever.
+    #[error("more requests at once than the burst of {burst}")]
+    TooMany { burst: u32 },
 }
 
 impl Throttled {
     pub fn retry_after(&self) -> Duration {
         match self {
             Throttled::TooFast { retry_after } | Throttled::Crowded { retry_after } => *retry_after,
+            // Waiting does not help; a smaller batch does. Told as a second's wait.
+            Throttled::TooMany { .. } => Duration::from_secs(1),
         }
     }
 }
@@ -127,6 +132,12 @@ impl KeyedLimiter {
 
     /// Counts one request of `key`, if it may go through now.
     pub fn check(&self, key: &String) -> Result<(), Throttled> {
+        self.check_n(key, std::num::NonZeroU32::MIN)
+    }
+
+    /// Counts `n` requests of `key` at once (a batch of commands), if they may all go through
+    /// now. More than the burst never can: `TooMany`.
+    pub fn check_n(&self, key: &String, n: std::num::NonZeroU32) -> Result<(), Throttled> {
         self.prune_if_older_than(PRUNE_EVERY);
         if self.keys.0.len() >= self.keys_max && !self.keys.0.contains_key(key) {
             self.prune_if_older_than(PRUNE_WHEN_FULL_EVERY);
@@ -136,10 +147,14 @@ impl KeyedLimiter {
                 });
             }
         }
-        self.limiter.check_key(key).map_err(|not_until| {
-            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
-            Throttled::TooFast { retry_after }
-        })
+        match self.limiter.check_key_n(key, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+                Err(Throttled::TooFast { retry_after })
+            }
+            Err(governor::InsufficientCapacity(burst)) => Err(Throttled::TooMany { burst }),
+        }
     }
 
     /// Drops the keys whose bucket has refilled, and the memory they held.

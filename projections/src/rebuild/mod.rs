@@ -47,7 +47,7 @@ const SWAP_LOCK_TIMEOUT: &str = "10s";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("unknown projection `{0}` (known: accounts, transfers)")]
+    #[error("unknown projection `{0}` (known: accounts, transfers, transactions, holds)")]
     UnknownProjection(String),
     #[error("a rebuild of `{0}` is already running")]
     AlreadyRunning(String),
@@ -291,7 +291,8 @@ async fn apply_shadow(
     if events.is_empty() {
         return Ok(());
     }
-    kind.apply(tx, events).await?;
+    // One writer, so one key for its system-account rows; the live partitions add theirs.
+    kind.apply(tx, events, 0).await?;
     let mut last: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
     for event in events {
         last.insert(

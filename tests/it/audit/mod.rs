@@ -9,6 +9,7 @@ use tests::tally_cli::stdout;
 
 mod digests;
 mod http;
+mod ledger;
 
 /// Opens `id` and deposits each amount; returns the last reply.
 pub(super) async fn account_with_deposits(

@@ -25,8 +25,14 @@ async fn waiting_on_locks(app: &TestApp) -> i64 {
 async fn commands_whose_callers_gave_up_still_count_as_in_flight() {
     let mut app = TestApp::spawn().await;
     app.stop_command_service().await;
-    app.start_command_service(&["--commands-in-flight-max=2", "--command-timeout-ms=300"])
-        .await;
+    // The hold expiry worker reads `events` every round: under the lock below it would be a
+    // waiting session that is not a command. Its first round is over before the lock is taken.
+    app.start_command_service(&[
+        "--commands-in-flight-max=2",
+        "--command-timeout-ms=300",
+        "--hold-expiry-interval-ms=600000",
+    ])
+    .await;
     let accounts: Vec<String> = (0..6).map(|i| format!("b-{i}")).collect();
     for id in &accounts {
         accepted(
