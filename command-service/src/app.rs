@@ -141,6 +141,7 @@ impl Application {
     /// relay, drains NATS and returns.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let in_flight = Arc::new(Semaphore::new(self.config.commands_in_flight_max.max(1)));
+        let ingress_in_flight = Arc::clone(&in_flight);
         let deadline = Duration::from_millis(self.config.command_timeout_ms.max(1));
         let ingress = Ingress {
             nats: self.infra.nats.clone(),
@@ -150,6 +151,7 @@ impl Application {
             access: Arc::clone(&self.access),
             metrics: self.metrics.clone(),
             in_flight: Arc::clone(&in_flight),
+            in_flight_max: self.config.commands_in_flight_max.max(1),
             deadline,
         };
         let jobs = Jobs {
@@ -196,7 +198,11 @@ impl Application {
             .infra
             .readiness()
             .with_check(outbox.clone())
-            .with_metrics(outbox);
+            .with_metrics(outbox)
+            .with_metrics(Arc::new(crate::metrics::InFlight {
+                semaphore: Arc::clone(&ingress_in_flight),
+                max: self.config.commands_in_flight_max.max(1),
+            }));
         let ops = tokio::spawn(platform::ops_http::serve(
             self.ops_listener,
             crate::jobs::with_readiness(

@@ -16,6 +16,7 @@ use domain::batch::{BATCH_BODY_MAX_BYTES, BatchReply, BatchedCommand, SubmitBatc
 use domain::{CommandReply, ErrorCode};
 use platform::auth::Principal;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::access::{Access, check_body, required_scope};
@@ -34,6 +35,10 @@ pub struct BatchRun<'a> {
     pub schemas: &'a SchemaRegistry,
     pub executor: &'a Arc<Executor>,
     pub deadline: Duration,
+    /// Commands executing at once, across the service: each command of a batch holds a place
+    /// until its task ends, as a command sent alone does.
+    pub in_flight: &'a Arc<Semaphore>,
+    pub in_flight_max: usize,
 }
 
 /// Why a batch as a whole is refused (its commands then get nothing).
@@ -41,15 +46,19 @@ type Refused = Rejection;
 
 impl BatchRun<'_> {
     /// Runs the batch in `body`; the refusal of the batch as a whole is an `Err`.
+    /// `message` is the batch message's own place among the commands in flight: it covers
+    /// reading the batch, and is given back before its commands take places of their own.
     pub async fn run(
         &self,
         headers: Option<&HeaderMap>,
         body: &[u8],
+        message: OwnedSemaphorePermit,
     ) -> Result<BatchReply, Refused> {
         let principal = self.access.admit_batch(headers)?;
         let batch = self.parse_batch(body)?;
         self.access.throttle_batch(&principal, cost(&batch))?;
         distinct_ids(&batch)?;
+        drop(message);
         let admitted: Vec<Result<IncomingCommand, Rejection>> = batch
             .commands
             .iter()
@@ -156,7 +165,16 @@ impl BatchRun<'_> {
         let lanes = lanes.into_values().map(|lane| async move {
             let mut replies = Vec::with_capacity(lane.len());
             for (index, incoming) in lane {
-                let outcome = handling::run(self.executor, incoming, self.deadline, None).await;
+                let Ok(place) = Arc::clone(self.in_flight).acquire_owned().await else {
+                    replies.push((
+                        index,
+                        Rejection::unavailable("the command-service")
+                            .into_reply(incoming.command_id),
+                    ));
+                    continue;
+                };
+                let outcome =
+                    handling::run(self.executor, incoming, self.deadline, Some(place)).await;
                 replies.push((index, outcome.reply));
             }
             replies
@@ -186,9 +204,21 @@ impl BatchRun<'_> {
             }
         }
         let executor = Arc::clone(self.executor);
+        // As many places as it has commands (at most all of them), held until its task ends.
+        let places = u32::try_from(commands.len().min(self.in_flight_max)).unwrap_or(u32::MAX);
+        let Ok(places) = Arc::clone(self.in_flight).acquire_many_owned(places).await else {
+            return ids
+                .iter()
+                .map(|id| Rejection::unavailable("the command-service").into_reply(*id))
+                .collect();
+        };
         // On a task of its own, as every command is: a caller giving up never cancels a
         // transaction midway.
-        let task = tokio::spawn(async move { executor.execute_atomic(commands).await });
+        let task = tokio::spawn(async move {
+            let replies = executor.execute_atomic(commands).await;
+            drop(places);
+            replies
+        });
         let failed = |rejection: Rejection| {
             ids.iter()
                 .map(|id| rejection.clone().into_reply(*id))

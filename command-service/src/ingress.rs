@@ -28,6 +28,8 @@ pub struct Ingress {
     pub access: Arc<crate::access::Access>,
     pub metrics: crate::metrics::CommandMetrics,
     pub in_flight: Arc<Semaphore>,
+    /// The permits `in_flight` was made with: an atomic batch takes at most this many.
+    pub in_flight_max: usize,
     pub deadline: Duration,
 }
 
@@ -199,9 +201,10 @@ impl Ingress {
             schemas: &self.schemas,
             executor: &self.executor,
             deadline: self.deadline,
+            in_flight: &self.in_flight,
+            in_flight_max: self.in_flight_max,
         };
-        let outcome = run.run(headers, &message.payload).await;
-        drop(permit);
+        let outcome = run.run(headers, &message.payload, permit).await;
         let body = match &outcome {
             Ok(reply) => serde_json::to_vec(reply)
                 .map(bytes::Bytes::from)

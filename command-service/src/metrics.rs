@@ -98,3 +98,22 @@ impl CommandMetrics {
             .observe(took.as_secs_f64());
     }
 }
+
+/// `tally_commands_in_flight`: places taken among `TALLY_COMMANDS_IN_FLIGHT_MAX`, read from the
+/// semaphore at scrape time (a batch's commands hold one each).
+pub struct InFlight {
+    pub semaphore: std::sync::Arc<tokio::sync::Semaphore>,
+    pub max: usize,
+}
+
+#[platform::ops_http::async_trait]
+impl platform::ops_http::MetricsSource for InFlight {
+    async fn render(&self) -> String {
+        let taken = self.max.saturating_sub(self.semaphore.available_permits());
+        format!(
+            "# HELP tally_commands_in_flight Commands executing now (at most TALLY_COMMANDS_IN_FLIGHT_MAX).\n\
+             # TYPE tally_commands_in_flight gauge\n\
+             tally_commands_in_flight {taken}\n"
+        )
+    }
+}

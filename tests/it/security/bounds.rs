@@ -174,3 +174,71 @@ async fn one_accounts_queue_is_bounded() {
             .unwrap();
     assert_eq!(logged, 4);
 }
+
+/// `tally_commands_in_flight` as the command-service's `/metrics` states it.
+async fn in_flight(app: &TestApp) -> i64 {
+    let text = app
+        .http
+        .get(format!("http://{}/metrics", app.command_ops_addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tally_commands_in_flight "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tally_commands_in_flight in /metrics"))
+}
+
+#[tokio::test]
+async fn a_batchs_commands_take_their_places_among_the_commands_in_flight() {
+    let mut app = TestApp::spawn().await;
+    app.stop_command_service().await;
+    app.start_command_service(&[
+        "--commands-in-flight-max=3",
+        "--hold-expiry-interval-ms=600000",
+    ])
+    .await;
+    let accounts: Vec<String> = (0..6).map(|i| format!("bb-{i}")).collect();
+    for id in &accounts {
+        accepted(
+            &app.send(
+                "account.open",
+                json!({"account_id": id, "owner": "o", "currency": "EUR"}),
+            )
+            .await,
+        );
+    }
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // One message, six commands on six accounts, all blocked on the store: they must fill the
+    // three places (not run beside them, as uncounted work would).
+    let items: Vec<_> = accounts
+        .iter()
+        .map(|a| crate::ledger::item("account.deposit", json!({"account_id": a, "amount": 1})))
+        .collect();
+    let watched = async {
+        let mut most = 0;
+        let until = Instant::now() + Duration::from_millis(2_000);
+        while Instant::now() < until {
+            most = most.max(in_flight(&app).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lock.commit().await.unwrap();
+        most
+    };
+    let (answer, most) = tokio::join!(crate::ledger::submit(&app, false, &items, None), watched);
+    assert_eq!(
+        most, 3,
+        "the batch's commands did not take their places in flight"
+    );
+    for reply in answer.results() {
+        accepted(&reply);
+    }
+    assert_eq!(in_flight(&app).await, 0);
+}
