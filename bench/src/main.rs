@@ -10,6 +10,7 @@ mod command_load;
 mod commands_only;
 mod cpu;
 mod cpu_budget;
+mod feeds;
 mod fixed_rate;
 mod generate;
 mod memory;
@@ -40,6 +41,9 @@ enum Scenario {
     /// Only the batch scenarios (`batch.submit` of 10 and 100 deposits, and 100 atomic), beside
     /// the same deposits one per message measured in the same run.
     Batches(Box<batches_only::BatchesArgs>),
+    /// The change feed: N feeds on one query-service, its memory per feed, and the time from a
+    /// deposit to its change on the feed.
+    Feeds(Box<feeds::FeedsArgs>),
     /// Only the closed-loop command scenarios, with each process's CPU per accepted command.
     Commands(Box<commands_only::CommandsArgs>),
     /// The deposit/withdraw closed loop and the projection lag at a modest rate, on whichever
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::All(args) => suite::run(*args).await,
         Scenario::Commands(args) => commands_only::run(*args).await,
         Scenario::Batches(args) => batches_only::run(*args).await,
+        Scenario::Feeds(args) => feeds::run(*args).await,
         Scenario::Topology(args) => topology::run(*args).await,
         Scenario::TopologyReport(args) => topology::report(args),
         Scenario::Projections(args) => {

@@ -107,6 +107,18 @@ pub enum AccountCommand {
         #[arg(long)]
         cursor: Option<String>,
     },
+    /// Follow an account's changes as they are applied (HTTP change feed); reconnects where
+    /// it left off.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// Resume after this change: an event id, or a command reply's consistency token.
+        #[arg(long)]
+        after: Option<String>,
+        /// Stop after this many changes (default: follow until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// An account's money movements (HTTP).
     Entries {
         #[command(flatten)]
@@ -124,6 +136,8 @@ pub enum Request {
     Command(&'static str, Value, SendOptions),
     /// A path and query under the API's base URL, and an optional consistency token.
     Read(String, Option<String>),
+    /// The account's change feed.
+    Watch(crate::watch::Watch),
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +178,17 @@ impl AccountCommand {
                     }
                 }
                 return Request::Read(format!("/v1/accounts?{}", query.join("&")), None);
+            }
+            AccountCommand::Watch {
+                target,
+                after,
+                count,
+            } => {
+                return Request::Watch(crate::watch::Watch {
+                    account_id: target.account_id,
+                    after,
+                    count,
+                });
             }
             AccountCommand::Entries {
                 target,

@@ -21,6 +21,7 @@ mod read;
 mod send;
 mod token;
 mod transfer;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -46,7 +47,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Account commands: open, deposit, withdraw, freeze, unfreeze, close, set-limits.
+    /// Account commands: open, deposit, withdraw, freeze, unfreeze, close, set-limits, watch.
     #[command(subcommand)]
     Account(account::AccountCommand),
     /// Transfers between accounts: send, show, list.
@@ -142,6 +143,15 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Err(error) => {
                     eprintln!("error: {error:#}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        account::Request::Watch(watch) => {
+            match watch::run(watch, &cli.http, &cli.connection, cli.json).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(1)
                 }
             }
         }

@@ -248,7 +248,14 @@ impl Runner {
         }
         let last = run.last().map_or(expected - 1, |e| e.sequence);
         if !run.is_empty() {
-            self.projection.apply(&mut tx, &run, self.partition).await?;
+            self.projection
+                .apply(
+                    &mut tx,
+                    &run,
+                    self.partition,
+                    crate::accounts::FeedOrder::Unordered,
+                )
+                .await?;
         }
         sqlx::query(
             "INSERT INTO projection_versions (projection, aggregate_type, aggregate_id, version)

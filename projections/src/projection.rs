@@ -69,9 +69,10 @@ impl Projection {
         tx: &mut Transaction<'_, Postgres>,
         events: &[EventMessage],
         partition: u32,
+        order: accounts::FeedOrder,
     ) -> Result<(), ApplyError> {
         match self {
-            Projection::Accounts => accounts::apply(tx, events, partition).await,
+            Projection::Accounts => accounts::apply(tx, events, partition, order).await,
             Projection::Transfers => transfers::apply(tx, events).await,
             Projection::Transactions => transactions::apply(tx, events).await,
             Projection::Holds => holds::apply(tx, events).await,

@@ -484,7 +484,7 @@ impl Runner {
             previous.push(before);
             seqs.push(after);
         }
-        let moved = versions::record_with_checkpoint(
+        let recorded = versions::record_with_checkpoint(
             &mut tx,
             self.projection,
             self.partition,
@@ -495,7 +495,7 @@ impl Runner {
             i64::try_from(apply.len()).unwrap_or(i64::MAX),
         )
         .await?;
-        if !moved {
+        if !recorded.moved {
             // Another writer applied some of these aggregates since this batch read their
             // versions: nothing of this batch counts; it comes back and is checked afresh.
             tx.rollback().await?;
@@ -511,7 +511,14 @@ impl Runner {
         }
         if !apply.is_empty() {
             self.projection
-                .apply(&mut tx, &apply, self.partition)
+                .apply(
+                    &mut tx,
+                    &apply,
+                    self.partition,
+                    crate::accounts::FeedOrder::Batch {
+                        first_position: recorded.first_position,
+                    },
+                )
                 .await?;
         }
         tx.commit().await?;

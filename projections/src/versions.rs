@@ -43,8 +43,8 @@ pub async fn record_with_checkpoint(
     versions: &[i64],
     stream_sequence: i64,
     events_applied: i64,
-) -> Result<bool, sqlx::Error> {
-    let moved: i64 = sqlx::query_scalar(
+) -> Result<Recorded, sqlx::Error> {
+    let (moved, events_applied_after): (i64, i64) = sqlx::query_as(
         "WITH input AS (
              SELECT * FROM UNNEST($2::text[], $3::bigint[], $7::bigint[]) AS t(id, v, old)
          ), updated AS (
@@ -65,8 +65,10 @@ pub async fn record_with_checkpoint(
                  stream_sequence = GREATEST(projection_partition_checkpoints.stream_sequence, EXCLUDED.stream_sequence),
                  events_applied = projection_partition_checkpoints.events_applied + EXCLUDED.events_applied,
                  updated_at = now()
+             RETURNING events_applied
          )
-         SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)",
+         SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted),
+                (SELECT events_applied FROM checkpoint)",
     )
     .bind(projection.name())
     .bind(ids)
@@ -78,5 +80,18 @@ pub async fn record_with_checkpoint(
     .bind(i32::try_from(partition).unwrap_or(i32::MAX))
     .fetch_one(conn)
     .await?;
-    Ok(usize::try_from(moved).is_ok_and(|m| m == ids.len()))
+    Ok(Recorded {
+        moved: usize::try_from(moved).is_ok_and(|m| m == ids.len()),
+        first_position: events_applied_after - events_applied + 1,
+    })
+}
+
+/// What `record_with_checkpoint` did.
+#[derive(Debug, Clone, Copy)]
+pub struct Recorded {
+    /// Every aggregate moved from the version the batch read (no other writer came between).
+    pub moved: bool,
+    /// The partition's count of applied events before this batch, plus one: the feed position
+    /// of the batch's first event (strictly increasing in the partition's commit order).
+    pub first_position: i64,
 }

@@ -84,7 +84,7 @@ fn address_key(address: IpAddr) -> String {
 
 /// The scope a path needs.
 fn required_scope(path: &str) -> Scope {
-    if path.starts_with("/v1/audit/") {
+    if path.starts_with("/v1/audit/") || path.starts_with("/v1/ops/") {
         Scope::AuditRead
     } else {
         Scope::AccountsRead
@@ -94,6 +94,7 @@ fn required_scope(path: &str) -> Scope {
 /// Paths that span owners: a token bound to one owner may not read them.
 fn spans_owners(path: &str) -> bool {
     path.starts_with("/v1/audit/")
+        || path.starts_with("/v1/ops/")
         || path == "/v1/totals"
         || path == "/v1/system-accounts"
         || path.starts_with("/v1/commands/")

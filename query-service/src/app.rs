@@ -36,6 +36,9 @@ pub struct Application {
     metrics: crate::http_metrics::HttpMetrics,
     read_cache: std::sync::Arc<ReadCache>,
     waits: std::sync::Arc<ConsistencyWaits>,
+    feeds: crate::feed::Feeds,
+    /// What `/v1/ops` reads from NATS (lag, the audit digest).
+    ops: std::sync::Arc<crate::ops::OpsContext>,
     lag_max: u64,
 }
 
@@ -56,7 +59,15 @@ impl Application {
             Duration::from_millis(config.read_cache_ttl_ms),
             &infra.registry,
         )?);
+        let feeds = crate::feed::Feeds::new(
+            config.feeds.clone(),
+            &infra.registry,
+            CancellationToken::new(),
+        )?;
+        let ops = crate::ops::OpsContext::new(&infra, config.audit_public_key.clone());
         Ok(Application {
+            ops,
+            feeds,
             infra,
             listener,
             addr,
@@ -90,18 +101,37 @@ impl Application {
             let shutdown = shutdown.child_token();
             tokio::spawn(async move { waits.watch(pool, shutdown).await })
         };
+        let hearing = tokio::spawn(
+            std::sync::Arc::clone(&self.feeds.hub)
+                .listen(self.infra.pool.clone(), shutdown.child_token()),
+        );
+        // Feeds end (with a last event saying so) as shutdown begins: the server's graceful
+        // shutdown waits for every open response, and a feed would otherwise never finish.
+        let feeds_end = {
+            let (shutdown, feeds) = (shutdown.clone(), self.feeds.shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                feeds.cancel();
+            })
+        };
         let app = router::build(
             projections::lag::readiness(&self.infra, self.lag_max),
             &self.limits,
-            self.access,
-            self.metrics,
-            self.read_cache,
-            self.waits,
+            router::Shared {
+                access: self.access,
+                metrics: self.metrics,
+                read_cache: self.read_cache,
+                waits: self.waits,
+                feeds: self.feeds,
+                ops: self.ops,
+            },
         );
         tokio::spawn(platform::allocator_trim::run(shutdown.clone()));
         tracing::info!(service = SERVICE, http_addr = %self.addr, "ready");
         platform::ops_http::serve(self.listener, app, shutdown).await?;
         let _ = following.await;
+        let _ = hearing.await;
+        let _ = feeds_end.await;
         let _ = watching.await;
         if let Err(error) = self.infra.nats.drain().await {
             tracing::warn!(%error, "NATS drain failed");

@@ -20,6 +20,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
+    pub feeds: crate::feed::FeedConfig,
     /// Requests per second one token (or, unauthenticated, one client address) may make on
     /// average; 0: unlimited.
     #[arg(
@@ -80,6 +82,11 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub ready_projection_lag_max: u64,
+    /// The ed25519 public key (64 hex digits, from `tally audit keygen`) audit digests must be
+    /// signed with: `/v1/ops/digest` checks the latest digest against it. Unset: a signed
+    /// digest is checked against the key it names, and an unsigned one passes.
+    #[arg(long = "audit-public-key", env = "TALLY_AUDIT_PUBLIC_KEY")]
+    pub audit_public_key: Option<String>,
     /// Accounts whose last read row `GET /v1/accounts/{id}` keeps in memory (0: none).
     #[arg(
         long = "read-cache-max",

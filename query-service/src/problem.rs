@@ -30,6 +30,12 @@ pub enum ApiError {
     /// Over the request rate (HTTP 429 with `Retry-After`).
     #[error("too many requests; retry in {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
+    /// The token holds as many change feeds open as it may (HTTP 429, `rate_limited`).
+    #[error("{detail}")]
+    TooManyFeeds { detail: String },
+    /// This instance is at a capacity limit of its own (HTTP 503, `unavailable`).
+    #[error("{detail}")]
+    Busy { detail: String },
     /// PostgreSQL is down or refuses work for now (HTTP 503), as the event store classifies
     /// it: the same outage is `unavailable` to a writer and to a reader.
     #[error("a dependency is unavailable")]
@@ -92,12 +98,12 @@ impl ApiError {
             ApiError::Forbidden { .. } => {
                 (ErrorCode::Forbidden, StatusCode::FORBIDDEN, "Forbidden")
             }
-            ApiError::RateLimited { .. } => (
+            ApiError::RateLimited { .. } | ApiError::TooManyFeeds { .. } => (
                 ErrorCode::RateLimited,
                 StatusCode::TOO_MANY_REQUESTS,
                 "Too many requests",
             ),
-            ApiError::Unavailable(_) => (
+            ApiError::Unavailable(_) | ApiError::Busy { .. } => (
                 ErrorCode::Unavailable,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Service unavailable",

@@ -34,14 +34,26 @@ const SECURITY_HEADERS: [(&str, &str); 5] = [
     ("cache-control", "no-store"),
 ];
 
-pub fn build(
-    readiness: Readiness,
-    limits: &Limits,
-    access: Arc<crate::access::Access>,
-    metrics: crate::http_metrics::HttpMetrics,
-    read_cache: Arc<crate::read_cache::ReadCache>,
-    waits: Arc<crate::consistency_waits::ConsistencyWaits>,
-) -> Router {
+/// What the handlers share: the middleware's state and the extensions handlers read.
+#[derive(Debug)]
+pub struct Shared {
+    pub access: Arc<crate::access::Access>,
+    pub metrics: crate::http_metrics::HttpMetrics,
+    pub read_cache: Arc<crate::read_cache::ReadCache>,
+    pub waits: Arc<crate::consistency_waits::ConsistencyWaits>,
+    pub feeds: crate::feed::Feeds,
+    pub ops: Arc<crate::ops::OpsContext>,
+}
+
+pub fn build(readiness: Readiness, limits: &Limits, shared: Shared) -> Router {
+    let Shared {
+        access,
+        metrics,
+        read_cache,
+        waits,
+        feeds,
+        ops,
+    } = shared;
     let api = Router::new()
         .route("/v1/commands/{command_id}", get(crate::commands::get))
         .route("/v1/accounts", get(crate::accounts::list))
@@ -62,6 +74,11 @@ pub fn build(
             "/v1/accounts/{account_id}/holds",
             get(crate::holds::of_account),
         )
+        .route(
+            "/v1/accounts/{account_id}/feed",
+            get(crate::feed::account_feed),
+        )
+        .route("/v1/feed", get(crate::feed::owner_feed))
         .route("/v1/transfers/{transfer_id}", get(crate::transfers::get))
         .route(
             "/v1/transactions/{transaction_id}",
@@ -82,6 +99,7 @@ pub fn build(
             "/v1/audit/{aggregate_type}/{aggregate_id}/state",
             get(crate::audit_state::state),
         )
+        .merge(crate::ops::routes())
         // Route layers run outermost last added: authentication first, then the input check.
         .route_layer(axum::middleware::from_fn(crate::input::reject_unusable))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -90,7 +108,10 @@ pub fn build(
         ))
         .layer(axum::Extension(read_cache))
         .layer(axum::Extension(waits))
+        .layer(axum::Extension(feeds))
+        .layer(axum::Extension(ops))
         .route("/openapi.json", get(crate::openapi::serve))
+        .merge(crate::console::routes())
         .with_state(readiness.pool.clone());
     let origins: Vec<HeaderValue> = limits
         .cors_origins
@@ -156,6 +177,10 @@ fn on_failure(
 async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
+        // The console's pages carry their own (stricter than none, looser than the API's) policy.
+        if name == "content-security-policy" && headers.contains_key(name) {
+            continue;
+        }
         headers.insert(
             HeaderName::from_static(name),
             HeaderValue::from_static(value),

@@ -237,8 +237,8 @@ async fn wait_applied(app: &TestApp, count: i64, timeout: Duration) {
 async fn dump(app: &TestApp) -> Vec<String> {
     let mut out = Vec::new();
     for query in [
-        "SELECT row_to_json(a)::text FROM (SELECT * FROM accounts ORDER BY account_id) a",
-        "SELECT row_to_json(e)::text FROM (SELECT * FROM account_entries ORDER BY account_id, sequence) e",
+        "SELECT (to_jsonb(a) - 'feed_partition' - 'feed_position')::text FROM (SELECT * FROM accounts ORDER BY account_id) a",
+        "SELECT (to_jsonb(e) - 'feed_partition' - 'feed_position')::text FROM (SELECT * FROM account_entries ORDER BY account_id, sequence) e",
         "SELECT row_to_json(t)::text FROM (SELECT * FROM currency_totals ORDER BY currency) t",
     ] {
         let rows: Vec<String> = sqlx::query_scalar(query).fetch_all(&app.db).await.unwrap();

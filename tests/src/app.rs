@@ -70,6 +70,25 @@ impl ServiceProcess {
         self.child.as_ref().map(std::process::Child::id)
     }
 
+    /// SIGTERM, as an orchestrator stops it (graceful shutdown); `exit_status` tells when it
+    /// has stopped.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid().and_then(|p| libc::pid_t::try_from(p).ok()) {
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) on a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// Its exit status, once it has exited (`None` while it runs).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL: no drain, no unpin, no flush.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -22,6 +22,7 @@
 
 pub mod app;
 pub mod binaries;
+pub mod browser;
 pub mod child;
 pub mod client;
 mod database;
@@ -29,6 +30,7 @@ pub mod nats_server;
 pub mod postgres_server;
 pub mod servers;
 pub mod span_capture;
+pub mod sse;
 pub mod tally_cli;
 mod tokens;
 

@@ -18,7 +18,10 @@ use sqlx::{Postgres, Transaction};
 
 use crate::apply_error::ApplyError;
 
+mod notify;
 mod write;
+
+pub use notify::{Announcement, CHANNEL, Changed};
 
 pub const NAME: &str = "accounts";
 
@@ -44,6 +47,8 @@ struct AccountRow {
     version: i64,
     opened_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// Where its last change stands in the feed order (`FeedOrder`).
+    feed_position: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -61,6 +66,31 @@ struct Entry {
     /// The transaction (or captured hold) whose legs made this entry, and those legs.
     transaction_id: Option<uuid::Uuid>,
     legs: Option<serde_json::Value>,
+    feed_position: Option<i64>,
+}
+
+/// How a batch's changes are ordered for the change feed (migration 0012, docs/feed.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedOrder {
+    /// One partition's batch, applied in the partition's commit order: the `i`th event gets the
+    /// position `first_position + i` (the partition's applied-events count, so positions
+    /// strictly increase from batch to batch, whatever the stream sequences redelivered).
+    Batch { first_position: i64 },
+    /// Applied outside the partition's order (a released dead letter): announced, without a
+    /// position.
+    Unordered,
+    /// A rebuild's copy: neither positioned nor announced (the live rows say everything).
+    Rebuild,
+}
+
+impl FeedOrder {
+    /// The feed position of the `index`th event of the batch; `None` when the order is unknown.
+    fn position(self, index: usize) -> Option<i64> {
+        let FeedOrder::Batch { first_position } = self else {
+            return None;
+        };
+        first_position.checked_add(i64::try_from(index).ok()?)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -93,13 +123,14 @@ pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     events: &[EventMessage],
     partition: u32,
+    order: FeedOrder,
 ) -> Result<(), ApplyError> {
     let mut ids: Vec<String> = events.iter().map(|e| e.aggregate_id.clone()).collect();
     ids.sort_unstable();
     ids.dedup();
     let existing: Vec<AccountRow> = sqlx::query_as(
         "SELECT account_id, owner, currency, balance, held, overdraft_limit, max_balance,
-                metadata, status, version, opened_at, updated_at
+                metadata, status, version, opened_at, updated_at, feed_position
          FROM accounts WHERE account_id = ANY($1)",
     )
     .bind(&ids)
@@ -113,7 +144,8 @@ pub async fn apply(
     let mut deltas: HashMap<String, CurrencyDelta> = HashMap::new();
     let mut system: HashMap<String, SystemDelta> = HashMap::new();
 
-    for event in events {
+    for (index, event) in events.iter().enumerate() {
+        let feed_position = order.position(index);
         let payload = domain::account::upcast::read_event(
             &event.event_type,
             &event.event_version,
@@ -140,6 +172,7 @@ pub async fn apply(
                     version: sequence,
                     opened_at: event.recorded_at,
                     updated_at: event.recorded_at,
+                    feed_position,
                 },
             );
             deltas
@@ -194,16 +227,34 @@ pub async fn apply(
                 transfer_id,
                 transaction_id,
                 legs,
+                feed_position,
             });
         }
         row.version = sequence;
         row.updated_at = event.recorded_at;
+        row.feed_position = feed_position;
     }
 
     // Sorted, so concurrent transactions lock rows in the same order (no deadlocks).
+    // Every row here changed in this batch (only the batch's accounts were read).
     let mut rows: Vec<AccountRow> = rows.into_values().collect();
     rows.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
-    write::write(tx, rows, entries, deltas, system, partition).await
+    let changed: Vec<Changed> = rows
+        .iter()
+        .map(|r| Changed {
+            account_id: r.account_id.clone(),
+            owner: r.owner.clone(),
+        })
+        .collect();
+    let to = events
+        .len()
+        .checked_sub(1)
+        .and_then(|last| order.position(last));
+    write::write(tx, rows, entries, deltas, system, partition).await?;
+    if order != FeedOrder::Rebuild {
+        notify::announce(tx, partition, to, &changed).await?;
+    }
+    Ok(())
 }
 
 /// Folds one event (not `AccountOpened`) into its row: the changes that are not a movement

@@ -24,21 +24,26 @@ use crate::apply_error::ApplyError;
 // dead-lettered, where an operator sees it.
 const WRITE: &str = "WITH written_accounts AS (
          INSERT INTO accounts (account_id, owner, currency, balance, held, overdraft_limit,
-             max_balance, metadata, status, version, opened_at, updated_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
+             max_balance, metadata, status, version, opened_at, updated_at, feed_partition,
+             feed_position)
+         SELECT i, o, c, b, h, l, m, d, s, v, oa, ua, CASE WHEN f IS NOT NULL THEN $31::integer END, f
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[],
              $6::bigint[], $7::bigint[], $8::jsonb[], $9::text[], $10::bigint[],
-             $11::timestamptz[], $12::timestamptz[])
+             $11::timestamptz[], $12::timestamptz[], $32::bigint[]) AS a(i, o, c, b, h, l, m, d, s, v, oa, ua, f)
          ON CONFLICT (account_id) DO UPDATE SET
              balance = EXCLUDED.balance, held = EXCLUDED.held,
              overdraft_limit = EXCLUDED.overdraft_limit, max_balance = EXCLUDED.max_balance,
              status = EXCLUDED.status, version = EXCLUDED.version,
-             updated_at = EXCLUDED.updated_at
+             updated_at = EXCLUDED.updated_at, feed_partition = EXCLUDED.feed_partition,
+             feed_position = EXCLUDED.feed_position
      ), written_entries AS (
          INSERT INTO account_entries (account_id, sequence, direction, amount, reference,
-             balance_after, recorded_at, command_id, transfer_id, transaction_id, legs)
-         SELECT * FROM UNNEST($13::text[], $14::bigint[], $15::text[], $16::bigint[],
+             balance_after, recorded_at, command_id, transfer_id, transaction_id, legs,
+             feed_partition, feed_position)
+         SELECT i, s, d, a, r, b, t, c, tr, tx, l, CASE WHEN f IS NOT NULL THEN $31::integer END, f
+         FROM UNNEST($13::text[], $14::bigint[], $15::text[], $16::bigint[],
              $17::text[], $18::bigint[], $19::timestamptz[], $20::uuid[], $21::uuid[],
-             $22::uuid[], $23::jsonb[])
+             $22::uuid[], $23::jsonb[], $33::bigint[]) AS e(i, s, d, a, r, b, t, c, tr, tx, l, f)
      ), written_system AS (
          INSERT INTO system_account_balances AS s (account, currency, partition, balance)
          SELECT a, c, $27, b FROM UNNEST($24::text[], $25::text[], $26::text[]::numeric[]) AS d(a, c, b)
@@ -68,6 +73,8 @@ pub(super) async fn write(
     system: HashMap<String, SystemDelta>,
     partition: u32,
 ) -> Result<(), ApplyError> {
+    let feed_positions: Vec<Option<i64>> = rows.iter().map(|r| r.feed_position).collect();
+    let entry_positions: Vec<Option<i64>> = entries.iter().map(|e| e.feed_position).collect();
     let mut query = sqlx::query(WRITE)
         .bind(
             rows.iter()
@@ -146,6 +153,9 @@ pub(super) async fn write(
                 .map(|(_, d)| d.balance.to_string())
                 .collect::<Vec<_>>(),
         )
+        .bind(i32::try_from(partition).unwrap_or(i32::MAX))
+        .bind(feed_positions)
+        .bind(entry_positions)
         .execute(&mut **tx)
         .await?;
     Ok(())

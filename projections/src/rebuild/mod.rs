@@ -292,7 +292,8 @@ async fn apply_shadow(
         return Ok(());
     }
     // One writer, so one key for its system-account rows; the live partitions add theirs.
-    kind.apply(tx, events, 0).await?;
+    kind.apply(tx, events, 0, crate::accounts::FeedOrder::Rebuild)
+        .await?;
     let mut last: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
     for event in events {
         last.insert(
